@@ -1,0 +1,76 @@
+/*
+ * The backend seam: one small table of operations that model and sampler
+ * code call. The CPU backend (backend_cpu.c) is the plain-C reference; the
+ * CUDA backend (kernels/) implements the same table. Pointers handed to the
+ * compute ops live on the backend (host memory for CPU, device memory for
+ * CUDA); small per-row coefficient arrays are host arrays.
+ *
+ * Shapes: rows = samples in the batch, cols = values per sample.
+ */
+#ifndef DFX_BACKEND_H
+#define DFX_BACKEND_H
+
+#include "difflux.h"
+
+#define DFX_LINCOMB_MAX 8
+
+/* A Gaussian mixture resident on a backend (see model_gmm.c). */
+typedef struct dfx_gmm_dev {
+    int K;
+    size_t dim;
+    const float *means; /* [K, dim] */
+    const float *c2;    /* [K] component variances c_k^2 */
+    const float *logw;  /* [K] log weights */
+} dfx_gmm_dev;
+
+typedef struct dfx_backend_ops {
+    /* Memory. alloc returns NULL when out of memory. */
+    void *(*alloc)(dfx_backend *be, size_t bytes);
+    void (*free)(dfx_backend *be, void *p);
+    int (*upload)(dfx_backend *be, void *dst, const void *src, size_t bytes, dfx_error *err);
+    int (*download)(dfx_backend *be, void *dst, const void *src, size_t bytes, dfx_error *err);
+    /* Waits for queued work and reports any error it hit. */
+    int (*sync)(dfx_backend *be, dfx_error *err);
+
+    /* out[r, j] = c0[r] + sum_i coef[i * rows + r] * x_i[r, j], computed
+     * in double. Terms whose coefficient is exactly 0 are not read (so a
+     * NaN there cannot leak in). c0 may be NULL. out may alias any x_i. */
+    void (*lincomb)(dfx_backend *be, float *out, int k, const float *const *x,
+                    const double *coef, const double *c0, int rows, size_t cols);
+    /* Standard normals, Philox counters (seed, first_index + r, draw, stream). */
+    void (*normal)(dfx_backend *be, float *out, uint64_t seed, uint64_t first_index, int rows,
+                   size_t cols, uint32_t draw, uint32_t stream);
+    /* Per-row RMS of e / (atol + rtol * max(|x0|, |x1|)) into out_host[rows]. */
+    int (*err_norm)(dfx_backend *be, const float *e, const float *x0, const float *x1,
+                    double rtol, double atol, int rows, size_t cols, double *out_host,
+                    dfx_error *err);
+    /* Number of NaN or Inf values among x[0..n). */
+    int (*count_nonfinite)(dfx_backend *be, const float *x, size_t n, size_t *count,
+                           dfx_error *err);
+    /* Exact denoiser of a Gaussian mixture under a path with per-row
+     * coefficients a[r], s[r], m[r] (MATH.md section 6). */
+    void (*gmm_denoise)(dfx_backend *be, float *out, const float *x, int rows,
+                        const dfx_gmm_dev *g, const double *a, const double *s,
+                        const double *m);
+
+    void (*destroy)(dfx_backend *be);
+} dfx_backend_ops;
+
+struct dfx_backend {
+    const dfx_backend_ops *ops;
+    const char *name;
+    int threads;
+    void *impl;
+};
+
+dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err);
+#ifdef DFX_HAVE_CUDA
+dfx_backend *dfx_backend_cuda_create(dfx_error *err);
+/* Number of usable CUDA devices (0 when none or no driver). */
+int dfx_cuda_device_count(void);
+#endif
+
+/* Allocation that reports what it was for. */
+void *dfx_be_alloc(dfx_backend *be, size_t bytes, const char *what, dfx_error *err);
+
+#endif

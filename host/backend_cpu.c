@@ -1,0 +1,218 @@
+#define _POSIX_C_SOURCE 200809L
+/*
+ * The CPU backend: the plain-C reference for every backend operation.
+ * Threaded with OpenMP over rows (samples), so each row is computed by one
+ * thread in a fixed order: results do not depend on the batch size or the
+ * thread count.
+ */
+#include "backend.h"
+#include "error.h"
+#include "philox.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Parallelise only when there is enough work to pay for the threads. */
+#define DFX_PAR_MIN 32768
+
+static void *cpu_alloc(dfx_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+static void cpu_free(dfx_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static int cpu_copy(dfx_backend *be, void *dst, const void *src, size_t bytes, dfx_error *err)
+{
+    (void)be;
+    (void)err;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+    return 0;
+}
+
+static int cpu_sync(dfx_backend *be, dfx_error *err)
+{
+    (void)be;
+    (void)err;
+    return 0;
+}
+
+static void cpu_lincomb(dfx_backend *be, float *out, int k, const float *const *x,
+                        const double *coef, const double *c0, int rows, size_t cols)
+{
+    int nt = ((size_t)rows * cols >= DFX_PAR_MIN) ? be->threads : 1;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *xs[DFX_LINCOMB_MAX];
+        double cs[DFX_LINCOMB_MAX];
+        int n = 0;
+        for (int i = 0; i < k; i++) {
+            double c = coef[(size_t)i * rows + r];
+            if (c != 0.0) {
+                xs[n] = x[i] + (size_t)r * cols;
+                cs[n] = c;
+                n++;
+            }
+        }
+        double b = c0 ? c0[r] : 0.0;
+        float *o = out + (size_t)r * cols;
+        for (size_t j = 0; j < cols; j++) {
+            double acc = b;
+            for (int i = 0; i < n; i++) acc += cs[i] * (double)xs[i][j];
+            o[j] = (float)acc;
+        }
+    }
+}
+
+static void cpu_normal(dfx_backend *be, float *out, uint64_t seed, uint64_t first_index,
+                       int rows, size_t cols, uint32_t draw, uint32_t stream)
+{
+    int nt = ((size_t)rows * cols >= DFX_PAR_MIN / 8) ? be->threads : 1;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++)
+        dfx_philox_normal_row(seed, first_index + (uint64_t)r, draw, stream, cols,
+                              out + (size_t)r * cols);
+}
+
+static int cpu_err_norm(dfx_backend *be, const float *e, const float *x0, const float *x1,
+                        double rtol, double atol, int rows, size_t cols, double *out,
+                        dfx_error *err)
+{
+    (void)err;
+    int nt = ((size_t)rows * cols >= DFX_PAR_MIN) ? be->threads : 1;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        size_t o = (size_t)r * cols;
+        double acc = 0.0;
+        for (size_t j = 0; j < cols; j++) {
+            double sc = atol + rtol * fmax(fabs((double)x0[o + j]), fabs((double)x1[o + j]));
+            double q = (double)e[o + j] / sc;
+            acc += q * q;
+        }
+        out[r] = sqrt(acc / (double)(cols ? cols : 1));
+    }
+    return 0;
+}
+
+static int cpu_count_nonfinite(dfx_backend *be, const float *x, size_t n, size_t *count,
+                               dfx_error *err)
+{
+    (void)be;
+    (void)err;
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += !isfinite(x[i]);
+    *count = c;
+    return 0;
+}
+
+/* One row of the Gaussian-mixture denoiser (MATH.md section 6), in double.
+ * resp is scratch of K doubles. */
+static void gmm_row(float *out, const float *x, const dfx_gmm_dev *g, double a, double s,
+                    double m, double *resp)
+{
+    const size_t d = g->dim;
+    const int K = g->K;
+    double best = -INFINITY;
+    for (int k = 0; k < K; k++) {
+        const float *mu = g->means + (size_t)k * d;
+        double d2 = 0.0;
+        for (size_t j = 0; j < d; j++) {
+            double diff = ((double)x[j] - m) - a * (double)mu[j];
+            d2 += diff * diff;
+        }
+        double var = a * a * (double)g->c2[k] + s * s;
+        resp[k] = (double)g->logw[k] - 0.5 * (double)d * log(var) - 0.5 * d2 / var;
+        if (resp[k] > best) best = resp[k];
+    }
+    double total = 0.0;
+    for (int k = 0; k < K; k++) {
+        resp[k] = exp(resp[k] - best);
+        total += resp[k];
+    }
+    /* x_hat = sum_k r_k (mu_k + a c_k^2 (x - a mu_k - m) / var_k)
+     *       = cx (x - m) + sum_k r_k (s^2 / var_k) mu_k                       */
+    double cx = 0.0;
+    double *acc = resp + K; /* d doubles of scratch after the K responsibilities */
+    for (size_t j = 0; j < d; j++) acc[j] = 0.0;
+    for (int k = 0; k < K; k++) {
+        double r = resp[k] / total;
+        if (r < 1e-300) continue;
+        double var = a * a * (double)g->c2[k] + s * s;
+        cx += r * a * (double)g->c2[k] / var;
+        double cm = r * s * s / var;
+        const float *mu = g->means + (size_t)k * d;
+        for (size_t j = 0; j < d; j++) acc[j] += cm * (double)mu[j];
+    }
+    for (size_t j = 0; j < d; j++) out[j] = (float)(acc[j] + cx * ((double)x[j] - m));
+}
+
+static void cpu_gmm_denoise(dfx_backend *be, float *out, const float *x, int rows,
+                            const dfx_gmm_dev *g, const double *a, const double *s,
+                            const double *m)
+{
+    int nt = ((size_t)rows * g->dim * (size_t)g->K >= DFX_PAR_MIN) ? be->threads : 1;
+    size_t scratch = (size_t)g->K + g->dim;
+    (void)nt;
+#pragma omp parallel num_threads(nt)
+    {
+        double *buf = malloc(scratch * sizeof *buf);
+#pragma omp for schedule(static)
+        for (int r = 0; r < rows; r++) {
+            if (buf) gmm_row(out + (size_t)r * g->dim, x + (size_t)r * g->dim, g, a[r], s[r],
+                             m[r], buf);
+            else
+                for (size_t j = 0; j < g->dim; j++) out[(size_t)r * g->dim + j] = NAN;
+        }
+        free(buf);
+    }
+}
+
+static void cpu_destroy(dfx_backend *be)
+{
+    free(be);
+}
+
+static const dfx_backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .sync = cpu_sync,
+    .lincomb = cpu_lincomb,
+    .normal = cpu_normal,
+    .err_norm = cpu_err_norm,
+    .count_nonfinite = cpu_count_nonfinite,
+    .gmm_denoise = cpu_gmm_denoise,
+    .destroy = cpu_destroy,
+};
+
+dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
+{
+    dfx_backend *be = dfx_alloc(1, sizeof *be, "CPU backend", err);
+    if (!be) return NULL;
+    if (threads <= 0) {
+#ifdef _OPENMP
+        threads = omp_get_num_procs();
+#else
+        threads = 1;
+#endif
+    }
+    be->ops = &cpu_ops;
+    be->name = "cpu";
+    be->threads = threads;
+    return be;
+}

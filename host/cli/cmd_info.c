@@ -1,0 +1,56 @@
+/* difflux info: what a model file holds. */
+#include "../model.h"
+#include "../safetensors.h"
+#include "args.h"
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int cmd_info(int argc, char **argv)
+{
+    const char *model = NULL;
+    int tensors = 0;
+    cli_opt opts[] = {
+        {"model", OPT_STR, &model, "FILE", "model file (default: the shipped demo model)", 0},
+        {"tensors", OPT_FLAG, &tensors, NULL, "also list every stored tensor", 0},
+    };
+    int help, rc = cli_parse("info", argc, argv, opts, 2, &help);
+    if (rc) return rc;
+    if (help) {
+        cli_usage(stdout, "difflux info [--model FILE]",
+                  "Describes a model file: kind, path, prediction, image shape, data range,\n"
+                  "parameter count, FLOPs per evaluation and provenance.",
+                  opts, 2);
+        return CLI_OK;
+    }
+    if (!model) model = cli_default_model();
+    dfx_error err = {{0}};
+    dfx_backend *be = dfx_backend_create("cpu", 1, &err);
+    dfx_model *m = be ? dfx_model_load(model, be, &err) : NULL;
+    if (!m) {
+        fprintf(stderr, "difflux info: %s\n", err.msg);
+        dfx_backend_destroy(be);
+        return CLI_FAIL;
+    }
+    char buf[8192];
+    dfx_model_describe(m, buf, sizeof buf);
+    fputs(buf, stdout);
+    if (tensors) {
+        dfx_st_file f;
+        if (dfx_st_open(&f, model, &err) == 0) {
+            printf("tensors      %d\n", f.n);
+            for (int i = 0; i < f.n; i++) {
+                const dfx_st_tensor *t = &f.tensors[i];
+                printf("  %-32s %-4s [", t->name, dfx_dtype_name(t->dtype));
+                for (int d = 0; d < t->ndim; d++)
+                    printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+                printf("]\n");
+            }
+            dfx_st_close(&f);
+        }
+    }
+    dfx_model_free(m);
+    dfx_backend_destroy(be);
+    return CLI_OK;
+}

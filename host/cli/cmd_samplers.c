@@ -1,0 +1,33 @@
+/* difflux samplers: the registry as a table. */
+#include "args.h"
+#include "cli.h"
+#include "difflux.h"
+
+#include <stdio.h>
+
+int cmd_samplers(int argc, char **argv)
+{
+    int help, rc = cli_parse("samplers", argc, argv, NULL, 0, &help);
+    if (rc) return rc;
+    if (help) {
+        cli_usage(stdout, "difflux samplers",
+                  "Lists every sampler: its order of convergence, network evaluations per step,\n"
+                  "whether it is stochastic, and which model families it applies to.",
+                  NULL, 0);
+        return CLI_OK;
+    }
+    const dfx_sampler_desc *d;
+    int n = dfx_samplers(&d);
+    printf("%-10s %-5s %-9s %-10s %-10s %s\n", "name", "order", "NFE/step", "kind", "applies to",
+           "what it is");
+    for (int i = 0; i < n; i++) {
+        char nfe[16];
+        if (d[i].nfe_per_step)
+            snprintf(nfe, sizeof nfe, "%d", d[i].nfe_per_step);
+        else
+            snprintf(nfe, sizeof nfe, "adaptive");
+        printf("%-10s %-5d %-9s %-10s %-10s %s\n", d[i].name, d[i].order, nfe,
+               d[i].stochastic ? "SDE" : "ODE", d[i].families, d[i].summary);
+    }
+    return CLI_OK;
+}

@@ -1,0 +1,279 @@
+/*
+ * difflux — sampling from diffusion, flow-matching and multiplicative models.
+ *
+ * The public C API. The data path reads like the data flows:
+ *
+ *     dfx_backend *be = dfx_backend_create("auto", 0, &err);
+ *     dfx_model *m    = dfx_model_load("models/mnist-gmm.safetensors", be, &err);
+ *     dfx_sample_opts o; dfx_sample_opts_default(&o, m);
+ *     o.sampler = "heun"; o.steps = 30; o.seed = 1;
+ *     dfx_sampler *s  = dfx_sampler_create(m, &o, 64, &err);    // plans buffers once
+ *     dfx_sampler_run(s, 0, 64, images, &stats, &err);            // samples 0..63
+ *     dfx_write_png_grid("grid.png", images, 64, &m->..., &grid, &err);
+ *
+ * Conventions
+ *  - Every function that can fail returns 0 (or a non-NULL pointer) on success
+ *    and -1 (or NULL) on failure, with a message naming the file, tensor or
+ *    option at fault in *err. The library never prints and never exits.
+ *  - Images are float32, row-major [N, C, H, W], in the model's data space
+ *    (see dfx_model_info.range_lo/hi for the mapping to pixels).
+ *  - Sample i drawn with seed S is the same whatever the batch size, the
+ *    device, or how the index range is split across calls or processes:
+ *    noise depends only on (seed, global sample index, draw, element).
+ *
+ * Mathematics and notation: MATH.md in the source tree (paths, predictions,
+ * samplers). Model file format: models/FORMAT.md.
+ */
+#ifndef DIFFLUX_H
+#define DIFFLUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DFX_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- errors */
+
+typedef struct dfx_error {
+    char msg[1024];
+} dfx_error;
+
+/* ------------------------------------------------------------- backends */
+
+typedef struct dfx_backend dfx_backend;
+
+/* name: "cpu", "cuda" or "auto" (CUDA when built with it and a GPU is
+ * present, else CPU). threads: CPU worker threads, 0 = all cores. */
+dfx_backend *dfx_backend_create(const char *name, int threads, dfx_error *err);
+void dfx_backend_destroy(dfx_backend *be);
+const char *dfx_backend_name(const dfx_backend *be);
+/* 1 when the library was built with the CUDA backend. */
+int dfx_have_cuda(void);
+
+/* ----------------------------------------------------- paths, predictions */
+
+/* The forward path x_t = a(t) x_data + s(t) z + m(t), t in [0, 1]. */
+typedef enum {
+    DFX_PATH_LINEAR = 0, /* one-sided linear interpolant: a = t, s = 1 - t     */
+    DFX_PATH_TRIG,       /* one-sided trigonometric: a = sin(pi t/2), s = cos */
+    DFX_PATH_VP,         /* variance preserving, linear beta (score_sde)       */
+    DFX_PATH_VP_COSINE,  /* variance preserving, cosine schedule               */
+    DFX_PATH_VE,         /* variance exploding: a = 1, s = geometric sigma(t)  */
+    DFX_PATH_COUNT
+} dfx_path_family;
+
+typedef struct dfx_path {
+    dfx_path_family family;
+    double beta_min, beta_max;   /* vp: 0.1, 20            */
+    double cosine_s;             /* vp_cosine: 0.008       */
+    double sigma_min, sigma_max; /* ve: 0.002, 80          */
+} dfx_path;
+
+/* Path coefficients and their time derivatives at one t. */
+typedef struct dfx_coef {
+    double a, s, m, da, ds, dm;
+} dfx_coef;
+
+typedef enum {
+    DFX_PRED_EPS = 0, /* noise z_hat                          */
+    DFX_PRED_DATA,    /* denoised data x_hat                  */
+    DFX_PRED_SCORE,   /* grad log p_t(x)                      */
+    DFX_PRED_VELOCITY,/* dx_t/dt                              */
+    DFX_PRED_V,       /* DDPM "v" = a z_hat - s x_hat         */
+    DFX_PRED_COUNT
+} dfx_pred;
+
+void dfx_path_default(dfx_path *p, dfx_path_family family);
+void dfx_path_eval(const dfx_path *p, double t, dfx_coef *c);
+/* 1 when the data end of the path is t = 1 (interpolants), 0 when t = 0. */
+int dfx_path_data_at_one(const dfx_path *p);
+/* log-SNR lambda(t) = log(a / s); +-INFINITY at an end where s or a is 0. */
+double dfx_path_logsnr(const dfx_path *p, double t);
+/* Inverse of dfx_path_logsnr (lambda is monotone in t). */
+double dfx_path_t_of_logsnr(const dfx_path *p, double lambda);
+/* Default sampling interval: generation runs from t_noise to t_data, which
+ * sit a small distance from any end where a conversion is singular. */
+void dfx_path_default_range(const dfx_path *p, double *t_noise, double *t_data);
+
+const char *dfx_path_name(dfx_path_family f);
+int dfx_path_parse(const char *name, dfx_path_family *f); /* 0 ok, -1 unknown */
+const char *dfx_pred_name(dfx_pred p);
+int dfx_pred_parse(const char *name, dfx_pred *p);
+
+/* Any prediction is affine in (x, P) for another prediction P at the same
+ * (t, x): to = A * x + B * P + C. Fails (and says why) where the path makes
+ * the conversion singular. */
+int dfx_convert_coefs(const dfx_coef *c, dfx_pred from, dfx_pred to,
+                      double *A, double *B, double *C, dfx_error *err);
+
+/* ---------------------------------------------------------------- models */
+
+typedef struct dfx_model dfx_model;
+
+typedef struct dfx_model_info {
+    const char *kind;        /* "gmm", ...                                   */
+    dfx_path path;
+    dfx_pred prediction;     /* what the model natively outputs               */
+    int channels, height, width;
+    double range_lo, range_hi; /* data-space values shown as black and white  */
+    const char *dataset;     /* provenance, may be ""                         */
+    const char *description;
+    size_t n_params;         /* stored numbers                                */
+    double flops;            /* floating-point operations per evaluation of one sample */
+} dfx_model_info;
+
+dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err);
+void dfx_model_free(dfx_model *m);
+const dfx_model_info *dfx_model_get_info(const dfx_model *m);
+/* Write a human-readable description (architecture, tensors, provenance). */
+int dfx_model_describe(const dfx_model *m, char *buf, size_t cap);
+/* Analytic models hold for every path; networks were trained for one and
+ * refuse another. */
+int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err);
+
+/* Build an exact Gaussian-mixture model in memory: K components with means
+ * [K, C, H, W], standard deviations c_k and weights w_k (normalised here). */
+dfx_model *dfx_model_gmm_create(dfx_backend *be, const dfx_path *path, int channels,
+                                int height, int width, double range_lo, double range_hi,
+                                int K, const float *means, const float *stds,
+                                const float *weights, dfx_error *err);
+/* Save a Gaussian-mixture model in the model format (models/FORMAT.md). */
+int dfx_gmm_save(const char *file, const dfx_path *path, int channels, int height,
+                 int width, double range_lo, double range_hi, int K, const float *means,
+                 const float *stds, const float *weights, const char *dataset,
+                 const char *description, dfx_error *err);
+
+/* Evaluate the model at per-sample times t[rows] and host images x
+ * [rows, C, H, W], returning the prediction `want` (host arrays). */
+int dfx_model_eval_host(dfx_model *m, const double *t, const float *x, int rows,
+                        dfx_pred want, float *out, dfx_error *err);
+
+/* -------------------------------------------------------------- samplers */
+
+typedef enum {
+    DFX_GRID_UNIFORM = 0, /* uniform in t                                  */
+    DFX_GRID_KARRAS,      /* Karras et al. sigma^(1/rho) spacing          */
+    DFX_GRID_LOGSNR,      /* uniform in log-SNR                            */
+    DFX_GRID_SHIFT,       /* shifted uniform: u' = k u / (1 + (k - 1) u)  */
+    DFX_GRID_COUNT
+} dfx_grid;
+
+typedef enum {
+    DFX_NOISE_DIFFUSION = 0, /* eps = g^2/2: the reverse SDE of the path      */
+    DFX_NOISE_CONST,         /* eps = eps0                                    */
+    DFX_NOISE_S,             /* eps = eps0 * s(t): vanishes at the data end  */
+    DFX_NOISE_S2,            /* eps = eps0 * s(t)^2                          */
+    DFX_NOISE_COUNT
+} dfx_noise;
+
+typedef struct dfx_progress {
+    int step, steps;  /* steps done / planned in this batch (adaptive: % of time) */
+    double t;         /* current time                                      */
+} dfx_progress;
+
+typedef struct dfx_sample_opts {
+    const char *sampler;   /* euler, heun, rk4, dopri5, em                  */
+    int steps;             /* grid intervals (fixed-step samplers)           */
+    uint64_t seed;
+    dfx_grid grid;
+    double rho;            /* karras: 7                                      */
+    double shift;          /* shift grid: 3                                  */
+    double t_noise, t_data;/* interval; NAN = the path's default            */
+    double rtol, atol;     /* dopri5: 1e-4, 1e-4                             */
+    long max_nfe;          /* dopri5: give up after this many evaluations per sample */
+    dfx_noise noise;       /* em: noise schedule                             */
+    double eps0;           /* em: scale of the schedule                      */
+    int denoise;           /* 1: finish with x <- x_hat(t_data, x)           */
+    void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
+    void *progress_ctx;
+} dfx_sample_opts;
+
+typedef struct dfx_sample_stats {
+    long nfe;          /* network evaluations per sample (max over the batch) */
+    double nfe_mean;   /* mean over the batch (adaptive samplers differ)   */
+    long steps;        /* accepted steps (max over the batch)              */
+    long rejected;     /* rejected steps, summed over the batch            */
+} dfx_sample_stats;
+
+/* Fills the defaults that fit the model: heun, 30 steps, a safe noise
+ * schedule for its path, the path's interval. */
+void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m);
+
+typedef struct dfx_sampler dfx_sampler;
+
+/* Validates the options against the model and plans every buffer for
+ * batches of up to max_rows samples. */
+dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_rows,
+                                dfx_error *err);
+/* Draws samples first_index .. first_index + rows - 1 into out (host,
+ * [rows, C, H, W]). Reports NaN/Inf as an error naming the step. */
+int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
+                    dfx_sample_stats *stats, dfx_error *err);
+void dfx_sampler_free(dfx_sampler *s);
+/* The time grid the sampler uses (steps + 1 values), or NULL if adaptive. */
+const double *dfx_sampler_grid(const dfx_sampler *s, int *n);
+
+typedef struct dfx_sampler_desc {
+    const char *name;
+    const char *summary;
+    int order;        /* order of convergence (strong for SDEs); 0 if n/a    */
+    int nfe_per_step; /* network evaluations per step; 0 = adaptive          */
+    int stochastic;
+    const char *families; /* which model families it applies to          */
+} dfx_sampler_desc;
+
+/* The registry: returns the number of samplers; *list points at them. */
+int dfx_samplers(const dfx_sampler_desc **list);
+
+const char *dfx_grid_name(dfx_grid g);
+int dfx_grid_parse(const char *name, dfx_grid *g);
+const char *dfx_noise_name(dfx_noise n);
+int dfx_noise_parse(const char *name, dfx_noise *n);
+
+/* Time grid from t_noise to t_data with n intervals (n + 1 values). */
+int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, double t_noise,
+                  double t_data, int n, double *out, dfx_error *err);
+
+/* --------------------------------------------------------------- noise */
+
+/* Philox4x32-10 (Random123): out = philox(counter, key). */
+void dfx_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+/* Standard normals for samples first_index .. first_index + rows - 1,
+ * `cols` values each, for one (draw, stream): the same numbers on every
+ * backend and for every batch split. */
+void dfx_normal_host(uint64_t seed, uint64_t first_index, int rows, size_t cols, uint32_t draw,
+                     uint32_t stream, float *out);
+
+/* ---------------------------------------------------------------- output */
+
+typedef struct dfx_grid_layout {
+    int cols;          /* 0 = ceil(sqrt(n))                                */
+    int pad;           /* pixels between tiles and around the grid        */
+    double pad_value;  /* 0 = black, 1 = white                             */
+    int scale;         /* nearest-neighbour upscale factor, >= 1          */
+} dfx_grid_layout;
+
+/* n images [n, C, H, W] in data space; value v maps to pixel
+ * 255 * clamp((v - lo) / (hi - lo), 0, 1). C must be 1 or 3. Written to a
+ * temporary name and renamed, so a failure never leaves a partial file. */
+int dfx_write_png_grid(const char *file, const float *images, int n, int channels, int height,
+                       int width, double lo, double hi, const dfx_grid_layout *layout,
+                       dfx_error *err);
+/* float32 .npy array of the given shape, written atomically. */
+int dfx_write_npy(const char *file, const float *data, int ndim, const int64_t *shape,
+                  dfx_error *err);
+
+/* IDX (MNIST) image file, optionally gzip-compressed: n images of h x w
+ * uint8 pixels, returned as a malloc'd array the caller frees. */
+int dfx_read_idx_images(const char *file, uint8_t **pixels, int *n, int *h, int *w,
+                        dfx_error *err);
+int dfx_read_idx_labels(const char *file, uint8_t **labels, int *n, dfx_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

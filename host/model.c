@@ -1,0 +1,209 @@
+/* Model loading, description and evaluation: the native prediction of any
+ * kind, converted into what the sampler asks for. */
+#include "model.h"
+#include "error.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err)
+{
+    dfx_model *m = dfx_alloc(1, sizeof *m, "model", err);
+    if (!m) return NULL;
+    m->be = be;
+    m->cfg = *cfg;
+    m->dim = (size_t)cfg->channels * (size_t)cfg->height * (size_t)cfg->width;
+    dfx_model_info *i = &m->info;
+    i->kind = m->cfg.kind;
+    i->path = cfg->path;
+    i->prediction = cfg->prediction;
+    i->channels = cfg->channels;
+    i->height = cfg->height;
+    i->width = cfg->width;
+    i->range_lo = cfg->range_lo;
+    i->range_hi = cfg->range_hi;
+    i->dataset = m->cfg.dataset;
+    i->description = m->cfg.description;
+    return m;
+}
+
+dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
+{
+    dfx_st_file f;
+    if (dfx_st_open(&f, file, err) != 0) return NULL;
+    dfx_model *m = NULL;
+    dfx_model_config cfg;
+    if (!f.format || strcmp(f.format, "difflux") != 0) {
+        dfx_fail(err, "%s: not a difflux model (__metadata__.format is not \"difflux\")", file);
+        goto done;
+    }
+    if (dfx_config_parse(&cfg, f.config, file, err) != 0) goto done;
+    m = dfx_model_new(be, &cfg, err);
+    if (!m) {
+        dfx_config_free(&cfg);
+        goto done;
+    }
+    snprintf(m->file, sizeof m->file, "%s", file);
+    int rc;
+    if (strcmp(cfg.kind, "gmm") == 0)
+        rc = dfx_gmm_load(m, &f, err);
+    else
+        rc = dfx_fail(err, "%s: unknown model kind '%s' (this build knows: gmm)", file,
+                      cfg.kind);
+    if (rc == 0) rc = dfx_st_check_all_used(&f, err);
+    if (rc != 0) {
+        dfx_model_free(m);
+        m = NULL;
+    }
+done:
+    dfx_st_close(&f);
+    return m;
+}
+
+void dfx_model_free(dfx_model *m)
+{
+    if (!m) return;
+    if (m->vt && m->vt->destroy) m->vt->destroy(m);
+    if (m->pred) m->be->ops->free(m->be, m->pred);
+    free(m->coef);
+    dfx_config_free(&m->cfg);
+    free(m);
+}
+
+const dfx_model_info *dfx_model_get_info(const dfx_model *m)
+{
+    return &m->info;
+}
+
+int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err)
+{
+    if (!m->analytic)
+        return dfx_fail(err,
+                        "%s: a %s model was trained on the %s path and cannot be sampled on "
+                        "another one",
+                        m->file, m->cfg.kind, dfx_path_name(m->cfg.path.family));
+    m->cfg.path = *p;
+    m->info.path = *p;
+    return 0;
+}
+
+static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
+{
+    switch (p->family) {
+    case DFX_PATH_VP:
+        return (size_t)snprintf(buf, cap, "vp (beta_min %g, beta_max %g)", p->beta_min,
+                                p->beta_max);
+    case DFX_PATH_VP_COSINE:
+        return (size_t)snprintf(buf, cap, "vp_cosine (s %g)", p->cosine_s);
+    case DFX_PATH_VE:
+        return (size_t)snprintf(buf, cap, "ve (sigma %g .. %g)", p->sigma_min, p->sigma_max);
+    default:
+        return (size_t)snprintf(buf, cap, "%s", dfx_path_name(p->family));
+    }
+}
+
+int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
+{
+    const dfx_model_info *i = &m->info;
+    char pd[128];
+    path_desc(pd, sizeof pd, &i->path);
+    double tn, td;
+    dfx_path_default_range(&i->path, &tn, &td);
+    int n = snprintf(buf, cap,
+                     "file         %s\n"
+                     "kind         %s\n"
+                     "image        %d x %d x %d (channels x height x width)\n"
+                     "data range   [%g, %g] (shown as black .. white)\n"
+                     "path         %s, data at t = %d, sampled from t = %g to %g\n"
+                     "prediction   %s\n"
+                     "parameters   %zu\n"
+                     "FLOPs/eval   %.4g per sample\n"
+                     "dataset      %s\n"
+                     "description  %s\n",
+                     m->file[0] ? m->file : "(in memory)", i->kind, i->channels, i->height,
+                     i->width, i->range_lo, i->range_hi, pd, dfx_path_data_at_one(&i->path), tn,
+                     td, dfx_pred_name(i->prediction), i->n_params, i->flops,
+                     i->dataset[0] ? i->dataset : "-",
+                     i->description[0] ? i->description : "-");
+    if (n < 0 || (size_t)n >= cap) return n;
+    if (m->vt && m->vt->describe) n += m->vt->describe(m, buf + n, cap - (size_t)n);
+    return n;
+}
+
+int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
+{
+    if (rows <= m->cap_rows) return 0;
+    float *p = dfx_be_alloc(m->be, (size_t)rows * m->dim * sizeof(float), "prediction buffer",
+                            err);
+    if (!p) return -1;
+    double *c = dfx_alloc((size_t)rows * 3, sizeof(double), "conversion coefficients", err);
+    if (!c) {
+        m->be->ops->free(m->be, p);
+        return -1;
+    }
+    if (m->pred) m->be->ops->free(m->be, m->pred);
+    free(m->coef);
+    m->pred = p;
+    m->coef = c;
+    m->cap_rows = rows;
+    return 0;
+}
+
+int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                      dfx_error *err)
+{
+    return m->vt->predict(m, t, x, out, rows, err);
+}
+
+int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
+                            dfx_pred to, double *A, double *B, double *C, dfx_error *err)
+{
+    for (int r = 0; r < rows; r++) {
+        dfx_coef c;
+        dfx_path_eval(&m->cfg.path, t[r], &c);
+        if (dfx_convert_coefs(&c, from, to, &A[r], &B[r], &C[r], err) != 0)
+            return dfx_fail_prefix(err, "t = %g on the %s path", t[r],
+                                   dfx_path_name(m->cfg.path.family));
+    }
+    return 0;
+}
+
+int dfx_model_convert(dfx_model *m, const double *t, const float *x, const float *P,
+                      dfx_pred from, dfx_pred to, float *out, int rows, dfx_error *err)
+{
+    if (dfx_model_reserve(m, rows, err) != 0) return -1;
+    double *A = m->coef, *B = m->coef + rows, *C = m->coef + 2 * rows;
+    if (dfx_model_convert_coefs(m, t, rows, from, to, A, B, C, err) != 0) return -1;
+    const float *xs[2] = {x, P};
+    m->be->ops->lincomb(m->be, out, 2, xs, m->coef, C, rows, m->dim);
+    return 0;
+}
+
+int dfx_model_eval(dfx_model *m, const double *t, const float *x, dfx_pred want, float *out,
+                   int rows, dfx_error *err)
+{
+    dfx_pred native = m->cfg.prediction;
+    if (want == native) return dfx_model_predict(m, t, x, out, rows, err);
+    if (dfx_model_reserve(m, rows, err) != 0) return -1;
+    if (dfx_model_predict(m, t, x, m->pred, rows, err) != 0) return -1;
+    return dfx_model_convert(m, t, x, m->pred, native, want, out, rows, err);
+}
+
+int dfx_model_eval_host(dfx_model *m, const double *t, const float *x, int rows, dfx_pred want,
+                        float *out, dfx_error *err)
+{
+    dfx_backend *be = m->be;
+    size_t bytes = (size_t)rows * m->dim * sizeof(float);
+    float *dx = dfx_be_alloc(be, bytes, "model input", err);
+    float *dy = dx ? dfx_be_alloc(be, bytes, "model output", err) : NULL;
+    int rc = -1;
+    if (dy && be->ops->upload(be, dx, x, bytes, err) == 0 &&
+        dfx_model_eval(m, t, dx, want, dy, rows, err) == 0)
+        rc = be->ops->download(be, out, dy, bytes, err);
+    if (dx) be->ops->free(be, dx);
+    if (dy) be->ops->free(be, dy);
+    return rc;
+}

@@ -1,0 +1,82 @@
+/*
+ * Models: a kind (gmm, later unet and affine) behind one small table, a
+ * path and the prediction the model natively makes. dfx_model_eval turns the
+ * native prediction into whatever a sampler asks for (path.c does the
+ * algebra, the backend's lincomb applies it per row).
+ */
+#ifndef DFX_MODEL_H
+#define DFX_MODEL_H
+
+#include "backend.h"
+#include "difflux.h"
+
+#include <cjson/cJSON.h>
+
+/* The model's JSON config (models/FORMAT.md), parsed. */
+typedef struct dfx_model_config {
+    char kind[16];
+    dfx_path path;
+    dfx_pred prediction;
+    int channels, height, width;
+    double range_lo, range_hi;
+    char dataset[128];
+    char description[512];
+    cJSON *root; /* the whole config, for the kind's own section */
+} dfx_model_config;
+
+/* Parses and validates; `file` names the source in error messages. */
+int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, dfx_error *err);
+void dfx_config_free(dfx_model_config *c);
+/* The common part of a config as a JSON object (kind adds its section). */
+cJSON *dfx_config_to_json(const dfx_model_config *c);
+/* Path as its config object ({"family": ..., parameters}). */
+cJSON *dfx_path_to_json(const dfx_path *p);
+
+typedef struct dfx_model_vt {
+    /* Native prediction at per-row times t[rows] (host) for x (backend) into
+     * out (backend). */
+    int (*predict)(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                   dfx_error *err);
+    /* Kind-specific lines for `difflux info`. */
+    int (*describe)(const dfx_model *m, char *buf, size_t cap);
+    void (*destroy)(dfx_model *m);
+} dfx_model_vt;
+
+struct dfx_model {
+    const dfx_model_vt *vt;
+    dfx_backend *be;
+    dfx_model_config cfg;
+    dfx_model_info info;
+    int analytic;  /* exact for any path: dfx_model_set_path allowed */
+    size_t dim;    /* C * H * W */
+    char file[1024];
+    void *impl;
+    /* scratch for conversions, sized by dfx_model_reserve */
+    int cap_rows;
+    float *pred;     /* backend [cap_rows, dim] */
+    double *coef;    /* host [3 * cap_rows] */
+};
+
+/* Allocates what evaluation needs for batches of up to `rows`. */
+int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err);
+/* Native prediction (backend pointers). */
+int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                      dfx_error *err);
+/* out = conversion of prediction P (of type `from`) at (t, x) into `to`. */
+int dfx_model_convert(dfx_model *m, const double *t, const float *x, const float *P,
+                      dfx_pred from, dfx_pred to, float *out, int rows, dfx_error *err);
+/* The prediction `want` at (t, x): one network evaluation plus a conversion. */
+int dfx_model_eval(dfx_model *m, const double *t, const float *x, dfx_pred want, float *out,
+                   int rows, dfx_error *err);
+/* Per-row conversion coefficients (to = A x + B P + C) into A, B, C [rows]. */
+int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
+                            dfx_pred to, double *A, double *B, double *C, dfx_error *err);
+
+/* Common construction: fills cfg-derived info, dim. */
+dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err);
+
+/* Kinds */
+struct dfx_st_file;
+int dfx_gmm_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
+
+#endif

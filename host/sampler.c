@@ -1,0 +1,309 @@
+/*
+ * The sampler driver: the registry, option checks, buffer planning, the
+ * initial noise, the loop's shared helpers and the final denoising step.
+ * Step rules live in samplers_ode.c and sampler_em.c.
+ */
+#include "sampler.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const sampler_def defs[] = {
+    {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, "all paths"}, 1, 0,
+     dfx_run_euler},
+    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, "all paths"}, 3,
+     0, dfx_run_heun},
+    {{"rk4", "classical fourth-order Runge-Kutta on the probability-flow ODE", 4, 4, 0,
+      "all paths"},
+     5, 0, dfx_run_rk4},
+    {{"dopri5",
+      "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol), reports evaluations", 5, 0,
+      0, "all paths"},
+     9, 1, dfx_run_dopri5},
+    {{"em",
+      "Euler-Maruyama of the SDE family dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, "
+      "--eps0)",
+      1, 1, 1, "all paths"},
+     2, 0, dfx_run_em},
+};
+#define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
+
+static dfx_sampler_desc descs[N_DEFS];
+
+int dfx_samplers(const dfx_sampler_desc **list)
+{
+    for (int i = 0; i < N_DEFS; i++) descs[i] = defs[i].d;
+    *list = descs;
+    return N_DEFS;
+}
+
+static const char *noise_names[DFX_NOISE_COUNT] = {"diffusion", "const", "s", "s2"};
+
+const char *dfx_noise_name(dfx_noise n)
+{
+    return (n >= 0 && n < DFX_NOISE_COUNT) ? noise_names[n] : "?";
+}
+
+int dfx_noise_parse(const char *name, dfx_noise *n)
+{
+    for (int i = 0; i < DFX_NOISE_COUNT; i++)
+        if (strcmp(name, noise_names[i]) == 0) {
+            *n = (dfx_noise)i;
+            return 0;
+        }
+    return -1;
+}
+
+double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t)
+{
+    dfx_coef c;
+    dfx_path_eval(p, t, &c);
+    switch (kind) {
+    case DFX_NOISE_CONST:
+        return eps0;
+    case DFX_NOISE_S:
+        return eps0 * c.s;
+    case DFX_NOISE_S2:
+        return eps0 * c.s * c.s;
+    case DFX_NOISE_DIFFUSION: {
+        /* g^2 / 2 of the forward SDE = s^2 |d log(s/a)/dt| */
+        double r = c.ds / c.s - c.da / c.a;
+        return eps0 * c.s * c.s * fabs(r);
+    }
+    default:
+        return NAN;
+    }
+}
+
+void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
+{
+    memset(o, 0, sizeof *o);
+    o->sampler = "heun";
+    o->steps = 30;
+    o->seed = 0;
+    o->grid = DFX_GRID_UNIFORM;
+    o->rho = 7.0;
+    o->shift = 3.0;
+    o->t_noise = NAN;
+    o->t_data = NAN;
+    o->rtol = 1e-4;
+    o->atol = 1e-4;
+    o->max_nfe = 100000;
+    o->eps0 = 1.0;
+    o->denoise = 1;
+    /* The score blows up at the data end of an interpolant, so its noise
+     * must vanish there; diffusions get their own reverse SDE. */
+    o->noise = (m && dfx_path_data_at_one(&m->cfg.path)) ? DFX_NOISE_S : DFX_NOISE_DIFFUSION;
+}
+
+const double *dfx_sampler_grid(const dfx_sampler *s, int *n)
+{
+    if (n) *n = s->def->adaptive ? 0 : s->n;
+    return s->def->adaptive ? NULL : s->grid;
+}
+
+void dfx_sampler_free(dfx_sampler *s)
+{
+    if (!s) return;
+    dfx_backend *be = s->be;
+    if (s->x) be->ops->free(be, s->x);
+    for (int i = 0; i < DFX_SAMPLER_MAX_BUFS; i++)
+        if (s->buf[i]) be->ops->free(be, s->buf[i]);
+    free(s->grid);
+    free(s->t);
+    free(s->coef);
+    free(s->nfe);
+    free(s);
+}
+
+/* Fail early, before any work, where a conversion the sampler needs is
+ * singular on its grid. */
+static int check_grid(dfx_sampler *s, dfx_error *err)
+{
+    const dfx_model *m = s->m;
+    dfx_pred native = m->cfg.prediction;
+    /* Euler never evaluates at the last grid point; multi-stage rules do. */
+    int need_end = s->def->d.nfe_per_step != 1;
+    for (int i = 0; i <= s->n; i++) {
+        double t = s->grid[i], A, B, C;
+        if (i < s->n || need_end) {
+            if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_VELOCITY, &A, &B, &C, err))
+                return -1;
+        }
+        if (i < s->n && s->def->d.stochastic) {
+            if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_SCORE, &A, &B, &C, err))
+                return -1;
+            double e = dfx_noise_eps(&m->cfg.path, s->o.noise, s->o.eps0, t);
+            if (!isfinite(e) || e < 0.0)
+                return dfx_fail(err,
+                                "--noise %s is %g at t = %g on the %s path; choose another "
+                                "schedule (--noise s is safe everywhere) or move --t-noise",
+                                dfx_noise_name(s->o.noise), e, t,
+                                dfx_path_name(m->cfg.path.family));
+        }
+    }
+    if (s->o.denoise) {
+        double t = s->t_data, A, B, C;
+        if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_DATA, &A, &B, &C, err))
+            return dfx_fail_prefix(err, "final denoising step (--no-denoise skips it)");
+    }
+    return 0;
+}
+
+dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_rows,
+                                dfx_error *err)
+{
+    const sampler_def *def = NULL;
+    for (int i = 0; i < N_DEFS; i++)
+        if (o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) def = &defs[i];
+    if (!def) {
+        dfx_fail(err, "unknown sampler '%s' (`difflux samplers` lists them)",
+                 o->sampler ? o->sampler : "");
+        return NULL;
+    }
+    if (max_rows < 1) {
+        dfx_fail(err, "batch size must be at least 1");
+        return NULL;
+    }
+    if (!def->adaptive && (o->steps < 1 || o->steps > 1000000)) {
+        dfx_fail(err, "--steps must be in [1, 1000000] (got %d)", o->steps);
+        return NULL;
+    }
+    if (def->adaptive && !(o->rtol > 0.0 && o->atol > 0.0 && o->max_nfe > 0)) {
+        dfx_fail(err, "--rtol, --atol and --max-nfe must be positive");
+        return NULL;
+    }
+    if (def->d.stochastic && !(o->eps0 >= 0.0 && isfinite(o->eps0))) {
+        dfx_fail(err, "--eps0 must be a finite number >= 0");
+        return NULL;
+    }
+    dfx_sampler *s = dfx_alloc(1, sizeof *s, "sampler", err);
+    if (!s) return NULL;
+    s->m = m;
+    s->be = m->be;
+    s->o = *o;
+    s->def = def;
+    s->max_rows = max_rows;
+    s->dim = m->dim;
+    double tn, td;
+    dfx_path_default_range(&m->cfg.path, &tn, &td);
+    s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
+    s->t_data = isnan(o->t_data) ? td : o->t_data;
+    s->n = def->adaptive ? 1 : o->steps;
+    s->grid = dfx_alloc((size_t)s->n + 1, sizeof *s->grid, "time grid", err);
+    if (!s->grid) goto fail;
+    if (def->adaptive) {
+        /* the uniform grid of one step only checks the interval */
+        if (dfx_time_grid(&m->cfg.path, DFX_GRID_UNIFORM, 7, 1, s->t_noise, s->t_data, 1,
+                          s->grid, err))
+            goto fail;
+    } else if (dfx_time_grid(&m->cfg.path, o->grid, o->rho, o->shift, s->t_noise, s->t_data,
+                             s->n, s->grid, err)) {
+        goto fail;
+    }
+    if (check_grid(s, err)) goto fail;
+    size_t bytes = (size_t)max_rows * s->dim * sizeof(float);
+    s->x = dfx_be_alloc(s->be, bytes, "sampler state", err);
+    if (!s->x) goto fail;
+    for (int i = 0; i < def->nbuf; i++)
+        if (!(s->buf[i] = dfx_be_alloc(s->be, bytes, "sampler buffers", err))) goto fail;
+    s->t = dfx_alloc((size_t)max_rows, sizeof *s->t, "sampler", err);
+    s->coef = dfx_alloc((size_t)(DFX_LINCOMB_MAX + 1) * max_rows, sizeof *s->coef, "sampler",
+                        err);
+    s->nfe = dfx_alloc((size_t)max_rows, sizeof *s->nfe, "sampler", err);
+    if (!s->t || !s->coef || !s->nfe) goto fail;
+    if (dfx_model_reserve(m, max_rows, err)) goto fail;
+    return s;
+fail:
+    dfx_sampler_free(s);
+    return NULL;
+}
+
+int dfx_s_eval_rows(dfx_sampler *s, const double *t, const float *x, dfx_pred want, float *out,
+                    const int *active, dfx_error *err)
+{
+    for (int r = 0; r < s->rows; r++) s->nfe[r] += active ? (active[r] != 0) : 1;
+    return dfx_model_eval(s->m, t, x, want, out, s->rows, err);
+}
+
+int dfx_s_eval(dfx_sampler *s, double t, const float *x, dfx_pred want, float *out,
+               dfx_error *err)
+{
+    for (int r = 0; r < s->rows; r++) s->t[r] = t;
+    return dfx_s_eval_rows(s, s->t, x, want, out, NULL, err);
+}
+
+void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, const double *c,
+                   double c0)
+{
+    int R = s->rows;
+    double *cf = s->coef, *b = s->coef + (size_t)DFX_LINCOMB_MAX * R;
+    for (int i = 0; i < k; i++)
+        for (int r = 0; r < R; r++) cf[(size_t)i * R + r] = c[i];
+    for (int r = 0; r < R; r++) b[r] = c0;
+    s->be->ops->lincomb(s->be, out, k, x, cf, c0 != 0.0 ? b : NULL, R, s->dim);
+}
+
+int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err)
+{
+    size_t bad = 0;
+    if (s->be->ops->count_nonfinite(s->be, s->x, (size_t)s->rows * s->dim, &bad, err)) return -1;
+    if (bad)
+        return dfx_fail(err,
+                        "sampler %s: %zu NaN/Inf values in samples %llu..%llu after step %d "
+                        "(t = %g); try more steps, another grid, or a shorter interval",
+                        s->def->d.name, bad, (unsigned long long)s->first,
+                        (unsigned long long)(s->first + (uint64_t)s->rows - 1), step, t);
+    return 0;
+}
+
+void dfx_s_progress(dfx_sampler *s, int step, int steps, double t)
+{
+    if (!s->o.progress) return;
+    dfx_progress p = {step, steps, t};
+    s->o.progress(s->o.progress_ctx, &p);
+}
+
+int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
+                    dfx_sample_stats *stats, dfx_error *err)
+{
+    if (rows < 1 || rows > s->max_rows)
+        return dfx_fail(err, "batch of %d samples, but the sampler was planned for 1..%d", rows,
+                        s->max_rows);
+    dfx_sample_stats local;
+    memset(&local, 0, sizeof local);
+    s->first = first_index;
+    s->rows = rows;
+    s->st = &local;
+    memset(s->nfe, 0, (size_t)rows * sizeof *s->nfe);
+    /* x at the noise end: m + s z, z from draw 0 of the initial stream. */
+    dfx_coef c;
+    dfx_path_eval(&s->m->cfg.path, s->t_noise, &c);
+    s->be->ops->normal(s->be, s->x, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
+    const float *xs[1] = {s->x};
+    double cs[1] = {c.s};
+    dfx_s_lincomb(s, s->x, 1, xs, cs, c.m);
+    if (s->def->run(s, err)) return -1;
+    if (s->o.denoise) {
+        float *tmp = s->buf[0];
+        if (dfx_s_eval(s, s->t_data, s->x, DFX_PRED_DATA, tmp, err)) return -1;
+        const float *ts[1] = {tmp};
+        double one[1] = {1.0};
+        dfx_s_lincomb(s, s->x, 1, ts, one, 0.0);
+        if (dfx_s_check(s, -1, s->t_data, err)) return dfx_fail_prefix(err, "denoising");
+    }
+    if (s->be->ops->download(s->be, out, s->x, (size_t)rows * s->dim * sizeof(float), err))
+        return -1;
+    long mx = 0;
+    double sum = 0.0;
+    for (int r = 0; r < rows; r++) {
+        if (s->nfe[r] > mx) mx = s->nfe[r];
+        sum += (double)s->nfe[r];
+    }
+    local.nfe = mx;
+    local.nfe_mean = sum / rows;
+    if (stats) *stats = local;
+    return 0;
+}

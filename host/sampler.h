@@ -1,0 +1,68 @@
+/*
+ * The sampler seam: a time grid plus a step rule over backend vectors.
+ * Every update runs on the backend that holds x (lincomb, normal), so a GPU
+ * run never copies the batch to the host between steps.
+ */
+#ifndef DFX_SAMPLER_H
+#define DFX_SAMPLER_H
+
+#include "model.h"
+
+/* Philox stream tags: which kind of draw a normal belongs to. */
+enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1 };
+
+#define DFX_SAMPLER_MAX_BUFS 10
+
+typedef struct sampler_def {
+    dfx_sampler_desc d;
+    int nbuf;      /* backend vectors of [rows, dim] it needs besides x */
+    int adaptive;  /* ignores the grid */
+    int (*run)(dfx_sampler *s, dfx_error *err);
+} sampler_def;
+
+struct dfx_sampler {
+    dfx_model *m;
+    dfx_backend *be;
+    dfx_sample_opts o;
+    const sampler_def *def;
+    int max_rows;
+    size_t dim;
+    double t_noise, t_data;
+    int n;         /* grid intervals */
+    double *grid;  /* n + 1 times */
+    float *x;      /* backend [max_rows, dim]: the state */
+    float *buf[DFX_SAMPLER_MAX_BUFS];
+    double *t;     /* host [max_rows]: per-row times */
+    double *coef;  /* host [(DFX_LINCOMB_MAX + 1) * max_rows] */
+    long *nfe;     /* host [max_rows]: evaluations per row */
+    /* the batch being run */
+    uint64_t first;
+    int rows;
+    dfx_sample_stats *st;
+};
+
+/* Helpers for the step rules (sampler.c). */
+/* Evaluate the model prediction `want` at the same time for all rows. */
+int dfx_s_eval(dfx_sampler *s, double t, const float *x, dfx_pred want, float *out,
+               dfx_error *err);
+/* Per-row times version; active[r] == 0 rows are not counted as evaluated. */
+int dfx_s_eval_rows(dfx_sampler *s, const double *t, const float *x, dfx_pred want, float *out,
+                    const int *active, dfx_error *err);
+/* out = c0 + sum_i c[i] x_i with the same coefficients for every row. */
+void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, const double *c,
+                   double c0);
+/* Fails if x holds NaN or Inf, naming the step. */
+int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
+void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
+
+/* Step rules */
+int dfx_run_euler(dfx_sampler *s, dfx_error *err);
+int dfx_run_heun(dfx_sampler *s, dfx_error *err);
+int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
+int dfx_run_dopri5(dfx_sampler *s, dfx_error *err);
+int dfx_run_em(dfx_sampler *s, dfx_error *err);
+
+/* The em noise level eps(t) >= 0 of MATH.md section 1.2 (may be Inf). */
+double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t);
+
+#endif
