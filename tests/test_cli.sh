@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The command-line tool: every bad input gives one clear message and a
+# non-zero exit; the good paths write what they promise.
+# usage: test_cli.sh path/to/difflux source-dir
+set -u
+DFX=$1
+SRC=$2
+MODEL=$SRC/models/mnist-gmm.safetensors
+TMP=$(mktemp -d /tmp/difflux-test-cli-XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+
+# expect CODE PATTERN -- command...: exit status CODE ("nz" = any non-zero)
+# and stderr+stdout matching PATTERN.
+expect() {
+    local code=$1 pat=$2
+    shift 3
+    local out rc
+    out=$("$@" 2>&1)
+    rc=$?
+    local ok=1
+    if [ "$code" = nz ]; then [ $rc -ne 0 ] || ok=0; else [ $rc -eq "$code" ] || ok=0; fi
+    if [ $ok -eq 1 ] && ! grep -qE -- "$pat" <<<"$out"; then ok=0; fi
+    if [ $ok -eq 0 ]; then
+        echo "FAIL: $* -> exit $rc, expected $code and /$pat/; output:"
+        echo "$out" | head -5
+        fails=$((fails + 1))
+    fi
+}
+
+# usage errors: exit 2
+expect 2 "unknown command 'frobnicate'" -- "$DFX" frobnicate
+expect 2 "usage: difflux COMMAND" -- "$DFX"
+expect 2 "unknown option '--bogus'" -- "$DFX" sample --bogus
+expect 2 "--steps expects an integer, got 'abc'" -- "$DFX" sample --steps abc
+expect 2 "--steps expects an integer, got '12x'" -- "$DFX" sample --steps 12x
+expect 2 "--seed expects a non-negative integer" -- "$DFX" sample --seed -3
+expect 2 "--eps0 expects a number, got 'nan'" -- "$DFX" sample --eps0 nan
+expect 2 "--n must be at least 1" -- "$DFX" sample --n 0
+expect 2 "--batch must be at least 1" -- "$DFX" sample --batch 0
+expect 2 "--model needs a value" -- "$DFX" sample --model
+expect 2 "unexpected argument 'extra'" -- "$DFX" sample extra
+expect 2 "unknown --sampler 'nope'" -- "$DFX" sample --sampler nope
+expect 2 "unknown --grid 'zigzag'" -- "$DFX" sample --grid zigzag
+expect 2 "unknown --path 'banana'" -- "$DFX" sample --path banana
+expect 2 "--no-png without --npy" -- "$DFX" sample --no-png
+expect 2 "--out and --no-png contradict" -- "$DFX" sample --no-png --out a.png --npy a.npy
+expect 2 "--quiet takes no value" -- "$DFX" sample --quiet=1
+expect 2 "--out FILE is required" -- "$DFX" make-gmm
+expect 2 "unknown option" -- "$DFX" info --nope
+
+# runtime errors: exit 1, naming the file or option
+expect 1 "cannot open model file '$TMP/none.safetensors'" -- "$DFX" sample --model "$TMP/none.safetensors"
+head -c 100 /dev/urandom >"$TMP/garbage.safetensors"
+expect 1 "$TMP/garbage.safetensors" -- "$DFX" sample --model "$TMP/garbage.safetensors"
+expect 1 "$TMP/garbage.safetensors" -- "$DFX" info --model "$TMP/garbage.safetensors"
+head -c 1000 "$MODEL" >"$TMP/truncated.safetensors"
+expect 1 "truncated" -- "$DFX" info --model "$TMP/truncated.safetensors"
+expect 1 "--steps must be in" -- "$DFX" sample --model "$MODEL" --steps 0 --out "$TMP/x.png"
+expect 1 "unknown device 'tpu'" -- "$DFX" sample --device tpu
+expect 1 "(no CUDA backend|no CUDA device)" -- "$DFX" sample --device cuda --n 1 --out "$TMP/x.png"
+expect 1 "karras grid needs a finite noise level.*--t-noise" -- "$DFX" sample --n 2 --grid karras --out "$TMP/x.png"
+expect 1 "need --t-data > --t-noise" -- "$DFX" sample --n 2 --t-noise 0.9 --t-data 0.1 --out "$TMP/x.png"
+expect 1 "--noise diffusion is inf" -- "$DFX" sample --n 2 --sampler em --noise diffusion --out "$TMP/x.png"
+expect 1 "cannot write '$TMP/no/such/dir/g.png'" -- "$DFX" sample --n 2 --steps 2 --out "$TMP/no/such/dir/g.png"
+expect 1 "NaN/Inf" -- "$DFX" sample --n 2 --steps 4 --sampler em --eps0 1e38 --out "$TMP/nan.png"
+[ -e "$TMP/nan.png" ] && { echo "FAIL: a failed run left $TMP/nan.png"; fails=$((fails + 1)); }
+ls "$TMP" | grep -q tmp && { echo "FAIL: temporary files left: $(ls "$TMP")"; fails=$((fails + 1)); }
+
+# good paths
+expect 0 "usage: difflux sample" -- "$DFX" sample --help
+expect 0 "usage: difflux info" -- "$DFX" info --help
+expect 0 "usage: difflux samplers" -- "$DFX" samplers --help
+expect 0 "usage: difflux make-gmm" -- "$DFX" make-gmm --help
+expect 0 "commands:" -- "$DFX" --help
+expect 0 "^difflux [0-9]" -- "$DFX" --version
+expect 0 "euler.*heun.*rk4.*dopri5.*em" -- bash -c "'$DFX' samplers | tr '\n' ' '"
+expect 0 "kind +gmm" -- "$DFX" info --model "$MODEL"
+expect 0 "gmm.means +F32 +\[300, 1, 28, 28\]" -- "$DFX" info --model "$MODEL" --tensors
+expect 0 "-> $TMP/g.png" -- "$DFX" sample --model "$MODEL" --n 6 --steps 4 --out "$TMP/g.png"
+head -c 8 "$TMP/g.png" | od -An -c | grep -q "P   N   G" || { echo "FAIL: g.png is not a PNG"; fails=$((fails + 1)); }
+expect 0 "$TMP/s.npy" -- "$DFX" sample --model "$MODEL" --n 3 --steps 4 --no-png --npy "$TMP/s.npy" --sampler em --path vp
+# 3 samples x 784 floats + a 128-byte header
+size=$(stat -c %s "$TMP/s.npy")
+[ "$size" -eq $((128 + 3 * 784 * 4)) ] || { echo "FAIL: s.npy has $size bytes"; fails=$((fails + 1)); }
+# make-gmm writes a model that samples
+expect 0 "wrote $TMP/m.safetensors: 20 components" -- "$DFX" make-gmm --images "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --count 20 --out "$TMP/m.safetensors"
+expect 0 "samples/s" -- "$DFX" sample --model "$TMP/m.safetensors" --n 2 --steps 3 --out "$TMP/m.png" --sampler dopri5
+expect 1 "only 5 matching images" -- "$DFX" make-gmm --images "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --labels "$SRC/models/data/mnist10k-labels-idx1-ubyte.gz" --class 3 --offset 1027 --count 10 --out "$TMP/m3.safetensors"
+expect 1 "not an IDX file" -- "$DFX" make-gmm --images "$MODEL" --out "$TMP/m4.safetensors"
+
+if [ $fails -ne 0 ]; then
+    echo "test_cli: $fails check(s) failed"
+    exit 1
+fi
+echo "test_cli: all checks passed"

@@ -1,0 +1,308 @@
+/* The model format: safetensors with the config in __metadata__. Round
+ * trips in F32/F16/BF16, and a strict loader that rejects every malformed
+ * file with a message naming the file and tensor, never crashing (a
+ * truncation and byte-flip sweep runs at the end; run it under ASan). */
+#include "check.h"
+#include "difflux.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static char dir[] = "/tmp/difflux-test-st-XXXXXX";
+static char path[256];
+static dfx_backend *be;
+
+static const char *CONFIG =
+    "{\"version\":1,\"kind\":\"gmm\",\"image\":{\"channels\":1,\"height\":2,\"width\":2},"
+    "\"data\":{\"range\":[-1,1]},\"path\":{\"family\":\"linear\"},\"prediction\":\"data\","
+    "\"gmm\":{\"components\":2}}";
+
+/* A tensor entry of the header. */
+static void entry(cJSON *root, const char *name, const char *dtype, int nd, const int *shape,
+                  long b, long e)
+{
+    cJSON *t = cJSON_AddObjectToObject(root, name);
+    cJSON_AddStringToObject(t, "dtype", dtype);
+    cJSON *s = cJSON_AddArrayToObject(t, "shape");
+    for (int i = 0; i < nd; i++) cJSON_AddItemToArray(s, cJSON_CreateNumber(shape[i]));
+    cJSON *o = cJSON_AddArrayToObject(t, "data_offsets");
+    cJSON_AddItemToArray(o, cJSON_CreateNumber((double)b));
+    cJSON_AddItemToArray(o, cJSON_CreateNumber((double)e));
+}
+
+/* The header of a valid 2-component model; callers edit it. */
+static cJSON *good_header(const char *config)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(r, "__metadata__");
+    cJSON_AddStringToObject(m, "format", "difflux");
+    if (config) cJSON_AddStringToObject(m, "config", config);
+    entry(r, "gmm.means", "F32", 4, (int[]){2, 1, 2, 2}, 0, 32);
+    entry(r, "gmm.stds", "F32", 1, (int[]){2}, 32, 40);
+    entry(r, "gmm.weights", "F32", 1, (int[]){2}, 40, 48);
+    return r;
+}
+
+/* Writes 8-byte length + header text + data bytes; len_override >= 0
+ * replaces the length field. */
+static void write_raw(const char *hdr, size_t hlen, const void *data, size_t n, long long len_override)
+{
+    FILE *f = fopen(path, "wb");
+    unsigned long long L = len_override >= 0 ? (unsigned long long)len_override : hlen;
+    for (int i = 0; i < 8; i++) fputc((int)((L >> (8 * i)) & 0xff), f);
+    fwrite(hdr, 1, hlen, f);
+    if (n) fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+/* means (8), stds (2), weights (2), and one spare value */
+static const float DATA[13] = {0.1f, 0.2f, 0.3f, 0.4f, -0.1f, -0.2f, -0.3f, -0.4f,
+                               0.05f, 0.1f, 1.0f, 3.0f, 9.0f};
+
+static void write_header(cJSON *r, size_t ndata)
+{
+    char *h = cJSON_PrintUnformatted(r);
+    write_raw(h, strlen(h), DATA, ndata, -1);
+    free(h);
+    cJSON_Delete(r);
+}
+
+/* Loading must fail with a message holding `want` and the file name. */
+static void expect_fail(const char *what, const char *want)
+{
+    dfx_error err = {{0}};
+    dfx_model *m = dfx_model_load(path, be, &err);
+    CHECK(m == NULL, "%s: loaded a malformed file", what);
+    CHECK(strstr(err.msg, want) != NULL, "%s: message '%s' lacks '%s'", what, err.msg, want);
+    CHECK(strstr(err.msg, path) != NULL || strstr(err.msg, "gmm") != NULL,
+          "%s: message '%s' names no file", what, err.msg);
+    dfx_model_free(m);
+}
+
+static void malformed(void)
+{
+    cJSON *r;
+    write_raw("", 0, NULL, 0, -1);
+    expect_fail("no header", "implausible header length");
+    FILE *f = fopen(path, "wb");
+    fputs("abc", f);
+    fclose(f);
+    expect_fail("3-byte file", "too short");
+    write_raw("{}", 2, NULL, 0, 1LL << 62);
+    expect_fail("huge header length", "exceeds the file size");
+    write_raw("{\"a\": ", 6, NULL, 0, -1);
+    expect_fail("bad JSON", "not valid JSON");
+    write_raw("[1, 2]", 6, NULL, 0, -1);
+    expect_fail("JSON array header", "not a JSON object");
+
+    write_header(good_header(CONFIG), 24); /* data cut short */
+    expect_fail("truncated data", "outside the");
+
+    r = good_header(CONFIG);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(r, "gmm.stds"), "dtype", cJSON_CreateString("F64"));
+    write_header(r, 48);
+    expect_fail("unknown dtype", "unsupported dtype 'F64'");
+
+    r = good_header(CONFIG);
+    cJSON_DeleteItemFromObject(r, "gmm.means");
+    entry(r, "gmm.means", "F32", 4, (int[]){2, 1, 4, 1}, 0, 32);
+    write_header(r, 48);
+    expect_fail("wrong shape", "has shape [2, 1, 4, 1], the config implies [2, 1, 2, 2]");
+
+    r = good_header(CONFIG);
+    cJSON_DeleteItemFromObject(r, "gmm.stds");
+    entry(r, "gmm.stds", "F32", 1, (int[]){2}, 28, 36);
+    write_header(r, 48);
+    expect_fail("overlapping offsets", "overlap");
+
+    r = good_header(CONFIG);
+    cJSON_DeleteItemFromObject(r, "gmm.stds");
+    entry(r, "gmm.stds", "F32", 1, (int[]){2}, 32, 44);
+    write_header(r, 48);
+    expect_fail("byte count", "bytes of data");
+
+    r = good_header(CONFIG);
+    cJSON_DeleteItemFromObject(r, "gmm.stds");
+    entry(r, "gmm.stds", "F32", 1, (int[]){2}, -8, 0);
+    write_header(r, 48);
+    expect_fail("negative offset", "data_offsets must be");
+
+    r = good_header(CONFIG);
+    cJSON_DeleteItemFromObject(r, "gmm.weights");
+    write_header(r, 48);
+    expect_fail("missing tensor", "missing tensor 'gmm.weights'");
+
+    r = good_header(CONFIG);
+    entry(r, "extra", "F32", 1, (int[]){1}, 48, 52);
+    write_header(r, 52);
+    expect_fail("unknown tensor", "unknown tensor 'extra'");
+
+    write_header(good_header(NULL), 48);
+    expect_fail("no config", "no difflux config");
+
+    r = good_header(CONFIG);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(r, "__metadata__"), "format",
+                              cJSON_CreateString("other"));
+    write_header(r, 48);
+    expect_fail("foreign format", "not a difflux model");
+
+    write_header(good_header("{\"version\": 1,"), 48);
+    expect_fail("bad config JSON", "config in __metadata__ is not valid JSON");
+
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "%s", CONFIG);
+    memcpy(strstr(cfg, "\"gmm\",\"image\""), "\"xyz\"", 5);
+    write_header(good_header(cfg), 48);
+    expect_fail("unknown kind", "unknown model kind 'xyz'");
+
+    snprintf(cfg, sizeof cfg, "%s", CONFIG);
+    memcpy(strstr(cfg, "linear"), "banana", 6);
+    write_header(good_header(cfg), 48);
+    expect_fail("unknown path", "path.family must be one of");
+
+    snprintf(cfg, sizeof cfg, "%s", CONFIG);
+    memcpy(strstr(cfg, "\"height\":2"), "\"height\":0", 10);
+    write_header(good_header(cfg), 48);
+    expect_fail("zero height", "image.height must be an integer");
+
+    /* a component with std 0 has no density */
+    {
+        float d[12];
+        memcpy(d, DATA, sizeof d);
+        d[9] = 0.0f;
+        char *h = cJSON_PrintUnformatted(r = good_header(CONFIG));
+        write_raw(h, strlen(h), d, 48, -1);
+        free(h);
+        cJSON_Delete(r);
+        expect_fail("zero std", "must be positive");
+    }
+    /* duplicate names: cJSON keeps both, the loader must not */
+    {
+        const char *dup = "{\"__metadata__\":{\"format\":\"difflux\"},"
+                          "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                          "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}";
+        write_raw(dup, strlen(dup), DATA, 8, -1);
+        expect_fail("duplicate tensor", "appears twice");
+    }
+}
+
+/* Valid models in every storage dtype load and evaluate. */
+static void round_trips(void)
+{
+    dfx_error err = {{0}};
+    float means[8] = {0.5f, -0.25f, 1.0f, -1.0f, 0.125f, 0.75f, -0.5f, 0.0f};
+    float stds[2] = {0.25f, 0.5f}, w[2] = {1.0f, 3.0f};
+    dfx_path p;
+    dfx_path_default(&p, DFX_PATH_VP);
+    CHECK_OK(dfx_gmm_save(path, &p, 1, 2, 2, -1, 1, 2, means, stds, w, "unit test", "two",
+                          &err),
+             err);
+    dfx_model *m = dfx_model_load(path, be, &err);
+    CHECK(m != NULL, "load: %s", err.msg);
+    if (m) {
+        const dfx_model_info *i = dfx_model_get_info(m);
+        CHECK(strcmp(i->kind, "gmm") == 0 && i->path.family == DFX_PATH_VP &&
+                  i->prediction == DFX_PRED_DATA && i->height == 2 && i->width == 2 &&
+                  strcmp(i->dataset, "unit test") == 0,
+              "info");
+        /* far from the data end the denoiser is the weighted mean of the means */
+        double t[1] = {1.0};
+        float x[4] = {0, 0, 0, 0}, out[4];
+        CHECK_OK(dfx_model_eval_host(m, t, x, 1, DFX_PRED_DATA, out, &err), err);
+        for (int j = 0; j < 4; j++)
+            CHECK_NEAR(out[j], 0.25 * means[j] + 0.75 * means[4 + j], 2e-3, "prior mean");
+        dfx_model_free(m);
+    }
+    /* F16 and BF16 storage: hand-written header with the same values,
+     * all exactly representable in both types */
+    const uint16_t f16[12] = {0x3800, 0xb400, 0x3c00, 0xbc00, 0x3000, 0x3a00, 0xb800, 0x0000,
+                              0x3400, 0x3800, 0x3c00, 0x4200};
+    const uint16_t bf16[12] = {0x3f00, 0xbe80, 0x3f80, 0xbf80, 0x3e00, 0x3f40, 0xbf00, 0x0000,
+                               0x3e80, 0x3f00, 0x3f80, 0x4040};
+    const char *types[2] = {"F16", "BF16"};
+    for (int ty = 0; ty < 2; ty++) {
+        cJSON *r = cJSON_CreateObject();
+        cJSON *md = cJSON_AddObjectToObject(r, "__metadata__");
+        cJSON_AddStringToObject(md, "format", "difflux");
+        cJSON_AddStringToObject(md, "config", CONFIG);
+        entry(r, "gmm.means", types[ty], 4, (int[]){2, 1, 2, 2}, 0, 16);
+        entry(r, "gmm.stds", types[ty], 1, (int[]){2}, 16, 20);
+        entry(r, "gmm.weights", types[ty], 1, (int[]){2}, 20, 24);
+        char *h = cJSON_PrintUnformatted(r);
+        write_raw(h, strlen(h), ty ? (const void *)bf16 : (const void *)f16, 24, -1);
+        free(h);
+        cJSON_Delete(r);
+        m = dfx_model_load(path, be, &err);
+        CHECK(m != NULL, "%s load: %s", types[ty], err.msg);
+        if (!m) continue;
+        double t[1] = {0.0}; /* linear path, t = 0: a = 0, x_hat = prior mean */
+        float x[4] = {0, 0, 0, 0}, out[4];
+        CHECK_OK(dfx_model_eval_host(m, t, x, 1, DFX_PRED_DATA, out, &err), err);
+        /* weights 1 and 3 (last two values 1.0, 3.0) */
+        for (int j = 0; j < 4; j++)
+            CHECK_NEAR(out[j], 0.25 * means[j] + 0.75 * means[4 + j], 1e-6, types[ty]);
+        dfx_model_free(m);
+    }
+}
+
+/* Every truncation and many random byte flips of a valid file: the loader
+ * returns a model or an error, and never crashes or reads out of bounds. */
+static void sweep(void)
+{
+    dfx_error err = {{0}};
+    write_header(good_header(CONFIG), 48);
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    unsigned char *buf = malloc((size_t)n);
+    CHECK(fread(buf, 1, (size_t)n, f) == (size_t)n, "read");
+    fclose(f);
+    int loaded = 0, refused = 0;
+    for (long cut = 0; cut < n; cut++) {
+        f = fopen(path, "wb");
+        fwrite(buf, 1, (size_t)cut, f);
+        fclose(f);
+        dfx_model *m = dfx_model_load(path, be, &err);
+        if (m) loaded++;
+        else {
+            refused++;
+            CHECK(err.msg[0] != 0, "truncation at %ld: no message", cut);
+        }
+        dfx_model_free(m);
+    }
+    CHECK(loaded == 0, "%d truncated files loaded", loaded);
+    srand(1);
+    for (int it = 0; it < 3000; it++) {
+        unsigned char *b = malloc((size_t)n);
+        memcpy(b, buf, (size_t)n);
+        int flips = 1 + rand() % 4;
+        for (int k = 0; k < flips; k++) b[rand() % n] = (unsigned char)rand();
+        f = fopen(path, "wb");
+        fwrite(b, 1, (size_t)n, f);
+        fclose(f);
+        err.msg[0] = 0;
+        dfx_model *m = dfx_model_load(path, be, &err);
+        if (!m) CHECK(err.msg[0] != 0, "flip %d: no message", it);
+        dfx_model_free(m);
+        free(b);
+    }
+    printf("sweep: %d truncations refused, 3000 byte-flipped files handled\n", refused);
+    free(buf);
+}
+
+int main(void)
+{
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    dfx_error err;
+    be = dfx_backend_create("cpu", 1, &err);
+    round_trips();
+    malformed();
+    sweep();
+    unlink(path);
+    rmdir(dir);
+    dfx_backend_destroy(be);
+    return check_report("test_safetensors");
+}
