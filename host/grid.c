@@ -1,24 +1,22 @@
 /* Time grids shared by all fixed-step samplers (MATH.md section 2). */
 #include "error.h"
+#include "names.h"
 
 #include <math.h>
 #include <string.h>
 
-static const char *grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift"};
+static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift"};
 
 const char *dfx_grid_name(dfx_grid g)
 {
-    return (g >= 0 && g < DFX_GRID_COUNT) ? grid_names[g] : "?";
+    return dfx_enum_name(grid_names, DFX_GRID_COUNT, (int)g);
 }
 
 int dfx_grid_parse(const char *name, dfx_grid *g)
 {
-    for (int i = 0; i < DFX_GRID_COUNT; i++)
-        if (strcmp(name, grid_names[i]) == 0) {
-            *g = (dfx_grid)i;
-            return 0;
-        }
-    return -1;
+    int i = dfx_enum_parse(grid_names, DFX_GRID_COUNT, name);
+    if (i >= 0) *g = (dfx_grid)i;
+    return i >= 0 ? 0 : -1;
 }
 
 int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, double t_noise,

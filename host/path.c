@@ -5,43 +5,38 @@
  * a model was trained.
  */
 #include "error.h"
+#include "names.h"
 
 #include <math.h>
 #include <string.h>
 
 #define PI 3.14159265358979323846
 
-static const char *path_names[DFX_PATH_COUNT] = {"linear", "trig", "vp", "vp_cosine", "ve"};
-static const char *pred_names[DFX_PRED_COUNT] = {"eps", "data", "score", "velocity", "v"};
+static const char *const path_names[DFX_PATH_COUNT] = {"linear", "trig", "vp", "vp_cosine", "ve"};
+static const char *const pred_names[DFX_PRED_COUNT] = {"eps", "data", "score", "velocity", "v"};
 
 const char *dfx_path_name(dfx_path_family f)
 {
-    return (f >= 0 && f < DFX_PATH_COUNT) ? path_names[f] : "?";
+    return dfx_enum_name(path_names, DFX_PATH_COUNT, (int)f);
 }
 
 int dfx_path_parse(const char *name, dfx_path_family *f)
 {
-    for (int i = 0; i < DFX_PATH_COUNT; i++)
-        if (strcmp(name, path_names[i]) == 0) {
-            *f = (dfx_path_family)i;
-            return 0;
-        }
-    return -1;
+    int i = dfx_enum_parse(path_names, DFX_PATH_COUNT, name);
+    if (i >= 0) *f = (dfx_path_family)i;
+    return i >= 0 ? 0 : -1;
 }
 
 const char *dfx_pred_name(dfx_pred p)
 {
-    return (p >= 0 && p < DFX_PRED_COUNT) ? pred_names[p] : "?";
+    return dfx_enum_name(pred_names, DFX_PRED_COUNT, (int)p);
 }
 
 int dfx_pred_parse(const char *name, dfx_pred *p)
 {
-    for (int i = 0; i < DFX_PRED_COUNT; i++)
-        if (strcmp(name, pred_names[i]) == 0) {
-            *p = (dfx_pred)i;
-            return 0;
-        }
-    return -1;
+    int i = dfx_enum_parse(pred_names, DFX_PRED_COUNT, name);
+    if (i >= 0) *p = (dfx_pred)i;
+    return i >= 0 ? 0 : -1;
 }
 
 void dfx_path_default(dfx_path *p, dfx_path_family family)

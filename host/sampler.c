@@ -5,6 +5,7 @@
  */
 #include "sampler.h"
 #include "error.h"
+#include "names.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -39,21 +40,18 @@ int dfx_samplers(const dfx_sampler_desc **list)
     return N_DEFS;
 }
 
-static const char *noise_names[DFX_NOISE_COUNT] = {"diffusion", "const", "s", "s2"};
+static const char *const noise_names[DFX_NOISE_COUNT] = {"diffusion", "const", "s", "s2"};
 
 const char *dfx_noise_name(dfx_noise n)
 {
-    return (n >= 0 && n < DFX_NOISE_COUNT) ? noise_names[n] : "?";
+    return dfx_enum_name(noise_names, DFX_NOISE_COUNT, (int)n);
 }
 
 int dfx_noise_parse(const char *name, dfx_noise *n)
 {
-    for (int i = 0; i < DFX_NOISE_COUNT; i++)
-        if (strcmp(name, noise_names[i]) == 0) {
-            *n = (dfx_noise)i;
-            return 0;
-        }
-    return -1;
+    int i = dfx_enum_parse(noise_names, DFX_NOISE_COUNT, name);
+    if (i >= 0) *n = (dfx_noise)i;
+    return i >= 0 ? 0 : -1;
 }
 
 double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t)
