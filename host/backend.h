@@ -6,6 +6,8 @@
  * CUDA); small per-row coefficient arrays are host arrays.
  *
  * Shapes: rows = samples in the batch, cols = values per sample.
+ * Host arrays passed to an op (coefficients, times, labels) are consumed
+ * before the op returns; the caller may reuse them at once.
  */
 #ifndef DFX_BACKEND_H
 #define DFX_BACKEND_H
@@ -52,6 +54,45 @@ typedef struct dfx_backend_ops {
     void (*gmm_denoise)(dfx_backend *be, float *out, const float *x, int rows,
                         const dfx_gmm_dev *g, const double *a, const double *s,
                         const double *m);
+
+    /* ---- network layers (NCHW per sample, B samples; see models/UNET.md) ---- */
+    /* y [B, Cout, Ho, Wo] = conv(x [B, Cin, H, W], w [Cout, Cin, k, k]) + bias,
+     * Ho = (H + 2 pad - k) / stride + 1. scratch: conv_scratch() floats. */
+    void (*conv2d)(dfx_backend *be, float *y, const float *x, const float *w,
+                   const float *bias, int B, int Cin, int H, int W, int Cout, int k,
+                   int stride, int pad, float *scratch);
+    /* GroupNorm over (C / groups) x HW per group, affine; SiLU after if silu. */
+    void (*group_norm)(dfx_backend *be, float *y, const float *x, const float *gamma,
+                       const float *beta, int B, int C, int HW, int groups, float eps,
+                       int silu);
+    /* y [B, out] = x [B, in] W^T + b, W [out, in]; SiLU on x first if silu_in. */
+    void (*linear)(dfx_backend *be, float *y, const float *x, const float *w, const float *b,
+                   int B, int in, int out, int silu_in);
+    /* y[b, c, :] += e[b, c] (per-channel bias, e [B, C]) */
+    void (*add_channel)(dfx_backend *be, float *y, const float *e, int B, int C, int HW);
+    /* y = a + b, n values (y may alias a or b) */
+    void (*add)(dfx_backend *be, float *y, const float *a, const float *b, size_t n);
+    /* y [B, Ca + Cb, HW] = channels of a [B, Ca, HW] then b [B, Cb, HW] */
+    void (*concat)(dfx_backend *be, float *y, const float *a, int Ca, const float *b, int Cb,
+                   int B, int HW);
+    /* nearest-neighbour x2: y [B, C, 2H, 2W] */
+    void (*upsample2x)(dfx_backend *be, float *y, const float *x, int B, int C, int H, int W);
+    /* multi-head self-attention: qkv [B, 3C, HW] (q, k, v thirds), o [B, C, HW];
+     * scratch: attention_scratch() floats. */
+    void (*attention)(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
+                      int heads, float *scratch);
+    /* sinusoidal embedding of t[b] * scale (host array t): [sin(u f_i)..., cos(u f_i)...],
+     * f_i = exp(-ln(10000) i / (dim/2)); y [B, dim] */
+    void (*time_embed)(dfx_backend *be, float *y, const double *t, int B, int dim,
+                       double scale);
+    /* y[b, :] += table[idx[b], :] (host idx), y [B, dim] */
+    void (*embed_add)(dfx_backend *be, float *y, const float *table, const int *idx, int B,
+                      int dim);
+
+    /* Scratch (floats) conv2d and attention need for a batch of B. */
+    size_t (*conv_scratch)(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
+                           int pad);
+    size_t (*attention_scratch)(dfx_backend *be, int B, int HW, int heads);
 
     void (*destroy)(dfx_backend *be);
 } dfx_backend_ops;

@@ -6,9 +6,11 @@
  * thread count.
  */
 #include "backend.h"
+#include "nn_cpu.h"
 #include "error.h"
 #include "philox.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +199,18 @@ static const dfx_backend_ops cpu_ops = {
     .err_norm = cpu_err_norm,
     .count_nonfinite = cpu_count_nonfinite,
     .gmm_denoise = cpu_gmm_denoise,
+    .conv2d = dfx_cpu_conv2d,
+    .group_norm = dfx_cpu_group_norm,
+    .linear = dfx_cpu_linear,
+    .add_channel = dfx_cpu_add_channel,
+    .add = dfx_cpu_add,
+    .concat = dfx_cpu_concat,
+    .upsample2x = dfx_cpu_upsample2x,
+    .attention = dfx_cpu_attention,
+    .time_embed = dfx_cpu_time_embed,
+    .embed_add = dfx_cpu_embed_add,
+    .conv_scratch = dfx_cpu_conv_scratch,
+    .attention_scratch = dfx_cpu_attention_scratch,
     .destroy = cpu_destroy,
 };
 
@@ -211,6 +225,8 @@ dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
         threads = 1;
 #endif
     }
+    /* BLAS runs single-threaded inside our own per-sample threads */
+    openblas_set_num_threads(1);
     be->ops = &cpu_ops;
     be->name = "cpu";
     be->threads = threads;

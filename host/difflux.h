@@ -123,6 +123,7 @@ typedef struct dfx_model_info {
     const char *dataset;     /* provenance, may be ""                         */
     const char *description;
     size_t n_params;         /* stored numbers                                */
+    int num_classes;         /* class-conditional models: K (labels 0..K-1), else 0 */
     double flops;            /* floating-point operations per evaluation of one sample */
 } dfx_model_info;
 
@@ -131,6 +132,14 @@ void dfx_model_free(dfx_model *m);
 const dfx_model_info *dfx_model_get_info(const dfx_model *m);
 /* Write a human-readable description (architecture, tensors, provenance). */
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap);
+/* Class conditioning: a class 0..K-1, DFX_CLASS_NONE (unconditional) or
+ * DFX_CLASS_CYCLE (sample i gets class i mod K); guidance w mixes the
+ * conditional and unconditional predictions as P_u + w (P_c - P_u)
+ * (classifier-free guidance; w = 1 is plain conditional sampling). */
+#define DFX_CLASS_NONE (-1)
+#define DFX_CLASS_CYCLE (-2)
+int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+
 /* Analytic models hold for every path; networks were trained for one and
  * refuse another. */
 int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err);

@@ -50,9 +50,13 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
     int rc;
     if (strcmp(cfg.kind, "gmm") == 0)
         rc = dfx_gmm_load(m, &f, err);
+    else if (strcmp(cfg.kind, "unet") == 0)
+        rc = dfx_unet_load(m, &f, err);
+    else if (strcmp(cfg.kind, "affine") == 0)
+        rc = dfx_affine_load(m, &f, err);
     else
-        rc = dfx_fail(err, "%s: unknown model kind '%s' (this build knows: gmm)", file,
-                      cfg.kind);
+        rc = dfx_fail(err, "%s: unknown model kind '%s' (this build knows: gmm, unet, affine)",
+                      file, cfg.kind);
     if (rc == 0) rc = dfx_st_check_all_used(&f, err);
     if (rc != 0) {
         dfx_model_free(m);
@@ -76,6 +80,14 @@ void dfx_model_free(dfx_model *m)
 const dfx_model_info *dfx_model_get_info(const dfx_model *m)
 {
     return &m->info;
+}
+
+int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
+{
+    if (strcmp(m->cfg.kind, "unet") == 0) return dfx_unet_set_class(m, cls, guidance, err);
+    if (cls == DFX_CLASS_NONE && guidance == 1.0) return 0;
+    return dfx_fail(err, "%s: a %s model takes no class (--class/--guidance)",
+                    m->file[0] ? m->file : "model", m->cfg.kind);
 }
 
 int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err)

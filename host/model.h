@@ -48,6 +48,7 @@ struct dfx_model {
     dfx_model_config cfg;
     dfx_model_info info;
     int analytic;  /* exact for any path: dfx_model_set_path allowed */
+    uint64_t first_index; /* global index of row 0 of the batch being evaluated */
     size_t dim;    /* C * H * W */
     char file[1024];
     void *impl;
@@ -78,5 +79,11 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
 /* Kinds */
 struct dfx_st_file;
 int dfx_gmm_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
+int dfx_unet_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
+int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+/* Tests: per-row labels (0..K, K = no class) for the next evaluations, NULL
+ * to go back to dfx_model_set_class. The array must outlive them. */
+int dfx_unet_force_labels(dfx_model *m, const int *labels);
+int dfx_affine_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 
 #endif

@@ -274,6 +274,7 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     memset(&local, 0, sizeof local);
     s->first = first_index;
     s->rows = rows;
+    s->m->first_index = first_index;
     s->st = &local;
     memset(s->nfe, 0, (size_t)rows * sizeof *s->nfe);
     /* x at the noise end: m + s z, z from draw 0 of the initial stream. */

@@ -44,12 +44,12 @@ static void on_progress(void *ctx, const dfx_progress *p)
 int cmd_sample(int argc, char **argv)
 {
     const char *model = NULL, *sampler = "heun", *device = "auto", *out = "grid.png",
-               *npy = NULL, *grid = "uniform", *noise = NULL, *path = NULL;
+               *npy = NULL, *grid = "uniform", *noise = NULL, *path = NULL, *cls = NULL;
     int steps = 30, n = 64, batch = 0, threads = 0, cols = 0, pad = 2, scale = 1,
         no_denoise = 0, quiet = 0, progress = 0, no_png = 0;
     uint64_t seed = 0, start = 0, max_nfe = 100000;
     double rho = 7, shift = 3, t_noise = NAN, t_data = NAN, rtol = 1e-4, atol = 1e-4, eps0 = 1,
-           pad_value = 1.0;
+           pad_value = 1.0, guidance = 1.0;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "FILE", "model file (default: the shipped MNIST demo model)", 0},
         {"sampler", OPT_STR, &sampler, "NAME", "integrator: euler heun rk4 dopri5 em (heun)", 0},
@@ -83,6 +83,11 @@ int cmd_sample(int argc, char **argv)
         {"noise", OPT_STR, &noise, "NAME",
          "em noise eps(t): diffusion const s s2 (s on interpolants, else diffusion)", 0},
         {"eps0", OPT_DOUBLE, &eps0, "E", "em noise scale (1)", 0},
+        {"class", OPT_STR, &cls, "K",
+         "conditional models: label K, 'all' (sample i gets i mod classes; default) or 'none'",
+         0},
+        {"guidance", OPT_DOUBLE, &guidance, "W",
+         "classifier-free guidance: P_u + W (P_c - P_u) (1 = plain conditional)", 0},
         {"path", OPT_STR, &path, "FAMILY",
          "analytic models only: sample on linear trig vp vp_cosine ve", 0},
         {"quiet", OPT_FLAG, &quiet, NULL, "print nothing but errors", 0},
@@ -145,6 +150,22 @@ int cmd_sample(int argc, char **argv)
                                "them)\n",
                        sampler),
                CLI_USAGE;
+    int class_id = DFX_CLASS_CYCLE;
+    if (cls) {
+        char *end;
+        long v = strtol(cls, &end, 10);
+        if (strcmp(cls, "all") == 0)
+            class_id = DFX_CLASS_CYCLE;
+        else if (strcmp(cls, "none") == 0)
+            class_id = DFX_CLASS_NONE;
+        else if (*cls && !*end && v >= 0 && v < 1000000)
+            class_id = (int)v;
+        else
+            return fprintf(stderr, "difflux sample: --class expects a label, 'all' or 'none', "
+                                   "got '%s'\n",
+                           cls),
+                   CLI_USAGE;
+    }
     if (!model) model = cli_default_model();
 
     dfx_error err = {{0}};
@@ -162,6 +183,13 @@ int cmd_sample(int argc, char **argv)
         if (dfx_model_set_path(m, &p, &err)) goto done;
     }
     const dfx_model_info *mi = dfx_model_get_info(m);
+    if (mi->num_classes > 0 || cls || cli_find(opts, nopts, "guidance")->set) {
+        int c = (mi->num_classes == 0 && !cls) ? DFX_CLASS_NONE : class_id;
+        if (dfx_model_set_class(m, c, guidance, &err)) goto done;
+        /* one column per class when the grid cycles through them */
+        if (mi->num_classes > 0 && c == DFX_CLASS_CYCLE && cols == 0 && n >= mi->num_classes)
+            cols = mi->num_classes;
+    }
     dfx_sample_opts o;
     dfx_sample_opts_default(&o, m);
     o.sampler = sampler;

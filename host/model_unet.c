@@ -1,0 +1,687 @@
+/*
+ * The U-Net (models/UNET.md). At load time the network becomes a static
+ * list of backend operations over numbered buffers; for a batch size the
+ * buffers get offsets in one arena (planned once, reused while they do not
+ * overlap in time), so evaluation allocates nothing. The same list gives
+ * the FLOP count and, later, per-op timing and tangents.
+ */
+#include "error.h"
+#include "model.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LEVELS 8
+
+typedef struct unet_cfg {
+    int ch0, levels, mult[MAX_LEVELS], nres, attn[MAX_LEVELS], heads, groups, T, classes;
+    double time_scale;
+    float eps;
+} unet_cfg;
+
+typedef enum {
+    U_CONV, U_GN, U_LINEAR, U_ADDCH, U_ADD, U_CONCAT, U_UP, U_ATTN, U_TEMB, U_CLASS, U_KINDS
+} ukind;
+
+enum { BUF_X = -2, BUF_OUT = -3 };
+
+typedef struct uop {
+    ukind kind;
+    int out, in0, in1;     /* buffer ids */
+    const float *w, *b;    /* weights on the backend */
+    int cin, cout, h, w_, k, stride, pad, groups, silu, heads, c1;
+} uop;
+
+typedef struct ubuf {
+    size_t size; /* floats per sample */
+    int first, last;
+    size_t off;  /* per-sample offset in the arena */
+} ubuf;
+
+typedef struct unet_impl {
+    unet_cfg c;
+    uop *ops;
+    int nops, capops;
+    ubuf *bufs;
+    int nbufs, capbufs;
+    float **weights;
+    int nweights, capweights;
+    double flops;
+    size_t params;
+    /* plan for batches of up to plan_B */
+    int plan_B;
+    float *arena, *scratch, *uncond;
+    size_t arena_per_sample, scratch_n;
+    int *labels;
+    const int *forced; /* per-row labels set by dfx_unet_force_labels, or NULL */
+    /* conditioning */
+    int cls;
+    double guidance;
+} unet_impl;
+
+/* ----------------------------------------------------------- config */
+
+static int cfg_int(const cJSON *s, const char *key, int lo, int hi, int dflt, int *out,
+                   const char *file, dfx_error *err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, key);
+    if (!j) {
+        if (dflt < lo) return dfx_fail(err, "%s: config: missing unet.%s", file, key);
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < lo ||
+        j->valuedouble > hi)
+        return dfx_fail(err, "%s: config: unet.%s must be an integer in [%d, %d]", file, key, lo,
+                        hi);
+    *out = (int)j->valuedouble;
+    return 0;
+}
+
+static int cfg_list(const cJSON *s, const char *key, int maxn, int lo, int hi, int *vals, int *n,
+                    const char *file, dfx_error *err)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, key);
+    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) > maxn)
+        return dfx_fail(err, "%s: config: unet.%s must be a list of at most %d integers", file,
+                        key, maxn);
+    *n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, j)
+    {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble < lo || it->valuedouble > hi)
+            return dfx_fail(err, "%s: config: unet.%s entries must be integers in [%d, %d]",
+                            file, key, lo, hi);
+        vals[(*n)++] = (int)it->valuedouble;
+    }
+    return 0;
+}
+
+static int parse_unet(unet_cfg *c, const dfx_model_config *mc, const char *file, dfx_error *err)
+{
+    memset(c, 0, sizeof *c);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(mc->root, "unet");
+    if (!cJSON_IsObject(s)) return dfx_fail(err, "%s: config: missing object 'unet'", file);
+    int nattn = 0, attn[MAX_LEVELS];
+    if (cfg_int(s, "base_channels", 2, 4096, -1, &c->ch0, file, err) ||
+        cfg_list(s, "channel_mult", MAX_LEVELS, 1, 64, c->mult, &c->levels, file, err) ||
+        cfg_int(s, "num_res_blocks", 1, 16, -1, &c->nres, file, err) ||
+        cfg_list(s, "attention_levels", MAX_LEVELS, 0, MAX_LEVELS - 1, attn, &nattn, file,
+                 err) ||
+        cfg_int(s, "heads", 1, 256, 1, &c->heads, file, err) ||
+        cfg_int(s, "groups", 1, 1024, -1, &c->groups, file, err) ||
+        cfg_int(s, "time_embed_dim", 1, 4096, -1, &c->T, file, err) ||
+        cfg_int(s, "num_classes", 0, 100000, 0, &c->classes, file, err))
+        return -1;
+    if (c->levels < 1) return dfx_fail(err, "%s: config: unet.channel_mult is empty", file);
+    if (c->ch0 % 2) return dfx_fail(err, "%s: config: unet.base_channels must be even", file);
+    for (int i = 0; i < nattn; i++) {
+        if (attn[i] >= c->levels)
+            return dfx_fail(err, "%s: config: unet.attention_levels names level %d of %d", file,
+                            attn[i], c->levels);
+        c->attn[attn[i]] = 1;
+    }
+    c->time_scale = 1000.0;
+    c->eps = 1e-5f;
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, "time_scale");
+    if (j) {
+        if (!cJSON_IsNumber(j) || !(j->valuedouble > 0))
+            return dfx_fail(err, "%s: config: unet.time_scale must be positive", file);
+        c->time_scale = j->valuedouble;
+    }
+    j = cJSON_GetObjectItemCaseSensitive(s, "norm_eps");
+    if (j) {
+        if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || j->valuedouble > 1)
+            return dfx_fail(err, "%s: config: unet.norm_eps must be in (0, 1]", file);
+        c->eps = (float)j->valuedouble;
+    }
+    int div = 1 << (c->levels - 1);
+    if (mc->height % div || mc->width % div)
+        return dfx_fail(err, "%s: config: a %d x %d image cannot be halved %d times", file,
+                        mc->height, mc->width, c->levels - 1);
+    return 0;
+}
+
+/* ---------------------------------------------------------- building */
+
+typedef struct builder {
+    dfx_model *m;
+    unet_impl *u;
+    dfx_st_file *f;
+    dfx_error *err;
+    int failed;
+} builder;
+
+static int grow(void **p, int *cap, int need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    int nc = *cap ? *cap * 2 : 64;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+static int new_buf(builder *bd, size_t size)
+{
+    unet_impl *u = bd->u;
+    if (grow((void **)&u->bufs, &u->capbufs, u->nbufs + 1, sizeof *u->bufs)) {
+        bd->failed = 1;
+        return 0;
+    }
+    ubuf *b = &u->bufs[u->nbufs];
+    b->size = size;
+    b->first = u->nops; /* defined by the next op */
+    b->last = u->nops;
+    return u->nbufs++;
+}
+
+static void add_op(builder *bd, uop op)
+{
+    unet_impl *u = bd->u;
+    if (bd->failed) return;
+    if (grow((void **)&u->ops, &u->capops, u->nops + 1, sizeof *u->ops)) {
+        bd->failed = 1;
+        return;
+    }
+    int idx = u->nops++;
+    u->ops[idx] = op;
+    if (op.in0 >= 0) u->bufs[op.in0].last = idx;
+    if (op.in1 >= 0) u->bufs[op.in1].last = idx;
+    if (op.out >= 0) u->bufs[op.out].last = idx > u->bufs[op.out].last ? idx : u->bufs[op.out].last;
+}
+
+/* A weight tensor with the expected shape, uploaded to the backend. */
+static const float *weight(builder *bd, const char *name, int ndim, const int64_t *shape)
+{
+    if (bd->failed) return NULL;
+    const dfx_st_tensor *t = dfx_st_get(bd->f, name, ndim, shape, bd->err);
+    if (!t) {
+        bd->failed = 1;
+        return NULL;
+    }
+    unet_impl *u = bd->u;
+    if (grow((void **)&u->weights, &u->capweights, u->nweights + 1, sizeof *u->weights)) {
+        bd->failed = 1;
+        dfx_fail(bd->err, "out of memory");
+        return NULL;
+    }
+    float *host = dfx_alloc(t->numel, sizeof(float), name, bd->err);
+    float *dev = host ? dfx_be_alloc(bd->m->be, t->numel * sizeof(float), name, bd->err) : NULL;
+    if (!dev) {
+        free(host);
+        bd->failed = 1;
+        return NULL;
+    }
+    u->weights[u->nweights++] = dev;
+    dfx_st_to_f32(bd->f, t, host);
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(host[i])) {
+            dfx_fail(bd->err, "%s: tensor '%s' holds a NaN or Inf at index %zu", bd->f->path,
+                     name, i);
+            bd->failed = 1;
+            break;
+        }
+    if (!bd->failed && bd->m->be->ops->upload(bd->m->be, dev, host, t->numel * 4, bd->err))
+        bd->failed = 1;
+    free(host);
+    u->params += t->numel;
+    return dev;
+}
+
+static void wname(char *buf, size_t cap, const char *prefix, const char *leaf)
+{
+    snprintf(buf, cap, "%s.%s", prefix, leaf);
+}
+
+static int conv(builder *bd, int in, const char *prefix, int cin, int cout, int h, int w, int k,
+                int stride)
+{
+    char n[160];
+    int64_t ws[4] = {cout, cin, k, k}, bs[1] = {cout};
+    wname(n, sizeof n, prefix, "weight");
+    const float *W = weight(bd, n, 4, ws);
+    wname(n, sizeof n, prefix, "bias");
+    const float *B = weight(bd, n, 1, bs);
+    int pad = k / 2, ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    int out = new_buf(bd, (size_t)cout * ho * wo);
+    add_op(bd, (uop){.kind = U_CONV, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
+                     .cin = cin, .cout = cout, .h = h, .w_ = w, .k = k, .stride = stride,
+                     .pad = pad});
+    bd->u->flops += 2.0 * cout * cin * k * k * ho * wo;
+    return out;
+}
+
+static int norm(builder *bd, int in, const char *prefix, int C, int h, int w, int act)
+{
+    unet_impl *u = bd->u;
+    if (C % u->c.groups) {
+        if (!bd->failed)
+            dfx_fail(bd->err, "%s: config: unet.groups = %d does not divide the %d channels of %s",
+                     bd->f->path, u->c.groups, C, prefix);
+        bd->failed = 1;
+        return 0;
+    }
+    char n[160];
+    int64_t s[1] = {C};
+    wname(n, sizeof n, prefix, "weight");
+    const float *G = weight(bd, n, 1, s);
+    wname(n, sizeof n, prefix, "bias");
+    const float *B = weight(bd, n, 1, s);
+    int out = new_buf(bd, (size_t)C * h * w);
+    add_op(bd, (uop){.kind = U_GN, .out = out, .in0 = in, .in1 = -1, .w = G, .b = B, .cin = C,
+                     .h = h, .w_ = w, .groups = u->c.groups, .silu = act});
+    u->flops += 8.0 * C * h * w;
+    return out;
+}
+
+static int linear(builder *bd, int in, const char *prefix, int fin, int fout, int silu_in)
+{
+    char n[160];
+    int64_t ws[2] = {fout, fin}, bs[1] = {fout};
+    wname(n, sizeof n, prefix, "weight");
+    const float *W = weight(bd, n, 2, ws);
+    wname(n, sizeof n, prefix, "bias");
+    const float *B = weight(bd, n, 1, bs);
+    int out = new_buf(bd, (size_t)fout);
+    add_op(bd, (uop){.kind = U_LINEAR, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
+                     .cin = fin, .cout = fout, .silu = silu_in});
+    bd->u->flops += 2.0 * fin * fout;
+    return out;
+}
+
+static int add(builder *bd, int a, int b, size_t size)
+{
+    int out = new_buf(bd, size);
+    add_op(bd, (uop){.kind = U_ADD, .out = out, .in0 = a, .in1 = b, .cin = (int)size});
+    bd->u->flops += (double)size;
+    return out;
+}
+
+static int resblock(builder *bd, int in, int temb, const char *p, int cin, int cout, int h, int w)
+{
+    char n[128];
+    snprintf(n, sizeof n, "%s.norm1", p);
+    int x = norm(bd, in, n, cin, h, w, 1);
+    snprintf(n, sizeof n, "%s.conv1", p);
+    x = conv(bd, x, n, cin, cout, h, w, 3, 1);
+    snprintf(n, sizeof n, "%s.temb", p);
+    int e = linear(bd, temb, n, bd->u->c.T, cout, 1);
+    add_op(bd, (uop){.kind = U_ADDCH, .out = x, .in0 = e, .in1 = x, .cin = cout, .h = h, .w_ = w});
+    snprintf(n, sizeof n, "%s.norm2", p);
+    x = norm(bd, x, n, cout, h, w, 1);
+    snprintf(n, sizeof n, "%s.conv2", p);
+    x = conv(bd, x, n, cout, cout, h, w, 3, 1);
+    int skip = in;
+    if (cin != cout) {
+        snprintf(n, sizeof n, "%s.skip", p);
+        skip = conv(bd, in, n, cin, cout, h, w, 1, 1);
+    }
+    return add(bd, x, skip, (size_t)cout * h * w);
+}
+
+static int attention(builder *bd, int in, const char *p, int C, int h, int w)
+{
+    unet_impl *u = bd->u;
+    if (C % u->c.heads) {
+        if (!bd->failed)
+            dfx_fail(bd->err, "%s: config: unet.heads = %d does not divide the %d channels of %s",
+                     bd->f->path, u->c.heads, C, p);
+        bd->failed = 1;
+        return 0;
+    }
+    char n[128];
+    snprintf(n, sizeof n, "%s.norm", p);
+    int x = norm(bd, in, n, C, h, w, 0);
+    snprintf(n, sizeof n, "%s.qkv", p);
+    x = conv(bd, x, n, C, 3 * C, h, w, 1, 1);
+    int o = new_buf(bd, (size_t)C * h * w);
+    add_op(bd, (uop){.kind = U_ATTN, .out = o, .in0 = x, .in1 = -1, .cin = C, .h = h, .w_ = w,
+                     .heads = u->c.heads});
+    double hw = (double)h * w;
+    u->flops += 4.0 * hw * hw * C + 5.0 * hw * hw * u->c.heads;
+    snprintf(n, sizeof n, "%s.proj", p);
+    x = conv(bd, o, n, C, C, h, w, 1, 1);
+    return add(bd, in, x, (size_t)C * h * w);
+}
+
+static int build(builder *bd)
+{
+    unet_impl *u = bd->u;
+    const unet_cfg *c = &u->c;
+    const int C = bd->m->cfg.channels;
+    int h = bd->m->cfg.height, w = bd->m->cfg.width;
+    char n[128];
+    /* time (and class) embedding */
+    int e0 = new_buf(bd, (size_t)c->ch0);
+    add_op(bd, (uop){.kind = U_TEMB, .out = e0, .in0 = -1, .in1 = -1, .cin = c->ch0});
+    int e1 = linear(bd, e0, "temb.lin1", c->ch0, c->T, 0);
+    int temb = linear(bd, e1, "temb.lin2", c->T, c->T, 1);
+    if (c->classes > 0) {
+        int64_t s[2] = {c->classes + 1, c->T};
+        const float *tab = weight(bd, "class_emb.weight", 2, s);
+        add_op(bd, (uop){.kind = U_CLASS, .out = temb, .in0 = temb, .in1 = -1, .w = tab,
+                         .cin = c->T});
+    }
+    int skips[64], ns = 0, sch[64];
+    int x = conv(bd, BUF_X, "conv_in", C, c->ch0, h, w, 3, 1);
+    int ch = c->ch0;
+    skips[ns] = x;
+    sch[ns++] = ch;
+    for (int l = 0; l < c->levels; l++) {
+        int cl = c->ch0 * c->mult[l];
+        for (int r = 0; r < c->nres; r++) {
+            snprintf(n, sizeof n, "down.%d.res.%d", l, r);
+            x = resblock(bd, x, temb, n, ch, cl, h, w);
+            ch = cl;
+            if (c->attn[l]) {
+                snprintf(n, sizeof n, "down.%d.attn.%d", l, r);
+                x = attention(bd, x, n, ch, h, w);
+            }
+            if (ns < 64) {
+                skips[ns] = x;
+                sch[ns++] = ch;
+            }
+        }
+        if (l < c->levels - 1) {
+            snprintf(n, sizeof n, "down.%d.downsample", l);
+            x = conv(bd, x, n, ch, ch, h, w, 3, 2);
+            h /= 2;
+            w /= 2;
+            if (ns < 64) {
+                skips[ns] = x;
+                sch[ns++] = ch;
+            }
+        }
+    }
+    x = resblock(bd, x, temb, "mid.res1", ch, ch, h, w);
+    x = attention(bd, x, "mid.attn", ch, h, w);
+    x = resblock(bd, x, temb, "mid.res2", ch, ch, h, w);
+    for (int l = c->levels - 1; l >= 0; l--) {
+        int cl = c->ch0 * c->mult[l];
+        for (int r = 0; r <= c->nres; r++) {
+            if (ns <= 0) break;
+            int s = skips[--ns], cs = sch[ns];
+            int cat = new_buf(bd, (size_t)(ch + cs) * h * w);
+            add_op(bd, (uop){.kind = U_CONCAT, .out = cat, .in0 = x, .in1 = s, .cin = ch,
+                             .c1 = cs, .h = h, .w_ = w});
+            snprintf(n, sizeof n, "up.%d.res.%d", l, r);
+            x = resblock(bd, cat, temb, n, ch + cs, cl, h, w);
+            ch = cl;
+            if (c->attn[l]) {
+                snprintf(n, sizeof n, "up.%d.attn.%d", l, r);
+                x = attention(bd, x, n, ch, h, w);
+            }
+        }
+        if (l > 0) {
+            int up = new_buf(bd, (size_t)ch * 4 * h * w);
+            add_op(bd, (uop){.kind = U_UP, .out = up, .in0 = x, .in1 = -1, .cin = ch, .h = h,
+                             .w_ = w});
+            h *= 2;
+            w *= 2;
+            snprintf(n, sizeof n, "up.%d.upsample", l);
+            x = conv(bd, up, n, ch, ch, h, w, 3, 1);
+        }
+    }
+    x = norm(bd, x, "out.norm", ch, h, w, 1);
+    x = conv(bd, x, "out.conv", ch, C, h, w, 3, 1);
+    /* the last op writes the caller's output */
+    if (!bd->failed) u->ops[u->nops - 1].out = BUF_OUT;
+    if (bd->failed && !bd->err->msg[0]) dfx_fail(bd->err, "%s: out of memory", bd->f->path);
+    return bd->failed ? -1 : 0;
+}
+
+/* ---------------------------------------------------------- planning */
+
+/* Offsets (per sample) for every buffer: greedy first fit among the
+ * buffers alive at the same time. */
+static size_t plan_offsets(unet_impl *u)
+{
+    size_t peak = 0;
+    for (int i = 0; i < u->nbufs; i++) {
+        ubuf *b = &u->bufs[i];
+        size_t off = 0;
+        int moved = 1;
+        while (moved) {
+            moved = 0;
+            for (int j = 0; j < i; j++) {
+                const ubuf *o = &u->bufs[j];
+                int overlap_t = !(o->last < b->first || b->last < o->first);
+                int overlap_m = off < o->off + o->size && o->off < off + b->size;
+                if (overlap_t && overlap_m) {
+                    off = o->off + o->size;
+                    moved = 1;
+                }
+            }
+        }
+        b->off = off;
+        if (off + b->size > peak) peak = off + b->size;
+    }
+    return peak;
+}
+
+static void free_plan(dfx_model *m, unet_impl *u)
+{
+    dfx_backend *be = m->be;
+    if (u->arena) be->ops->free(be, u->arena);
+    if (u->scratch) be->ops->free(be, u->scratch);
+    if (u->uncond) be->ops->free(be, u->uncond);
+    free(u->labels);
+    u->arena = u->scratch = u->uncond = NULL;
+    u->labels = NULL;
+    u->plan_B = 0;
+}
+
+static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
+{
+    if (B <= u->plan_B) return 0;
+    free_plan(m, u);
+    dfx_backend *be = m->be;
+    size_t scratch = 0;
+    for (int i = 0; i < u->nops; i++) {
+        const uop *op = &u->ops[i];
+        size_t s = 0;
+        if (op->kind == U_CONV)
+            s = be->ops->conv_scratch(be, B, op->cin, op->h, op->w_, op->k, op->stride, op->pad);
+        if (op->kind == U_ATTN) s = be->ops->attention_scratch(be, B, op->h * op->w_, op->heads);
+        if (s > scratch) scratch = s;
+    }
+    u->arena = dfx_be_alloc(be, u->arena_per_sample * B * sizeof(float), "U-Net activations",
+                            err);
+    u->scratch = dfx_be_alloc(be, (scratch ? scratch : 1) * sizeof(float), "U-Net scratch", err);
+    u->uncond = dfx_be_alloc(be, m->dim * B * sizeof(float), "guidance buffer", err);
+    u->labels = dfx_alloc((size_t)B, sizeof(int), "labels", err);
+    if (!u->arena || !u->scratch || !u->uncond || !u->labels) {
+        free_plan(m, u);
+        return -1;
+    }
+    u->scratch_n = scratch;
+    u->plan_B = B;
+    return 0;
+}
+
+/* ---------------------------------------------------------- running */
+
+static float *ptr(unet_impl *u, int id, int B, const float *x, float *out)
+{
+    if (id == BUF_X) return (float *)x;
+    if (id == BUF_OUT) return out;
+    return u->arena + u->bufs[id].off * (size_t)B;
+}
+
+static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x, float *out,
+                    int B)
+{
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    for (int i = 0; i < u->nops; i++) {
+        const uop *op = &u->ops[i];
+        float *y = ptr(u, op->out, B, x, out);
+        const float *a = op->in0 != -1 ? ptr(u, op->in0, B, x, out) : NULL;
+        const float *b = op->in1 != -1 ? ptr(u, op->in1, B, x, out) : NULL;
+        int hw = op->h * op->w_;
+        switch (op->kind) {
+        case U_CONV:
+            o->conv2d(be, y, a, op->w, op->b, B, op->cin, op->h, op->w_, op->cout, op->k,
+                      op->stride, op->pad, u->scratch);
+            break;
+        case U_GN:
+            o->group_norm(be, y, a, op->w, op->b, B, op->cin, hw, op->groups, u->c.eps, op->silu);
+            break;
+        case U_LINEAR:
+            o->linear(be, y, a, op->w, op->b, B, op->cin, op->cout, op->silu);
+            break;
+        case U_ADDCH:
+            o->add_channel(be, y, a, B, op->cin, hw);
+            break;
+        case U_ADD:
+            o->add(be, y, a, b, (size_t)B * op->cin);
+            break;
+        case U_CONCAT:
+            o->concat(be, y, a, op->cin, b, op->c1, B, hw);
+            break;
+        case U_UP:
+            o->upsample2x(be, y, a, B, op->cin, op->h, op->w_);
+            break;
+        case U_ATTN:
+            o->attention(be, y, a, B, op->cin, hw, op->heads, u->scratch);
+            break;
+        case U_TEMB:
+            o->time_embed(be, y, t, B, op->cin, u->c.time_scale);
+            break;
+        case U_CLASS:
+            o->embed_add(be, y, op->w, u->labels, B, op->cin);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void set_labels(dfx_model *m, unet_impl *u, int B, int cond)
+{
+    for (int r = 0; r < B; r++) {
+        int y = u->c.classes; /* "no class" */
+        if (u->forced) {
+            u->labels[r] = u->forced[r];
+            continue;
+        }
+        if (cond && u->cls >= 0) y = u->cls;
+        if (cond && u->cls == DFX_CLASS_CYCLE) y = (int)((m->first_index + (uint64_t)r) % (uint64_t)u->c.classes);
+        u->labels[r] = y;
+    }
+}
+
+static int unet_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                        dfx_error *err)
+{
+    unet_impl *u = m->impl;
+    if (plan(m, u, rows, err)) return -1;
+    int conditional = u->c.classes > 0 && (u->cls != DFX_CLASS_NONE || u->forced);
+    set_labels(m, u, rows, conditional);
+    forward(m, u, t, x, out, rows);
+    if (conditional && u->guidance != 1.0) {
+        /* classifier-free guidance: P = P_u + w (P_c - P_u) */
+        set_labels(m, u, rows, 0);
+        forward(m, u, t, x, u->uncond, rows);
+        double *cf = m->coef; /* reserved by the caller's dfx_model_reserve */
+        double *local = NULL;
+        if (!cf || m->cap_rows < rows) cf = local = dfx_alloc((size_t)rows * 2, sizeof *cf, "cfg", err);
+        if (!cf) return -1;
+        for (int r = 0; r < rows; r++) {
+            cf[r] = u->guidance;
+            cf[rows + r] = 1.0 - u->guidance;
+        }
+        const float *xs[2] = {out, u->uncond};
+        m->be->ops->lincomb(m->be, out, 2, xs, cf, NULL, rows, m->dim);
+        free(local);
+    }
+    return 0;
+}
+
+static int unet_describe(const dfx_model *m, char *buf, size_t cap)
+{
+    const unet_impl *u = m->impl;
+    const unet_cfg *c = &u->c;
+    int n = snprintf(buf, cap, "architecture U-Net, %d levels:", c->levels);
+    int h = m->cfg.height, w = m->cfg.width;
+    for (int l = 0; l < c->levels && n >= 0 && (size_t)n < cap; l++, h /= 2, w /= 2)
+        n += snprintf(buf + n, cap - (size_t)n, " %dx%d@%d%s", h, w, c->ch0 * c->mult[l],
+                      c->attn[l] ? "+attn" : "");
+    if (n < 0 || (size_t)n >= cap) return n;
+    n += snprintf(buf + n, cap - (size_t)n,
+                  "\n             %d res blocks/level, GroupNorm %d groups, %d heads, time "
+                  "embedding %d (t x %g)\n"
+                  "classes      %d%s\n"
+                  "graph        %d ops, %.1f KiB activations per sample\n",
+                  c->nres, c->groups, c->heads, c->T, c->time_scale, c->classes,
+                  c->classes ? " (label K = no class; classifier-free guidance)" : "", u->nops,
+                  u->arena_per_sample * 4.0 / 1024.0);
+    return n;
+}
+
+static void unet_destroy(dfx_model *m)
+{
+    unet_impl *u = m->impl;
+    if (!u) return;
+    free_plan(m, u);
+    for (int i = 0; i < u->nweights; i++) m->be->ops->free(m->be, u->weights[i]);
+    free(u->weights);
+    free(u->ops);
+    free(u->bufs);
+    free(u);
+    m->impl = NULL;
+}
+
+static const dfx_model_vt unet_vt = {unet_predict, unet_describe, unet_destroy};
+
+int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
+{
+    const dfx_backend_ops *o = m->be->ops;
+    if (!o->conv2d || !o->group_norm || !o->linear || !o->add_channel || !o->add || !o->concat ||
+        !o->upsample2x || !o->attention || !o->time_embed || !o->embed_add)
+        return dfx_fail(err, "%s: the %s backend cannot run U-Nets yet", f->path, m->be->name);
+    unet_impl *u = dfx_alloc(1, sizeof *u, "U-Net", err);
+    if (!u) return -1;
+    m->impl = u;
+    m->vt = &unet_vt;
+    u->cls = DFX_CLASS_NONE;
+    u->guidance = 1.0;
+    if (parse_unet(&u->c, &m->cfg, f->path, err)) return -1;
+    builder bd = {m, u, f, err, 0};
+    if (build(&bd)) return -1;
+    u->arena_per_sample = plan_offsets(u);
+    m->info.n_params = u->params;
+    m->info.flops = u->flops;
+    m->info.num_classes = u->c.classes;
+    return 0;
+}
+
+int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
+{
+    unet_impl *u = m->impl;
+    if (u->c.classes == 0) {
+        if (cls == DFX_CLASS_NONE && guidance == 1.0) return 0;
+        return dfx_fail(err, "%s: the model is unconditional (no --class or --guidance)", m->file);
+    }
+    if (cls >= u->c.classes || cls < DFX_CLASS_CYCLE)
+        return dfx_fail(err, "%s: class %d out of range (the model has classes 0..%d)", m->file,
+                        cls, u->c.classes - 1);
+    if (!isfinite(guidance)) return dfx_fail(err, "guidance must be finite");
+    u->cls = cls;
+    u->guidance = guidance;
+    return 0;
+}
+
+int dfx_unet_force_labels(dfx_model *m, const int *labels)
+{
+    unet_impl *u = m->impl;
+    u->forced = labels;
+    return 0;
+}

@@ -1,0 +1,29 @@
+/* Network layer operations of the CPU backend (nn_cpu.c). */
+#ifndef DFX_NN_CPU_H
+#define DFX_NN_CPU_H
+
+#include "backend.h"
+
+void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
+                    int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
+                    float *scratch);
+void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
+                        const float *beta, int B, int C, int HW, int groups, float eps, int silu);
+void dfx_cpu_linear(dfx_backend *be, float *y, const float *x, const float *w, const float *b,
+                    int B, int in, int out, int silu_in);
+void dfx_cpu_add_channel(dfx_backend *be, float *y, const float *e, int B, int C, int HW);
+void dfx_cpu_add(dfx_backend *be, float *y, const float *a, const float *b, size_t n);
+void dfx_cpu_concat(dfx_backend *be, float *y, const float *a, int Ca, const float *b, int Cb,
+                    int B, int HW);
+void dfx_cpu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C, int H, int W);
+void dfx_cpu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
+                       int heads, float *scratch);
+void dfx_cpu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim,
+                        double scale);
+void dfx_cpu_embed_add(dfx_backend *be, float *y, const float *table, const int *idx, int B,
+                       int dim);
+size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
+                            int pad);
+size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads);
+
+#endif

@@ -1,0 +1,243 @@
+/* The U-Net on the CPU backend equals the PyTorch reference on the
+ * fixtures of tests/fixtures (written by models/difflux_ref/make_fixtures.py
+ * from float64 PyTorch); every sampler runs on a U-Net; the loader refuses
+ * malformed U-Net files; the affine model is A x + b. */
+#include "check.h"
+#include "model.h"
+#include "safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static dfx_backend *be;
+
+static float *read_tensor(dfx_st_file *f, const char *name, size_t *n)
+{
+    dfx_error err;
+    const dfx_st_tensor *t = dfx_st_get(f, name, -1, NULL, &err);
+    if (!t) {
+        fprintf(stderr, "%s\n", err.msg);
+        return NULL;
+    }
+    float *v = malloc(t->numel * sizeof *v);
+    dfx_st_to_f32(f, t, v);
+    *n = t->numel;
+    return v;
+}
+
+/* Max |C - PyTorch| over the fixture's outputs. */
+static double parity(const char *name)
+{
+    char mpath[512], iopath[512];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
+    snprintf(iopath, sizeof iopath, "%s/fixtures/%s.io.safetensors", DFX_TEST_DATA, name);
+    dfx_error err = {{0}};
+    dfx_model *m = dfx_model_load(mpath, be, &err);
+    CHECK(m != NULL, "%s: %s", name, err.msg);
+    dfx_st_file f;
+    if (!m || dfx_st_open(&f, iopath, &err)) {
+        CHECK(0, "%s: %s", name, err.msg);
+        dfx_model_free(m);
+        return INFINITY;
+    }
+    size_t nx = 0, nt = 0, ny = 0, no = 0;
+    float *x = read_tensor(&f, "x", &nx), *t = read_tensor(&f, "t", &nt);
+    float *y = read_tensor(&f, "y", &ny), *want = read_tensor(&f, "out", &no);
+    int B = (int)nt;
+    double worst = INFINITY;
+    if (x && t && y && want && nx == no && nx == (size_t)B * m->dim) {
+        double td[64];
+        int labels[64];
+        for (int r = 0; r < B; r++) {
+            td[r] = t[r];
+            labels[r] = (int)y[r];
+        }
+        if (m->info.num_classes > 0) dfx_unet_force_labels(m, labels);
+        float *got = malloc(nx * sizeof *got);
+        CHECK_OK(dfx_model_eval_host(m, td, x, B, m->cfg.prediction, got, &err), err);
+        worst = 0;
+        double scale = 0;
+        for (size_t i = 0; i < nx; i++) {
+            double e = fabs((double)got[i] - want[i]);
+            if (!(e <= worst)) worst = e;
+            if (fabs(want[i]) > scale) scale = fabs(want[i]);
+        }
+        printf("%-10s %d samples of %dx%dx%d, %zu parameters, %.3g FLOPs: max |C - PyTorch| = "
+               "%.2e (outputs up to %.2f)\n",
+               name, B, m->cfg.channels, m->cfg.height, m->cfg.width, m->info.n_params,
+               m->info.flops, worst, scale);
+        /* batch invariance: each sample alone gives the same numbers */
+        for (int r = 0; r < B; r++) {
+            float one[4096];
+            if (m->dim > 4096) break;
+            if (m->info.num_classes > 0) dfx_unet_force_labels(m, labels + r);
+            CHECK_OK(dfx_model_eval_host(m, td + r, x + r * m->dim, 1, m->cfg.prediction, one,
+                                         &err),
+                     err);
+            CHECK(memcmp(one, got + r * m->dim, m->dim * sizeof(float)) == 0,
+                  "%s: sample %d alone differs from the batch", name, r);
+        }
+        free(got);
+    } else {
+        CHECK(0, "%s: fixture tensors missing or inconsistent", name);
+    }
+    free(x);
+    free(t);
+    free(y);
+    free(want);
+    dfx_st_close(&f);
+    dfx_model_free(m);
+    return worst;
+}
+
+static void samplers_run(void)
+{
+    char mpath[512];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/unet_tiny.safetensors", DFX_TEST_DATA);
+    dfx_error err = {{0}};
+    dfx_model *m = dfx_model_load(mpath, be, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const dfx_sampler_desc *d;
+    int n = dfx_samplers(&d);
+    for (int i = 0; i < n; i++) {
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = d[i].name;
+        o.steps = 4;
+        o.rtol = o.atol = 1e-2;
+        dfx_sampler *s = dfx_sampler_create(m, &o, 3, &err);
+        CHECK(s != NULL, "%s on a U-Net: %s", d[i].name, err.msg);
+        if (!s) continue;
+        float out[3 * 64];
+        dfx_sample_stats st;
+        CHECK_OK(dfx_sampler_run(s, 0, 3, out, &st, &err), err);
+        int finite = 1;
+        for (int j = 0; j < 3 * 64; j++) finite &= isfinite(out[j]) != 0;
+        CHECK(finite && st.nfe > 0, "%s on a U-Net: finite output", d[i].name);
+        dfx_sampler_free(s);
+    }
+    /* an unconditional model refuses a class */
+    CHECK(dfx_model_set_class(m, 3, 2.0, &err) != 0 && strstr(err.msg, "unconditional"), "%s",
+          err.msg);
+    dfx_model_free(m);
+}
+
+/* Rewrites a fixture with one change and expects the loader to refuse it. */
+static void malformed(void)
+{
+    char mpath[512], out[] = "/tmp/difflux-test-unet-XXXXXX";
+    snprintf(mpath, sizeof mpath, "%s/fixtures/unet_tiny.safetensors", DFX_TEST_DATA);
+    CHECK(mkdtemp(out) != NULL, "mkdtemp");
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", out);
+    dfx_error err = {{0}};
+    dfx_st_file f;
+    if (dfx_st_open(&f, mpath, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    enum { DROP, EXTRA, RESHAPE, BADCFG, NCASES };
+    const char *want[NCASES] = {"missing tensor 'mid.attn.proj.bias'", "unknown tensor 'bogus'",
+                                "tensor 'conv_in.weight' has shape",
+                                "unet.groups = 3 does not divide"};
+    for (int c = 0; c < NCASES; c++) {
+        dfx_st_out *t = calloc((size_t)f.n + 1, sizeof *t);
+        float **vals = calloc((size_t)f.n + 1, sizeof *vals);
+        int n = 0;
+        for (int i = 0; i < f.n; i++) {
+            const dfx_st_tensor *s = &f.tensors[i];
+            if (c == DROP && strcmp(s->name, "mid.attn.proj.bias") == 0) continue;
+            vals[n] = malloc(s->numel * sizeof(float) + 4);
+            dfx_st_to_f32(&f, s, vals[n]);
+            t[n] = (dfx_st_out){s->name, DFX_F32, s->ndim, {0}, vals[n]};
+            memcpy(t[n].shape, s->shape, sizeof s->shape);
+            if (c == RESHAPE && strcmp(s->name, "conv_in.weight") == 0) {
+                /* same numbers, transposed kernel layout [3, 3, Cout, Cin] is refused */
+                int64_t sh[4] = {s->shape[2], s->shape[3], s->shape[0], s->shape[1]};
+                memcpy(t[n].shape, sh, sizeof sh);
+            }
+            n++;
+        }
+        if (c == EXTRA) {
+            vals[n] = calloc(1, sizeof(float));
+            t[n] = (dfx_st_out){"bogus", DFX_F32, 1, {1}, vals[n]};
+            n++;
+        }
+        char *cfg = NULL;
+        cJSON *root = cJSON_Parse(f.config);
+        if (c == BADCFG)
+            cJSON_ReplaceItemInObject(cJSON_GetObjectItem(root, "unet"), "groups",
+                                      cJSON_CreateNumber(3));
+        cfg = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        CHECK_OK(dfx_st_write(bad, cfg, t, n, &err), err);
+        dfx_model *m = dfx_model_load(bad, be, &err);
+        CHECK(m == NULL && strstr(err.msg, want[c]) && strstr(err.msg, bad),
+              "case %d: message '%s', expected '%s'", c, err.msg, want[c]);
+        dfx_model_free(m);
+        for (int i = 0; i < n; i++) free(vals[i]);
+        free(vals);
+        free(t);
+        free(cfg);
+    }
+    dfx_st_close(&f);
+    unlink(bad);
+    rmdir(out);
+}
+
+static void affine(void)
+{
+    char dir[] = "/tmp/difflux-test-affine-XXXXXX", path[600];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/affine.safetensors", dir);
+    enum { D = 6 };
+    float A[D * D], b[D];
+    for (int i = 0; i < D * D; i++) A[i] = (float)((i * 7) % 11 - 5) / 4.0f;
+    for (int i = 0; i < D; i++) b[i] = 0.5f * i - 1.0f;
+    const char *cfg = "{\"version\":1,\"kind\":\"affine\",\"image\":{\"channels\":1,\"height\":2,"
+                      "\"width\":3},\"path\":{\"family\":\"vp\"},\"prediction\":\"score\"}";
+    dfx_st_out t[2] = {{"affine.A", DFX_F32, 2, {D, D}, A}, {"affine.b", DFX_F32, 1, {D}, b}};
+    dfx_error err = {{0}};
+    CHECK_OK(dfx_st_write(path, cfg, t, 2, &err), err);
+    dfx_model *m = dfx_model_load(path, be, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (m) {
+        float x[2 * D], out[2 * D];
+        double tt[2] = {0.3, 0.8};
+        for (int i = 0; i < 2 * D; i++) x[i] = (float)(i % 5) - 2.0f;
+        CHECK_OK(dfx_model_eval_host(m, tt, x, 2, DFX_PRED_SCORE, out, &err), err);
+        for (int r = 0; r < 2; r++)
+            for (int i = 0; i < D; i++) {
+                double want = b[i];
+                for (int j = 0; j < D; j++) want += (double)A[i * D + j] * x[r * D + j];
+                CHECK_NEAR(out[r * D + i], want, 1e-5, "A x + b");
+            }
+        /* and it converts like any score model: eps = -s S */
+        CHECK_OK(dfx_model_eval_host(m, tt, x, 2, DFX_PRED_EPS, x, &err), err);
+        dfx_coef c;
+        dfx_path_eval(&m->cfg.path, 0.3, &c);
+        CHECK_NEAR(x[0], -c.s * out[0], 1e-5, "eps from the affine score");
+        CHECK(!m->analytic, "an affine model is not path-free");
+        dfx_model_free(m);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    dfx_error err;
+    be = dfx_backend_create("cpu", 2, &err);
+    const char *cases[] = {"unet_tiny", "unet_cond", "unet_rgb", "unet_f16", "unet_bf16"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double e = parity(cases[i]);
+        CHECK(e <= 1e-4, "%s: max error %.3g exceeds 1e-4", cases[i], e);
+    }
+    samplers_run();
+    malformed();
+    affine();
+    dfx_backend_destroy(be);
+    return check_report("test_unet");
+}
