@@ -147,6 +147,7 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
 {
+    if (m->vt->reserve && m->vt->reserve(m, rows, err)) return -1;
     if (rows <= m->cap_rows) return 0;
     float *p = dfx_be_alloc(m->be, (size_t)rows * m->dim * sizeof(float), "prediction buffer",
                             err);

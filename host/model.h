@@ -37,6 +37,8 @@ typedef struct dfx_model_vt {
      * out (backend). */
     int (*predict)(dfx_model *m, const double *t, const float *x, float *out, int rows,
                    dfx_error *err);
+    /* Plans buffers for batches of up to `rows` (may be NULL). */
+    int (*reserve)(dfx_model *m, int rows, dfx_error *err);
     /* Kind-specific lines for `difflux info`. */
     int (*describe)(const dfx_model *m, char *buf, size_t cap);
     void (*destroy)(dfx_model *m);

@@ -68,7 +68,7 @@ static void gmm_destroy(dfx_model *m)
     m->impl = NULL;
 }
 
-static const dfx_model_vt gmm_vt = {gmm_predict, gmm_describe, gmm_destroy};
+static const dfx_model_vt gmm_vt = {gmm_predict, NULL, gmm_describe, gmm_destroy};
 
 static int upload_floats(dfx_backend *be, const float *src, size_t n, const float **dst,
                          const char *what, dfx_error *err)

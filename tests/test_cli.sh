@@ -89,6 +89,19 @@ expect 0 "samples/s" -- "$DFX" sample --model "$TMP/m.safetensors" --n 2 --steps
 expect 1 "only 5 matching images" -- "$DFX" make-gmm --images "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --labels "$SRC/models/data/mnist10k-labels-idx1-ubyte.gz" --class 3 --offset 1027 --count 10 --out "$TMP/m3.safetensors"
 expect 1 "not an IDX file" -- "$DFX" make-gmm --images "$MODEL" --out "$TMP/m4.safetensors"
 
+# U-Net models exported from PyTorch (test fixtures)
+UC=$SRC/tests/fixtures/unet_cond.safetensors
+UT=$SRC/tests/fixtures/unet_tiny.safetensors
+expect 0 "architecture U-Net, 3 levels: 12x12@16\+attn 6x6@32 3x3@32\+attn" -- "$DFX" info --model "$UC"
+expect 0 "FLOPs/eval +3.513e\+07" -- "$DFX" info --model "$UC"
+expect 0 "-> $TMP/u.png" -- "$DFX" sample --model "$UC" --n 4 --steps 3 --class 1 --guidance 2 --out "$TMP/u.png"
+expect 0 "-> $TMP/u.png" -- "$DFX" sample --model "$UT" --n 4 --steps 3 --sampler dopri5 --out "$TMP/u.png"
+expect 1 "class 7 out of range \(the model has classes 0..2\)" -- "$DFX" sample --model "$UC" --n 2 --class 7 --out "$TMP/u.png"
+expect 2 "--class expects a label" -- "$DFX" sample --model "$UC" --n 2 --class seven --out "$TMP/u.png"
+expect 1 "unconditional" -- "$DFX" sample --model "$UT" --n 2 --class 1 --out "$TMP/u.png"
+expect 1 "trained on the linear path and cannot be sampled on another" -- "$DFX" sample --model "$UT" --n 2 --path vp --out "$TMP/u.png"
+expect 1 "takes no class" -- "$DFX" sample --n 2 --class 3 --out "$TMP/u.png"
+
 if [ $fails -ne 0 ]; then
     echo "test_cli: $fails check(s) failed"
     exit 1
