@@ -87,6 +87,7 @@ typedef struct cu_impl {
     void *work;        /* device scratch: gmm logits, err_norm results */
     size_t work_cap;   /* bytes */
     unsigned long long *counter; /* device: count_nonfinite */
+    dfx_backend_ops ops; /* this backend's table (be->ops points here) */
     int failed;        /* a void op could not queue its work */
     dfx_error pending; /* ... and why (sticky) */
 } cu_impl;
@@ -640,20 +641,24 @@ static void cu_destroy(dfx_backend *be)
     free(be);
 }
 
-/* Positional: C++17 has no designated initialisers. Order of backend.h. */
-static const dfx_backend_ops cuda_ops = {
-    cu_alloc,           /* alloc */
-    cu_free,            /* free */
-    cu_upload,          /* upload */
-    cu_download,        /* download */
-    cu_sync,            /* sync */
-    cu_lincomb,         /* lincomb */
-    cu_normal,          /* normal */
-    cu_err_norm,        /* err_norm */
-    cu_count_nonfinite, /* count_nonfinite */
-    cu_gmm_denoise,     /* gmm_denoise */
-    cu_destroy,         /* destroy */
-};
+/* The op table, filled by name (C++17 has no designated initialisers, and
+ * a positional list would silently shift when backend.h grows). Ops this
+ * backend does not implement stay NULL. */
+static void cu_fill_ops(dfx_backend_ops *o)
+{
+    memset(o, 0, sizeof *o);
+    o->alloc = cu_alloc;
+    o->free = cu_free;
+    o->upload = cu_upload;
+    o->download = cu_download;
+    o->sync = cu_sync;
+    o->lincomb = cu_lincomb;
+    o->normal = cu_normal;
+    o->err_norm = cu_err_norm;
+    o->count_nonfinite = cu_count_nonfinite;
+    o->gmm_denoise = cu_gmm_denoise;
+    o->destroy = cu_destroy;
+}
 
 static int cu_init(cu_impl *cu, dfx_error *err)
 {
@@ -712,7 +717,8 @@ extern "C" dfx_backend *dfx_backend_cuda_create(dfx_error *err)
         free(be);
         return NULL;
     }
-    be->ops = &cuda_ops;
+    cu_fill_ops(&cu->ops);
+    be->ops = &cu->ops;
     be->name = "cuda";
     be->threads = 1;
     be->impl = cu;

@@ -124,7 +124,7 @@ static void row(const char *op, double nerr, double tol, const char *note)
 {
     int ok = nerr <= tol;
     if (!ok) failures++;
-    printf("%-52s %11.3e %9.0e  %s%s%s\n", op, nerr, tol, ok ? "ok" : "FAIL",
+    printf("%-58s %11.3e %9.0e  %s%s%s\n", op, nerr, tol, ok ? "ok" : "FAIL",
            note && *note ? "  " : "", note ? note : "");
 }
 
@@ -490,7 +490,7 @@ int main(void)
         return 1;
     }
     printf("backends: %s (reference) vs %s, %d CUDA device(s)\n\n", cpu->name, gpu->name, ndev);
-    printf("%-52s %11s %9s  %s\n", "op", "nerr", "tol", "result");
+    printf("%-58s %11s %9s  %s\n", "op", "nerr", "tol", "result");
 
     static const lincomb_case lc[] = {
         /* k rows cols  c0 alias p_zero */
