@@ -1,0 +1,253 @@
+"""Training recipes for the shipped models: one command per model, the
+recipe in a JSON file under models/configs/, resumable.
+
+    python3 -m models.difflux_ref.train --config models/configs/mnist-flow.json [--minutes 60]
+
+Run it again and it resumes from models/checkpoints/NAME.pt (model, EMA,
+optimiser, data order and random state), so a long training can be spread
+over several sessions; --minutes bounds one run. Every checkpoint also
+exports the EMA weights to models/NAME.safetensors, the file `difflux
+sample --model` reads.
+
+Losses (host/MATH.md):
+  flow  one-sided linear interpolant x_t = t x + (1 - t) z, velocity target x - z
+  vp    VP diffusion x_t = a(t) x + s(t) z, noise target z
+  dale  multiplicative denoising score matching on data in [1, 2] (section 3)
+"""
+
+import argparse
+import gzip
+import json
+import math
+import os
+import signal
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .export import export
+from .unet import UNet, config_json
+
+
+# ---------------------------------------------------------------- data
+
+def read_idx(path):
+    """IDX file (plain or .gz) as a numpy array."""
+    op = gzip.open if path.endswith(".gz") else open
+    with op(path, "rb") as f:
+        raw = f.read()
+    magic, = struct.unpack(">I", raw[:4])
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_data(cfg):
+    """Images in the model's data range [lo, hi], labels (or None)."""
+    d = cfg["data"]
+    x = read_idx(d["images"]).astype(np.float32) / 255.0
+    if x.ndim == 3:
+        x = x[:, None]
+    if "count" in d:
+        x = x[: d["count"]]
+    lo, hi = d.get("range", [-1.0, 1.0])
+    x = torch.from_numpy(lo + (hi - lo) * x)
+    y = None
+    if d.get("labels"):
+        y = torch.from_numpy(read_idx(d["labels"]).astype(np.int64)[: len(x)])
+    return x, y
+
+
+# ---------------------------------------------------------------- paths and losses
+
+def vp_coefs(t, beta_min=0.1, beta_max=20.0):
+    log_a = -(0.5 * beta_min * t + 0.25 * (beta_max - beta_min) * t * t)
+    a = torch.exp(log_a)
+    s = torch.sqrt(-torch.expm1(2 * log_a))
+    return a, s
+
+
+def loss_fn(net, x, y, kind, g, cfg):
+    """Per-batch loss; all randomness from generator g."""
+    B = x.shape[0]
+    z = torch.randn(x.shape, generator=g)
+    view = (B,) + (1,) * (x.dim() - 1)
+    if kind == "flow":
+        t = torch.rand(B, generator=g)
+        tt = t.view(view)
+        xt = tt * x + (1 - tt) * z
+        target = x - z
+    elif kind == "vp":
+        t_min = cfg.get("t_min", 1e-3)
+        t = t_min + (1 - t_min) * torch.rand(B, generator=g)
+        a, s = vp_coefs(t.double())
+        a, s = a.float().view(view), s.float().view(view)
+        xt = a * x + s * z
+        target = z
+    elif kind == "dale":
+        # x in [1, 2]; log X_t = log X_0 + (mu - sigma^2/2) t + sigma sqrt(t) z
+        sigma, mu = cfg.get("sigma", 0.8), cfg.get("mu", 0.32)
+        t_min = cfg.get("t_min", 1e-3)
+        t = t_min + (1 - t_min) * torch.rand(B, generator=g)
+        tt = t.view(view)
+        logr = (mu - 0.5 * sigma ** 2) * tt + sigma * torch.sqrt(tt) * z
+        xt = x * torch.exp(logr)
+        score = net(xt, t, y)
+        r = sigma ** 2 * tt * (xt * score) + logr - mu * tt + 1.5 * sigma ** 2 * tt
+        return r.pow(2).flatten(1).sum(1).mean() / x[0].numel()
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    out = net(xt, t, y)
+    return (out - target).pow(2).mean()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def atomic_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def model_config(cfg):
+    prov = dict(cfg.get("provenance", {}))
+    return config_json(cfg["unet"], cfg["image"], cfg["path"], cfg["prediction"],
+                       cfg["data"].get("range", [-1.0, 1.0]), prov)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="recipe (models/configs/NAME.json)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="stop (with a checkpoint) after this many minutes of this run")
+    ap.add_argument("--steps", type=int, default=None, help="override the recipe's total steps")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--checkpoint-dir", default="models/checkpoints")
+    ap.add_argument("--out-dir", default="models")
+    args = ap.parse_args(argv)
+
+    with open(args.config) as f:
+        cfg = json.load(f)
+    name, tr = cfg["name"], cfg["train"]
+    total = args.steps or tr["steps"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.checkpoint_dir, name + ".pt")
+    out_path = os.path.join(args.out_dir, name + ".safetensors")
+
+    x_all, y_all = load_data(cfg)
+    conditional = cfg["unet"].get("num_classes", 0) > 0
+    K = cfg["unet"].get("num_classes", 0)
+    N = len(x_all)
+
+    torch.manual_seed(tr.get("seed", 0))
+    net = UNet(cfg["unet"], cfg["image"]["channels"], cfg["image"]["height"],
+               cfg["image"]["width"]).to(dev)
+    ema = UNet(cfg["unet"], cfg["image"]["channels"], cfg["image"]["height"],
+               cfg["image"]["width"]).to(dev)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=tr["lr"])
+    g = torch.Generator().manual_seed(tr.get("seed", 0) + 1)
+    state = {"step": 0, "elapsed": 0.0, "losses": [], "images": 0}
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=dev)
+        net.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        g.set_state(ck["rng"])
+        state = ck["state"]
+        print(f"{name}: resuming at step {state['step']} "
+              f"({state['elapsed'] / 60:.1f} min trained so far)", flush=True)
+    nparams = sum(p.numel() for p in net.parameters())
+    print(f"{name}: {nparams} parameters, {N} images, loss {tr['loss']}, batch {tr['batch']}, "
+          f"{total} steps, {torch.get_num_threads()} threads", flush=True)
+
+    def save():
+        ck = {"config": model_config(cfg), "recipe": cfg, "model": net.state_dict(),
+              "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
+              "state": state}
+        atomic_save(ck, ckpt_path)
+        export(ckpt_path, out_path, tr.get("export_dtype", "F32"), "ema", log=lambda *_: None)
+
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    B, warm = tr["batch"], tr.get("warmup", 500)
+    ema_decay = tr.get("ema", 0.999)
+    ckpt_every = tr.get("checkpoint_minutes", 10) * 60
+    t_run, t_ckpt, t_log = time.time(), time.time(), time.time()
+    run_loss, run_n, imgs_log = 0.0, 0, 0
+    net.train()
+    while state["step"] < total and not stop["now"]:
+        step = state["step"]
+        # data order: a permutation per epoch from (seed, epoch), so a resumed
+        # run sees the same batches it would have seen
+        epoch, off = divmod(step * B, N)
+        perm = torch.randperm(N, generator=torch.Generator().manual_seed(
+            tr.get("seed", 0) * 100003 + epoch))
+        idx = perm[off:off + B]
+        if len(idx) < B:
+            idx = torch.cat([idx, torch.randperm(N, generator=torch.Generator().manual_seed(
+                tr.get("seed", 0) * 100003 + epoch + 1))[: B - len(idx)]])
+        x = x_all[idx].to(dev)
+        y = None
+        if conditional:
+            y = y_all[idx].clone()
+            drop = torch.rand(B, generator=g) < tr.get("label_dropout", 0.1)
+            y[drop] = K
+            y = y.to(dev)
+        lr = tr["lr"] * min(1.0, (step + 1) / warm)
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        loss = loss_fn(net, x, y, tr["loss"], g, tr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), tr.get("clip", 1.0))
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        state["step"] += 1
+        state["images"] += B
+        run_loss += float(loss)
+        run_n += 1
+        imgs_log += B
+        now = time.time()
+        if now - t_log >= 30 or state["step"] == total:
+            state["elapsed"] += now - t_log
+            rate = imgs_log / (now - t_log)
+            mean = run_loss / run_n
+            state["losses"].append([state["step"], mean])
+            eta = (total - state["step"]) * B / max(rate, 1e-9)
+            print(f"{name}: step {state['step']}/{total} loss {mean:.4f} lr {lr:.2e} "
+                  f"{rate:.0f} img/s, trained {state['elapsed'] / 60:.1f} min, "
+                  f"~{eta / 60:.0f} min left", flush=True)
+            t_log, run_loss, run_n, imgs_log = now, 0.0, 0, 0
+        if now - t_ckpt >= ckpt_every:
+            save()
+            t_ckpt = now
+        if args.minutes and now - t_run >= args.minutes * 60:
+            break
+    state["elapsed"] += time.time() - t_log
+    save()
+    done = state["step"] >= total
+    print(f"{name}: {'finished' if done else 'stopped'} at step {state['step']}; "
+          f"checkpoint {ckpt_path}, model {out_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
