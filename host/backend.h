@@ -16,6 +16,8 @@
 
 #define DFX_LINCOMB_MAX 8
 
+enum { DFX_FN_EXP = 0, DFX_FN_LOG = 1 };
+
 /* A Gaussian mixture resident on a backend (see model_gmm.c). */
 typedef struct dfx_gmm_dev {
     int K;
@@ -49,6 +51,12 @@ typedef struct dfx_backend_ops {
     /* Number of NaN or Inf values among x[0..n). */
     int (*count_nonfinite)(dfx_backend *be, const float *x, size_t n, size_t *count,
                            dfx_error *err);
+    /* y = exp(x) (fn DFX_FN_EXP) or log(x) (DFX_FN_LOG) elementwise, n values;
+     * y may alias x. */
+    void (*unary)(dfx_backend *be, float *y, const float *x, size_t n, int fn);
+    /* y = a * b + c elementwise (c a scalar); y may alias a or b. */
+    void (*mul_add)(dfx_backend *be, float *y, const float *a, const float *b, double c,
+                    size_t n);
     /* Exact denoiser of a Gaussian mixture under a path with per-row
      * coefficients a[r], s[r], m[r] (MATH.md section 6). */
     void (*gmm_denoise)(dfx_backend *be, float *out, const float *x, int rows,

@@ -89,6 +89,23 @@ static void cpu_normal(dfx_backend *be, float *out, uint64_t seed, uint64_t firs
                               out + (size_t)r * cols);
 }
 
+static void cpu_unary(dfx_backend *be, float *y, const float *x, size_t n, int fn)
+{
+    int nt = n >= DFX_PAR_MIN ? be->threads : 1;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = (float)(fn == DFX_FN_EXP ? exp((double)x[i]) : log((double)x[i]));
+}
+
+static void cpu_mul_add(dfx_backend *be, float *y, const float *a, const float *b, double c,
+                        size_t n)
+{
+    int nt = n >= DFX_PAR_MIN ? be->threads : 1;
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = (float)((double)a[i] * (double)b[i] + c);
+}
+
 static int cpu_err_norm(dfx_backend *be, const float *e, const float *x0, const float *x1,
                         double rtol, double atol, int rows, size_t cols, double *out,
                         dfx_error *err)
@@ -199,6 +216,8 @@ static const dfx_backend_ops cpu_ops = {
     .err_norm = cpu_err_norm,
     .count_nonfinite = cpu_count_nonfinite,
     .gmm_denoise = cpu_gmm_denoise,
+    .unary = cpu_unary,
+    .mul_add = cpu_mul_add,
     .conv2d = dfx_cpu_conv2d,
     .group_norm = dfx_cpu_group_norm,
     .linear = dfx_cpu_linear,

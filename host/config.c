@@ -44,14 +44,17 @@ static int parse_path(dfx_path *p, const cJSON *j, const char *file, dfx_error *
     dfx_path_family f;
     if (!cJSON_IsString(fam) || dfx_path_parse(fam->valuestring, &f) != 0)
         return dfx_fail(err,
-                        "%s: config: path.family must be one of linear, trig, vp, vp_cosine, ve",
+                        "%s: config: path.family must be one of linear, trig, vp, vp_cosine, "
+                        "ve, dale",
                         file);
     dfx_path_default(p, f);
     if (get_opt_pos(j, "beta_min", &p->beta_min, file, err) ||
         get_opt_pos(j, "beta_max", &p->beta_max, file, err) ||
         get_opt_pos(j, "cosine_s", &p->cosine_s, file, err) ||
         get_opt_pos(j, "sigma_min", &p->sigma_min, file, err) ||
-        get_opt_pos(j, "sigma_max", &p->sigma_max, file, err))
+        get_opt_pos(j, "sigma_max", &p->sigma_max, file, err) ||
+        get_opt_pos(j, "sigma", &p->dale_sigma, file, err) ||
+        get_opt_pos(j, "mu", &p->dale_mu, file, err))
         return -1;
     if (p->beta_max <= p->beta_min)
         return dfx_fail(err, "%s: config: path.beta_max must exceed beta_min", file);
@@ -113,6 +116,20 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
                  file);
         goto fail;
     }
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(r, "start");
+    if (st) {
+        const cJSON *mu = cJSON_GetObjectItemCaseSensitive(st, "mean");
+        const cJSON *sd = cJSON_GetObjectItemCaseSensitive(st, "std");
+        if (!cJSON_IsNumber(mu) || !cJSON_IsNumber(sd) || !isfinite(mu->valuedouble) ||
+            !(sd->valuedouble > 0.0) || !isfinite(sd->valuedouble)) {
+            dfx_fail(err, "%s: config: start must be {\"mean\": number, \"std\": positive number}",
+                     file);
+            goto fail;
+        }
+        c->has_start = 1;
+        c->start_mean = mu->valuedouble;
+        c->start_std = sd->valuedouble;
+    }
     const cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     if (cJSON_IsObject(prov)) {
         get_str(prov, "dataset", c->dataset, sizeof c->dataset);
@@ -147,6 +164,10 @@ cJSON *dfx_path_to_json(const dfx_path *p)
     case DFX_PATH_VE:
         cJSON_AddNumberToObject(j, "sigma_min", p->sigma_min);
         cJSON_AddNumberToObject(j, "sigma_max", p->sigma_max);
+        break;
+    case DFX_PATH_DALE:
+        cJSON_AddNumberToObject(j, "sigma", p->dale_sigma);
+        cJSON_AddNumberToObject(j, "mu", p->dale_mu);
         break;
     default:
         break;

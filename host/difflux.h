@@ -63,6 +63,8 @@ typedef enum {
     DFX_PATH_VP,         /* variance preserving, linear beta (score_sde)       */
     DFX_PATH_VP_COSINE,  /* variance preserving, cosine schedule               */
     DFX_PATH_VE,         /* variance exploding: a = 1, s = geometric sigma(t)  */
+    DFX_PATH_DALE,       /* multiplicative (Dale): VE in y = log x, s = sigma sqrt(t),
+                            m = (mu - sigma^2/2) t                             */
     DFX_PATH_COUNT
 } dfx_path_family;
 
@@ -71,6 +73,7 @@ typedef struct dfx_path {
     double beta_min, beta_max;   /* vp: 0.1, 20            */
     double cosine_s;             /* vp_cosine: 0.008       */
     double sigma_min, sigma_max; /* ve: 0.002, 80          */
+    double dale_sigma, dale_mu;  /* dale: 0.8, 0.32        */
 } dfx_path;
 
 /* Path coefficients and their time derivatives at one t. */
@@ -164,6 +167,9 @@ int dfx_model_eval_host(dfx_model *m, const double *t, const float *x, int rows,
 /* -------------------------------------------------------------- samplers */
 
 typedef enum {
+    DFX_GRID_AUTO = -1,   /* karras on ve and dale paths (except for adls and
+                             aums, whose principled schedule is uniform),
+                             uniform elsewhere                             */
     DFX_GRID_UNIFORM = 0, /* uniform in t                                  */
     DFX_GRID_KARRAS,      /* Karras et al. sigma^(1/rho) spacing          */
     DFX_GRID_LOGSNR,      /* uniform in log-SNR                            */
@@ -184,9 +190,11 @@ typedef struct dfx_progress {
     double t;         /* current time                                      */
 } dfx_progress;
 
+enum { DFX_RECIPE_PRINCIPLED = 0, DFX_RECIPE_PAPER = 1 };
+
 typedef struct dfx_sample_opts {
-    const char *sampler;   /* euler, heun, rk4, dopri5, em                  */
-    int steps;             /* grid intervals (fixed-step samplers)           */
+    const char *sampler;   /* a name from dfx_samplers()                    */
+    int steps;             /* grid intervals; 0 = the sampler's default      */
     uint64_t seed;
     dfx_grid grid;
     double rho;            /* karras: 7                                      */
@@ -197,6 +205,17 @@ typedef struct dfx_sample_opts {
     dfx_noise noise;       /* em: noise schedule                             */
     double eps0;           /* em: scale of the schedule                      */
     int denoise;           /* 1: finish with x <- x_hat(t_data, x)           */
+    double eta;            /* ancestral samplers: noise level, NAN = default */
+    double snr;            /* pc: corrector target signal-to-noise (0.16)    */
+    int corrector_steps;   /* pc: Langevin steps per time (1)                */
+    int recipe;            /* adls/aums: DFX_RECIPE_PRINCIPLED (delta = step of the
+                              grid) or DFX_RECIPE_PAPER (constant delta, inner
+                              updates, noise annealing, fitted start)        */
+    double delta;          /* paper recipe: step; NAN = the paper's value    */
+    int inner;             /* paper recipe: updates per time index; 0 = paper's */
+    double anneal;         /* paper recipe: noise factor per index; NAN = paper's */
+    int path_start;        /* 1: start from N(m, s^2) of the path even where the
+                              model file carries a fitted start distribution */
     void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
     void *progress_ctx;
 } dfx_sample_opts;
@@ -233,6 +252,7 @@ typedef struct dfx_sampler_desc {
     int nfe_per_step; /* network evaluations per step; 0 = adaptive          */
     int stochastic;
     const char *families; /* which model families it applies to          */
+    int default_steps;    /* steps when none are given (0: adaptive)       */
 } dfx_sampler_desc;
 
 /* The registry: returns the number of samplers; *list points at them. */

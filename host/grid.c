@@ -9,6 +9,7 @@ static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "log
 
 const char *dfx_grid_name(dfx_grid g)
 {
+    if (g == DFX_GRID_AUTO) return "auto";
     return dfx_enum_name(grid_names, DFX_GRID_COUNT, (int)g);
 }
 

@@ -20,6 +20,8 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
     i->kind = m->cfg.kind;
     i->path = cfg->path;
     i->prediction = cfg->prediction;
+    m->native = cfg->prediction;
+    m->logspace = cfg->path.family == DFX_PATH_DALE;
     i->channels = cfg->channels;
     i->height = cfg->height;
     i->width = cfg->width;
@@ -58,6 +60,14 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
         rc = dfx_fail(err, "%s: unknown model kind '%s' (this build knows: gmm, unet, affine)",
                       file, cfg.kind);
     if (rc == 0) rc = dfx_st_check_all_used(&f, err);
+    if (rc == 0 && m->logspace && !m->analytic) {
+        if (cfg.prediction != DFX_PRED_SCORE)
+            rc = dfx_fail(err,
+                          "%s: a network on the dale path must predict the score "
+                          "(prediction \"score\", grad_x log p)",
+                          file);
+        m->native = DFX_PRED_SCORE; /* x grad_x log p + 1 = grad_y log p */
+    }
     if (rc != 0) {
         dfx_model_free(m);
         m = NULL;
@@ -72,6 +82,7 @@ void dfx_model_free(dfx_model *m)
     if (!m) return;
     if (m->vt && m->vt->destroy) m->vt->destroy(m);
     if (m->pred) m->be->ops->free(m->be, m->pred);
+    if (m->xbuf) m->be->ops->free(m->be, m->xbuf);
     free(m->coef);
     dfx_config_free(&m->cfg);
     free(m);
@@ -97,6 +108,12 @@ int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err)
                         "%s: a %s model was trained on the %s path and cannot be sampled on "
                         "another one",
                         m->file, m->cfg.kind, dfx_path_name(m->cfg.path.family));
+    if ((p->family == DFX_PATH_DALE) != (m->cfg.path.family == DFX_PATH_DALE))
+        return dfx_fail(err,
+                        "%s: the dale path works in log space, so a mixture defined for the "
+                        "%s path cannot move to %s (build one for it with make-gmm --path)",
+                        m->file[0] ? m->file : "model", dfx_path_name(m->cfg.path.family),
+                        dfx_path_name(p->family));
     m->cfg.path = *p;
     m->info.path = *p;
     return 0;
@@ -112,6 +129,9 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
         return (size_t)snprintf(buf, cap, "vp_cosine (s %g)", p->cosine_s);
     case DFX_PATH_VE:
         return (size_t)snprintf(buf, cap, "ve (sigma %g .. %g)", p->sigma_min, p->sigma_max);
+    case DFX_PATH_DALE:
+        return (size_t)snprintf(buf, cap, "dale (multiplicative, sigma %g, mu %g)",
+                                p->dale_sigma, p->dale_mu);
     default:
         return (size_t)snprintf(buf, cap, "%s", dfx_path_name(p->family));
     }
@@ -153,14 +173,20 @@ int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
                             err);
     if (!p) return -1;
     double *c = dfx_alloc((size_t)rows * 3, sizeof(double), "conversion coefficients", err);
-    if (!c) {
+    float *xb = NULL;
+    if (c && m->logspace)
+        xb = dfx_be_alloc(m->be, (size_t)rows * m->dim * sizeof(float), "log-space buffer", err);
+    if (!c || (m->logspace && !xb)) {
         m->be->ops->free(m->be, p);
+        free(c);
         return -1;
     }
     if (m->pred) m->be->ops->free(m->be, m->pred);
+    if (m->xbuf) m->be->ops->free(m->be, m->xbuf);
     free(m->coef);
     m->pred = p;
     m->coef = c;
+    m->xbuf = xb;
     m->cap_rows = rows;
     return 0;
 }
@@ -168,7 +194,41 @@ int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
 int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
                       dfx_error *err)
 {
-    return m->vt->predict(m, t, x, out, rows, err);
+    if (!m->logspace || m->analytic) return m->vt->predict(m, t, x, out, rows, err);
+    /* network on x = exp(y): grad_y log p = x grad_x log p + 1 */
+    if (dfx_model_reserve(m, rows, err)) return -1;
+    size_t n = (size_t)rows * m->dim;
+    m->be->ops->unary(m->be, m->xbuf, x, n, DFX_FN_EXP);
+    if (m->vt->predict(m, t, m->xbuf, out, rows, err)) return -1;
+    m->be->ops->mul_add(m->be, out, m->xbuf, out, 1.0, n);
+    return 0;
+}
+
+int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h, int rows,
+                        dfx_error *err)
+{
+    if (!m->logspace)
+        return dfx_fail(err, "multiplicative samplers need a model on the dale path");
+    if (dfx_model_reserve(m, rows, err)) return -1;
+    size_t n = (size_t)rows * m->dim;
+    dfx_backend *be = m->be;
+    if (!m->analytic) {
+        if (m->vt->predict(m, t, x, h, rows, err)) return -1;
+        be->ops->mul_add(be, h, x, h, 0.0, n);
+        return 0;
+    }
+    /* analytic models live in y = log x: h = grad_y log p - 1 */
+    be->ops->unary(be, m->xbuf, x, n, DFX_FN_LOG);
+    if (m->vt->predict(m, t, m->xbuf, m->pred, rows, err)) return -1;
+    if (dfx_model_convert(m, t, m->xbuf, m->pred, m->native, DFX_PRED_SCORE, h, rows, err))
+        return -1;
+    const float *xs[1] = {h};
+    for (int r = 0; r < rows; r++) {
+        m->coef[r] = 1.0;
+        m->coef[rows + r] = -1.0;
+    }
+    be->ops->lincomb(be, h, 1, xs, m->coef, m->coef + rows, rows, m->dim);
+    return 0;
 }
 
 int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
@@ -198,7 +258,7 @@ int dfx_model_convert(dfx_model *m, const double *t, const float *x, const float
 int dfx_model_eval(dfx_model *m, const double *t, const float *x, dfx_pred want, float *out,
                    int rows, dfx_error *err)
 {
-    dfx_pred native = m->cfg.prediction;
+    dfx_pred native = m->native;
     if (want == native) return dfx_model_predict(m, t, x, out, rows, err);
     if (dfx_model_reserve(m, rows, err) != 0) return -1;
     if (dfx_model_predict(m, t, x, m->pred, rows, err) != 0) return -1;

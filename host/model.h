@@ -19,6 +19,8 @@ typedef struct dfx_model_config {
     dfx_pred prediction;
     int channels, height, width;
     double range_lo, range_hi;
+    int has_start;          /* "start": fitted N(mean, std^2) at the noise end, */
+    double start_mean, start_std; /* per value, in the samplers' space       */
     char dataset[128];
     char description[512];
     cJSON *root; /* the whole config, for the kind's own section */
@@ -39,6 +41,10 @@ typedef struct dfx_model_vt {
                    dfx_error *err);
     /* Plans buffers for batches of up to `rows` (may be NULL). */
     int (*reserve)(dfx_model *m, int rows, dfx_error *err);
+    /* Analytic models: exact samples of p_t for samples first .. first +
+     * rows - 1 into x (backend), from Philox stream `stream` (may be NULL). */
+    int (*sample_marginal)(dfx_model *m, double t, uint64_t seed, uint64_t first, int rows,
+                           uint32_t stream, float *x, dfx_error *err);
     /* Kind-specific lines for `difflux info`. */
     int (*describe)(const dfx_model *m, char *buf, size_t cap);
     void (*destroy)(dfx_model *m);
@@ -50,6 +56,12 @@ struct dfx_model {
     dfx_model_config cfg;
     dfx_model_info info;
     int analytic;  /* exact for any path: dfx_model_set_path allowed */
+    /* Multiplicative (dale path): the path acts on y = log x and samplers
+     * work in y; networks take x = exp(y) and predict the ambient score
+     * grad_x log p, which the model layer turns into the score in y,
+     * x * grad_x log p + 1. Mixtures are defined in y directly. */
+    int logspace;
+    dfx_pred native; /* the native prediction in the samplers' space */
     uint64_t first_index; /* global index of row 0 of the batch being evaluated */
     size_t dim;    /* C * H * W */
     char file[1024];
@@ -58,11 +70,16 @@ struct dfx_model {
     int cap_rows;
     float *pred;     /* backend [cap_rows, dim] */
     double *coef;    /* host [3 * cap_rows] */
+    float *xbuf;     /* backend [cap_rows, dim]: exp(y) for log-space models */
 };
 
 /* Allocates what evaluation needs for batches of up to `rows`. */
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err);
-/* Native prediction (backend pointers). */
+/* h = x * grad_x log p(x) at ambient x (the multiplicative samplers'
+ * "Hyvarinen" score), for log-space models. */
+int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h, int rows,
+                        dfx_error *err);
+/* Native prediction in the samplers' space (y for log-space models). */
 int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
                       dfx_error *err);
 /* out = conversion of prediction P (of type `from`) at (t, x) into `to`. */

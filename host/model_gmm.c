@@ -17,6 +17,8 @@
 
 typedef struct gmm_impl {
     dfx_gmm_dev dev; /* backend copies */
+    float *means;    /* host copies for exact sampling */
+    double *c2, *cum; /* variances and cumulative weights */
     double *asm_;    /* host scratch: a, s, m per row */
     int cap;
 } gmm_impl;
@@ -46,6 +48,36 @@ static int gmm_predict(dfx_model *m, const double *t, const float *x, float *out
     return 0;
 }
 
+/* Exact samples of p_t = sum_k w_k N(a mu_k + m, (a^2 c_k^2 + s^2) I): the
+ * component from a Philox uniform (draw 1), the normal from draw 0. */
+static int gmm_sample_marginal(dfx_model *m, double t, uint64_t seed, uint64_t first, int rows,
+                               uint32_t stream, float *x, dfx_error *err)
+{
+    gmm_impl *g = m->impl;
+    const size_t d = m->dim;
+    float *host = dfx_alloc((size_t)rows * d, sizeof(float), "gmm sample", err);
+    if (!host) return -1;
+    dfx_coef c;
+    dfx_path_eval(&m->cfg.path, t, &c);
+    dfx_normal_host(seed, first, rows, d, 0, stream, host);
+    for (int r = 0; r < rows; r++) {
+        const uint32_t ctr[4] = {0, 1, (uint32_t)(first + (uint64_t)r), stream};
+        const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+        uint32_t u4[4];
+        dfx_philox4x32(ctr, key, u4);
+        double u = ((double)u4[0] + 0.5) * 2.3283064365386963e-10;
+        int k = 0;
+        while (k < g->dev.K - 1 && g->cum[k] <= u) k++;
+        double sd = sqrt(c.a * c.a * g->c2[k] + c.s * c.s);
+        float *xr = host + (size_t)r * d;
+        const float *mu = g->means + (size_t)k * d;
+        for (size_t j = 0; j < d; j++) xr[j] = (float)(c.a * mu[j] + c.m + sd * xr[j]);
+    }
+    int rc = m->be->ops->upload(m->be, x, host, (size_t)rows * d * sizeof(float), err);
+    free(host);
+    return rc;
+}
+
 static int gmm_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const gmm_impl *g = m->impl;
@@ -64,11 +96,15 @@ static void gmm_destroy(dfx_model *m)
     if (g->dev.c2) be->ops->free(be, (void *)g->dev.c2);
     if (g->dev.logw) be->ops->free(be, (void *)g->dev.logw);
     free(g->asm_);
+    free(g->means);
+    free(g->c2);
+    free(g->cum);
     free(g);
     m->impl = NULL;
 }
 
-static const dfx_model_vt gmm_vt = {gmm_predict, NULL, gmm_describe, gmm_destroy};
+static const dfx_model_vt gmm_vt = {gmm_predict, NULL, gmm_sample_marginal, gmm_describe,
+                                    gmm_destroy};
 
 static int upload_floats(dfx_backend *be, const float *src, size_t n, const float **dst,
                          const char *what, dfx_error *err)
@@ -119,6 +155,20 @@ static int gmm_init(dfx_model *m, int K, const float *means, const float *stds,
     }
     free(c2);
     free(logw);
+    /* host copies for exact sampling of the marginals */
+    g->means = rc ? NULL : dfx_alloc((size_t)K * m->dim, sizeof(float), "gmm", err);
+    g->c2 = g->means ? dfx_alloc((size_t)K, sizeof(double), "gmm", err) : NULL;
+    g->cum = g->c2 ? dfx_alloc((size_t)K, sizeof(double), "gmm", err) : NULL;
+    if (!rc && !g->cum) rc = -1;
+    if (!rc) {
+        memcpy(g->means, means, (size_t)K * m->dim * sizeof(float));
+        double acc = 0.0;
+        for (int k = 0; k < K; k++) {
+            g->c2[k] = (double)stds[k] * stds[k];
+            acc += weights[k] / wsum;
+            g->cum[k] = acc;
+        }
+    }
     m->info.n_params = (size_t)K * (m->dim + 2);
     m->info.flops = 5.0 * (double)K * (double)m->dim;
     return rc;

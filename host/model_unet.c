@@ -644,7 +644,8 @@ static int unet_reserve(dfx_model *m, int rows, dfx_error *err)
     return plan(m, m->impl, rows, err);
 }
 
-static const dfx_model_vt unet_vt = {unet_predict, unet_reserve, unet_describe, unet_destroy};
+static const dfx_model_vt unet_vt = {unet_predict, unet_reserve, NULL, unet_describe,
+                                     unet_destroy};
 
 int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
 {

@@ -12,7 +12,8 @@
 
 #define PI 3.14159265358979323846
 
-static const char *const path_names[DFX_PATH_COUNT] = {"linear", "trig", "vp", "vp_cosine", "ve"};
+static const char *const path_names[DFX_PATH_COUNT] = {"linear", "trig",     "vp",
+                                                       "vp_cosine", "ve", "dale"};
 static const char *const pred_names[DFX_PRED_COUNT] = {"eps", "data", "score", "velocity", "v"};
 
 const char *dfx_path_name(dfx_path_family f)
@@ -48,6 +49,8 @@ void dfx_path_default(dfx_path *p, dfx_path_family family)
     p->cosine_s = 0.008;
     p->sigma_min = 0.002;
     p->sigma_max = 80.0;
+    p->dale_sigma = 0.8;
+    p->dale_mu = 0.32;
 }
 
 int dfx_path_data_at_one(const dfx_path *p)
@@ -113,6 +116,16 @@ void dfx_path_eval(const dfx_path *p, double t, dfx_coef *c)
         c->ds = c->s * lr;
         break;
     }
+    case DFX_PATH_DALE: {
+        /* log X_t = log X_0 + (mu - sigma^2/2) t + sigma W_t (MATH.md section 3) */
+        double sg = p->dale_sigma;
+        c->a = 1.0;
+        c->s = sg * sqrt(t);
+        c->ds = t > 0.0 ? 0.5 * sg / sqrt(t) : INFINITY;
+        c->m = (p->dale_mu - 0.5 * sg * sg) * t;
+        c->dm = p->dale_mu - 0.5 * sg * sg;
+        break;
+    }
     default:
         c->a = c->s = NAN;
         break;
@@ -158,6 +171,10 @@ void dfx_path_default_range(const dfx_path *p, double *t_noise, double *t_data)
         break;
     case DFX_PATH_VP_COSINE:
         *t_noise = 1.0 - 1e-3;
+        *t_data = 1e-3;
+        break;
+    case DFX_PATH_DALE: /* s = 0 at t = 0 */
+        *t_noise = 1.0;
         *t_data = 1e-3;
         break;
     default: /* ve: sigma_min > 0 and sigma_max finite, nothing is singular */

@@ -11,23 +11,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define ALL "all paths"
+#define DALE "dale path only"
 static const sampler_def defs[] = {
-    {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, "all paths"}, 1, 0,
+    /* deterministic: the probability-flow ODE */
+    {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, ALL, 50}, 1, DFX_SF_VEL, 0,
      dfx_run_euler},
-    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, "all paths"}, 3,
-     0, dfx_run_heun},
-    {{"rk4", "classical fourth-order Runge-Kutta on the probability-flow ODE", 4, 4, 0,
-      "all paths"},
-     5, 0, dfx_run_rk4},
-    {{"dopri5",
-      "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol), reports evaluations", 5, 0,
-      0, "all paths"},
-     9, 1, dfx_run_dopri5},
-    {{"em",
-      "Euler-Maruyama of the SDE family dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, "
-      "--eps0)",
-      1, 1, 1, "all paths"},
-     2, 0, dfx_run_em},
+    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, ALL, 30}, 3,
+     DFX_SF_VEL, 0, dfx_run_heun},
+    {{"rk4", "classical fourth-order Runge-Kutta", 4, 4, 0, ALL, 20}, 5, DFX_SF_VEL, 0,
+     dfx_run_rk4},
+    {{"dopri5", "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)", 5, 0, 0, ALL, 0}, 9,
+     DFX_SF_ADAPTIVE | DFX_SF_VEL, 0, dfx_run_dopri5},
+    {{"ddim", "DDIM: exact step for a frozen x_hat; --eta > 0 adds fresh noise", 1, 1, 0, ALL,
+      50},
+     2, DFX_SF_X0, 0.0, dfx_run_ddim},
+    {{"dpmpp_2m", "DPM-Solver++(2M): multistep in log-SNR on x_hat", 2, 1, 0, ALL, 30}, 4,
+     DFX_SF_X0, 0, dfx_run_dpmpp_2m},
+    /* stochastic */
+    {{"em", "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)", 1, 1,
+      1, ALL, 500},
+     2, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_em},
+    {{"ddpm", "ancestral sampling from the posterior q(x_t' | x_t, x_hat) (DDPM)", 1, 1, 1, ALL,
+      500},
+     2, DFX_SF_X0, 1.0, dfx_run_ddpm},
+    {{"euler_ancestral", "Euler step to sigma_down plus fresh noise sigma_up (--eta, 1)", 1, 1,
+      1, ALL, 100},
+     2, DFX_SF_X0, 1.0, dfx_run_ddim},
+    {{"dpmpp_2m_sde", "DPM-Solver++(2M) SDE, midpoint variant (--eta, 1)", 1, 1, 1, ALL, 50}, 4,
+     DFX_SF_X0, 1.0, dfx_run_dpmpp_2m_sde},
+    {{"pc", "predictor-corrector: em predictor + Langevin corrector at --snr", 1, 2, 1, ALL,
+      500},
+     3, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_pc},
+    /* multiplicative (Dale) */
+    {{"adls", "Dale: sign-preserving Euler-Maruyama in log space (--recipe)", 1, 1, 1, DALE,
+      1000},
+     2, DFX_SF_DALE | DFX_SF_SCORE, 0, dfx_run_adls},
+    {{"aums", "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)", 1, 1, 1, DALE,
+      1000},
+     2, DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE, 0, dfx_run_aums},
 };
 #define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
 
@@ -79,9 +101,15 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
 {
     memset(o, 0, sizeof *o);
     o->sampler = "heun";
-    o->steps = 30;
+    o->steps = 0; /* the sampler's default */
+    o->eta = NAN;
+    o->snr = 0.16;
+    o->corrector_steps = 1;
+    o->recipe = DFX_RECIPE_PRINCIPLED;
+    o->delta = NAN;
+    o->anneal = NAN;
     o->seed = 0;
-    o->grid = DFX_GRID_UNIFORM;
+    o->grid = DFX_GRID_AUTO;
     o->rho = 7.0;
     o->shift = 3.0;
     o->t_noise = NAN;
@@ -98,8 +126,9 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
 
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n)
 {
-    if (n) *n = s->def->adaptive ? 0 : s->n;
-    return s->def->adaptive ? NULL : s->grid;
+    int adaptive = (s->def->flags & DFX_SF_ADAPTIVE) != 0;
+    if (n) *n = adaptive ? 0 : s->n;
+    return adaptive ? NULL : s->grid;
 }
 
 void dfx_sampler_free(dfx_sampler *s)
@@ -121,18 +150,22 @@ void dfx_sampler_free(dfx_sampler *s)
 static int check_grid(dfx_sampler *s, dfx_error *err)
 {
     const dfx_model *m = s->m;
-    dfx_pred native = m->cfg.prediction;
-    /* Euler never evaluates at the last grid point; multi-stage rules do. */
+    dfx_pred native = m->native;
+    unsigned f = s->def->flags;
+    /* one-evaluation rules never evaluate at the last grid point */
     int need_end = s->def->d.nfe_per_step != 1;
     for (int i = 0; i <= s->n; i++) {
         double t = s->grid[i], A, B, C;
-        if (i < s->n || need_end) {
-            if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_VELOCITY, &A, &B, &C, err))
-                return -1;
-        }
-        if (i < s->n && s->def->d.stochastic) {
-            if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_SCORE, &A, &B, &C, err))
-                return -1;
+        if (i == s->n && !need_end) break;
+        if (((f & DFX_SF_VEL) &&
+             dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_VELOCITY, &A, &B, &C, err)) ||
+            ((f & DFX_SF_SCORE) &&
+             dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_SCORE, &A, &B, &C, err)) ||
+            ((f & DFX_SF_X0) &&
+             (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_DATA, &A, &B, &C, err) ||
+              dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_EPS, &A, &B, &C, err))))
+            return dfx_fail_prefix(err, "sampler %s", s->def->d.name);
+        if (i < s->n && (f & DFX_SF_EPS)) {
             double e = dfx_noise_eps(&m->cfg.path, s->o.noise, s->o.eps0, t);
             if (!isfinite(e) || e < 0.0)
                 return dfx_fail(err,
@@ -165,16 +198,40 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         dfx_fail(err, "batch size must be at least 1");
         return NULL;
     }
-    if (!def->adaptive && (o->steps < 1 || o->steps > 1000000)) {
+    const int adaptive = (def->flags & DFX_SF_ADAPTIVE) != 0;
+    const int steps = o->steps ? o->steps : def->d.default_steps;
+    if (!adaptive && (steps < 1 || steps > 1000000)) {
         dfx_fail(err, "--steps must be in [1, 1000000] (got %d)", o->steps);
         return NULL;
     }
-    if (def->adaptive && !(o->rtol > 0.0 && o->atol > 0.0 && o->max_nfe > 0)) {
+    if (adaptive && !(o->rtol > 0.0 && o->atol > 0.0 && o->max_nfe > 0)) {
         dfx_fail(err, "--rtol, --atol and --max-nfe must be positive");
         return NULL;
     }
-    if (def->d.stochastic && !(o->eps0 >= 0.0 && isfinite(o->eps0))) {
+    if ((def->flags & DFX_SF_EPS) && !(o->eps0 >= 0.0 && isfinite(o->eps0))) {
         dfx_fail(err, "--eps0 must be a finite number >= 0");
+        return NULL;
+    }
+    double eta = isnan(o->eta) ? def->eta : o->eta;
+    if (!(eta >= 0.0 && eta <= 1e6)) {
+        dfx_fail(err, "--eta must be a number >= 0 (got %g)", o->eta);
+        return NULL;
+    }
+    if (strcmp(def->d.name, "pc") == 0 &&
+        (!(o->snr > 0.0 && isfinite(o->snr)) || o->corrector_steps < 1 ||
+         o->corrector_steps > 64)) {
+        dfx_fail(err, "pc needs --snr > 0 and --corrector-steps in [1, 64]");
+        return NULL;
+    }
+    if ((def->flags & DFX_SF_DALE) && m->cfg.path.family != DFX_PATH_DALE) {
+        dfx_fail(err,
+                 "sampler %s applies to multiplicative models on the dale path; this model is "
+                 "on the %s path (see `difflux samplers`)",
+                 def->d.name, dfx_path_name(m->cfg.path.family));
+        return NULL;
+    }
+    if (o->recipe != DFX_RECIPE_PRINCIPLED && !(def->flags & DFX_SF_DALE)) {
+        dfx_fail(err, "--recipe applies to the multiplicative samplers adls and aums only");
         return NULL;
     }
     dfx_sampler *s = dfx_alloc(1, sizeof *s, "sampler", err);
@@ -185,19 +242,36 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->def = def;
     s->max_rows = max_rows;
     s->dim = m->dim;
+    s->eta = eta;
+    if (def->flags & DFX_SF_DALE) {
+        /* the paper's tuned recipe (MATH.md section 3), unless overridden */
+        int aums = (def->flags & DFX_SF_AMBIENT) != 0;
+        if (isnan(o->delta)) s->o.delta = aums ? 1.43845e-4 : 6.16545e-4;
+        if (o->inner == 0) s->o.inner = aums ? 4 : 1;
+        if (isnan(o->anneal)) s->o.anneal = 0.995;
+        if (!(s->o.delta > 0.0 && s->o.delta < 1.0) || s->o.inner < 1 || s->o.inner > 1000 ||
+            !(s->o.anneal > 0.0 && s->o.anneal <= 1.0)) {
+            dfx_fail(err, "need --delta in (0, 1), --inner in [1, 1000], --anneal in (0, 1]");
+            goto fail;
+        }
+    }
     double tn, td;
     dfx_path_default_range(&m->cfg.path, &tn, &td);
     s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
     s->t_data = isnan(o->t_data) ? td : o->t_data;
-    s->n = def->adaptive ? 1 : o->steps;
+    s->n = adaptive ? 1 : steps;
+    if (s->o.grid == DFX_GRID_AUTO) {
+        int ve = m->cfg.path.family == DFX_PATH_VE || m->cfg.path.family == DFX_PATH_DALE;
+        s->o.grid = (ve && !(def->flags & DFX_SF_DALE)) ? DFX_GRID_KARRAS : DFX_GRID_UNIFORM;
+    }
     s->grid = dfx_alloc((size_t)s->n + 1, sizeof *s->grid, "time grid", err);
     if (!s->grid) goto fail;
-    if (def->adaptive) {
+    if (adaptive) {
         /* the uniform grid of one step only checks the interval */
         if (dfx_time_grid(&m->cfg.path, DFX_GRID_UNIFORM, 7, 1, s->t_noise, s->t_data, 1,
                           s->grid, err))
             goto fail;
-    } else if (dfx_time_grid(&m->cfg.path, o->grid, o->rho, o->shift, s->t_noise, s->t_data,
+    } else if (dfx_time_grid(&m->cfg.path, s->o.grid, o->rho, o->shift, s->t_noise, s->t_data,
                              s->n, s->grid, err)) {
         goto fail;
     }
@@ -277,14 +351,39 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     s->m->first_index = first_index;
     s->st = &local;
     memset(s->nfe, 0, (size_t)rows * sizeof *s->nfe);
-    /* x at the noise end: m + s z, z from draw 0 of the initial stream. */
+    /* x at the noise end: m + s z (or the model's fitted start distribution),
+     * z from draw 0 of the initial stream */
+    const dfx_model_config *mc = &s->m->cfg;
     dfx_coef c;
-    dfx_path_eval(&s->m->cfg.path, s->t_noise, &c);
-    s->be->ops->normal(s->be, s->x, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
-    const float *xs[1] = {s->x};
-    double cs[1] = {c.s};
-    dfx_s_lincomb(s, s->x, 1, xs, cs, c.m);
+    dfx_path_eval(&mc->path, s->t_noise, &c);
+    double mean = c.m, sd = c.s;
+    if (mc->has_start && !s->o.path_start) {
+        mean = mc->start_mean;
+        sd = mc->start_std;
+    }
+    dfx_backend *be = s->be;
+    size_t n = (size_t)rows * s->dim;
+    if (s->m->vt->sample_marginal && !s->o.path_start) {
+        /* analytic models know p_t exactly */
+        if (s->m->vt->sample_marginal(s->m, s->t_noise, s->o.seed, first_index, rows,
+                                      DFX_STREAM_INIT, s->x, err))
+            return -1;
+    } else {
+        be->ops->normal(be, s->x, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
+        const float *xs[1] = {s->x};
+        double cs[1] = {sd};
+        dfx_s_lincomb(s, s->x, 1, xs, cs, mean);
+    }
+    const int ambient = (s->def->flags & DFX_SF_AMBIENT) != 0;
+    if (ambient) be->ops->unary(be, s->x, s->x, n, DFX_FN_EXP);
     if (s->def->run(s, err)) return -1;
+    /* log-space models: the state is y = log x, except for ambient samplers */
+    if (ambient && s->o.denoise) {
+        be->ops->unary(be, s->x, s->x, n, DFX_FN_LOG);
+        if (dfx_s_check(s, -1, s->t_data, err))
+            return dfx_fail_prefix(err, "%s produced values <= 0 (adls keeps signs)",
+                                   s->def->d.name);
+    }
     if (s->o.denoise) {
         float *tmp = s->buf[0];
         if (dfx_s_eval(s, s->t_data, s->x, DFX_PRED_DATA, tmp, err)) return -1;
@@ -292,6 +391,10 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
         double one[1] = {1.0};
         dfx_s_lincomb(s, s->x, 1, ts, one, 0.0);
         if (dfx_s_check(s, -1, s->t_data, err)) return dfx_fail_prefix(err, "denoising");
+    }
+    if (s->m->logspace && (s->o.denoise || !ambient)) {
+        be->ops->unary(be, s->x, s->x, n, DFX_FN_EXP);
+        if (dfx_s_check(s, -1, s->t_data, err)) return dfx_fail_prefix(err, "exp(y)");
     }
     if (s->be->ops->download(s->be, out, s->x, (size_t)rows * s->dim * sizeof(float), err))
         return -1;
@@ -305,4 +408,19 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     local.nfe_mean = sum / rows;
     if (stats) *stats = local;
     return 0;
+}
+
+int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
+               double *B, double *C, dfx_error *err)
+{
+    dfx_coef c;
+    dfx_path_eval(&s->m->cfg.path, t, &c);
+    if (dfx_convert_coefs(&c, from, to, A, B, C, err))
+        return dfx_fail_prefix(err, "sampler %s at t = %g", s->def->d.name, t);
+    return 0;
+}
+
+void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
+{
+    s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim, draw, stream);
 }

@@ -8,15 +8,28 @@
 
 #include "model.h"
 
-/* Philox stream tags: which kind of draw a normal belongs to. */
-enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1 };
+/* Philox stream tags: which kind of draw a normal belongs to. Corrector
+ * step j of pc uses DFX_STREAM_CORRECT + j. */
+enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1, DFX_STREAM_CORRECT = 2 };
+
+/* sampler_def.flags */
+enum {
+    DFX_SF_ADAPTIVE = 1, /* ignores the grid */
+    DFX_SF_DALE = 2,     /* needs the dale (multiplicative) path */
+    DFX_SF_AMBIENT = 4,  /* the state is x = exp(y), not y (log-space models) */
+    DFX_SF_SCORE = 8,    /* needs the score */
+    DFX_SF_VEL = 16,     /* needs the velocity */
+    DFX_SF_X0 = 32,      /* needs x_hat and z_hat */
+    DFX_SF_EPS = 64,     /* uses the em noise schedule eps(t) */
+};
 
 #define DFX_SAMPLER_MAX_BUFS 10
 
 typedef struct sampler_def {
     dfx_sampler_desc d;
     int nbuf;      /* backend vectors of [rows, dim] it needs besides x */
-    int adaptive;  /* ignores the grid */
+    unsigned flags;
+    double eta;    /* default eta of ancestral samplers */
     int (*run)(dfx_sampler *s, dfx_error *err);
 } sampler_def;
 
@@ -28,6 +41,7 @@ struct dfx_sampler {
     int max_rows;
     size_t dim;
     double t_noise, t_data;
+    double eta;    /* resolved ancestral eta */
     int n;         /* grid intervals */
     double *grid;  /* n + 1 times */
     float *x;      /* backend [max_rows, dim]: the state */
@@ -61,6 +75,20 @@ int dfx_run_heun(dfx_sampler *s, dfx_error *err);
 int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
 int dfx_run_dopri5(dfx_sampler *s, dfx_error *err);
 int dfx_run_em(dfx_sampler *s, dfx_error *err);
+int dfx_run_ddim(dfx_sampler *s, dfx_error *err);
+int dfx_run_ddpm(dfx_sampler *s, dfx_error *err);
+int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err);
+int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err);
+int dfx_run_pc(dfx_sampler *s, dfx_error *err);
+int dfx_run_adls(dfx_sampler *s, dfx_error *err);
+int dfx_run_aums(dfx_sampler *s, dfx_error *err);
+
+/* Conversion coefficients at one time for all rows: to = A x + B P + C,
+ * with a message naming the sampler and time when singular. */
+int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
+               double *B, double *C, dfx_error *err);
+/* Standard normals of draw `draw`, stream `stream` into z. */
+void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream);
 
 /* The em noise level eps(t) >= 0 of MATH.md section 1.2 (may be Inf). */
 double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t);

@@ -97,7 +97,7 @@ int main(void)
         CHECK(!dfx_sampler_create(m1, &o, 2, &err) && strstr(err.msg, "unknown sampler"), "%s",
               err.msg);
         dfx_sample_opts_default(&o, m1);
-        o.steps = 0;
+        o.steps = -1;
         CHECK(!dfx_sampler_create(m1, &o, 2, &err) && strstr(err.msg, "--steps"), "%s", err.msg);
         dfx_sample_opts_default(&o, m1);
         o.sampler = "em";

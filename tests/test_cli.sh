@@ -56,7 +56,7 @@ expect 1 "$TMP/garbage.safetensors" -- "$DFX" sample --model "$TMP/garbage.safet
 expect 1 "$TMP/garbage.safetensors" -- "$DFX" info --model "$TMP/garbage.safetensors"
 head -c 1000 "$MODEL" >"$TMP/truncated.safetensors"
 expect 1 "truncated" -- "$DFX" info --model "$TMP/truncated.safetensors"
-expect 1 "--steps must be in" -- "$DFX" sample --model "$MODEL" --steps 0 --out "$TMP/x.png"
+expect 2 "--steps must be at least 1" -- "$DFX" sample --model "$MODEL" --steps 0 --out "$TMP/x.png"
 expect 1 "unknown device 'tpu'" -- "$DFX" sample --device tpu
 expect 1 "(no CUDA backend|no CUDA device)" -- "$DFX" sample --device cuda --n 1 --out "$TMP/x.png"
 expect 1 "karras grid needs a finite noise level.*--t-noise" -- "$DFX" sample --n 2 --grid karras --out "$TMP/x.png"
@@ -101,6 +101,22 @@ expect 2 "--class expects a label" -- "$DFX" sample --model "$UC" --n 2 --class 
 expect 1 "unconditional" -- "$DFX" sample --model "$UT" --n 2 --class 1 --out "$TMP/u.png"
 expect 1 "trained on the linear path and cannot be sampled on another" -- "$DFX" sample --model "$UT" --n 2 --path vp --out "$TMP/u.png"
 expect 1 "takes no class" -- "$DFX" sample --n 2 --class 3 --out "$TMP/u.png"
+
+# the sampler family and the multiplicative (Dale) models
+expect 0 "wrote $TMP/dale.safetensors: 20 components of 28 x 28, path dale" -- "$DFX" make-gmm --path dale --range-lo 1 --range-hi 2 --count 20 --out "$TMP/dale.safetensors"
+expect 2 "the dale path needs positive data" -- "$DFX" make-gmm --path dale --count 20 --out "$TMP/dale2.safetensors"
+expect 0 "info" -- bash -c "'$DFX' info --model '$TMP/dale.safetensors' | grep -q 'dale (multiplicative, sigma 0.8, mu 0.32)' && echo info"
+expect 0 "adls on cpu" -- "$DFX" sample --model "$TMP/dale.safetensors" --sampler adls --steps 20 --n 2 --npy "$TMP/d.npy" --no-png
+expect 0 "aums on cpu" -- "$DFX" sample --model "$TMP/dale.safetensors" --sampler aums --recipe paper --steps 10 --n 2 --out "$TMP/d.png"
+expect 1 "sampler adls applies to multiplicative models on the dale path; this model is on the linear path" -- "$DFX" sample --sampler adls --n 2 --out "$TMP/x.png"
+expect 1 "--recipe applies to the multiplicative samplers" -- "$DFX" sample --recipe paper --n 2 --out "$TMP/x.png"
+expect 2 "--delta, --inner and --anneal belong to --recipe paper" -- "$DFX" sample --delta 0.1 --n 2 --out "$TMP/x.png"
+expect 2 "unknown --recipe 'best'" -- "$DFX" sample --recipe best --n 2 --out "$TMP/x.png"
+expect 1 "--eta must be a number >= 0" -- "$DFX" sample --sampler ddim --eta -1 --n 2 --out "$TMP/x.png"
+expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
+for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
+    expect 0 "$s on cpu" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"
+done
 
 if [ $fails -ne 0 ]; then
     echo "test_cli: $fails check(s) failed"

@@ -45,6 +45,7 @@ static double run(dfx_model *m, const char *sampler, int steps, double t0, doubl
     o.t_noise = t0;
     o.t_data = t1;
     o.denoise = 0;
+    o.path_start = 1; /* x(t0) = m + s z, as exact_err assumes */
     o.rtol = o.atol = tol;
     dfx_sampler *s = dfx_sampler_create(m, &o, R, &err);
     CHECK(s != NULL, "create %s: %s", sampler, err.msg);
@@ -70,7 +71,8 @@ int main(void)
         const char *name;
         int p, n;
         double tol; /* rk4's finest error nears float32 rounding: wider window */
-    } methods[] = {{"euler", 1, 64, 0.3}, {"heun", 2, 32, 0.3}, {"rk4", 4, 10, 0.5}};
+    } methods[] = {{"euler", 1, 64, 0.3}, {"heun", 2, 32, 0.3},     {"rk4", 4, 10, 0.5},
+                   {"ddim", 1, 64, 0.3},  {"dpmpp_2m", 2, 128, 0.3}};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         dfx_path p;
         dfx_path_default(&p, cases[ci].fam);

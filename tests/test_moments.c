@@ -86,6 +86,12 @@ int main(void)
         {"heun", 40, DFX_PATH_TRIG},     {"em", 1000, DFX_PATH_TRIG},
         {"heun", 80, DFX_PATH_VE},       {"em", 1000, DFX_PATH_VE},
         {"heun", 40, DFX_PATH_VP_COSINE},
+        /* the denoiser-based samplers, deterministic and ancestral */
+        {"ddim", 200, DFX_PATH_LINEAR},  {"ddim", 200, DFX_PATH_VP},
+        {"dpmpp_2m", 40, DFX_PATH_LINEAR}, {"dpmpp_2m", 40, DFX_PATH_VP_COSINE},
+        {"ddpm", 500, DFX_PATH_LINEAR},  {"ddpm", 500, DFX_PATH_VP},
+        {"euler_ancestral", 500, DFX_PATH_LINEAR}, {"euler_ancestral", 500, DFX_PATH_VP},
+        {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR}, {"dpmpp_2m_sde", 200, DFX_PATH_VP},
     };
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         dfx_path p;

@@ -4,9 +4,16 @@
 #include "cli.h"
 #include "difflux.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static int fam_check(const char *name)
+{
+    dfx_path_family f;
+    return dfx_path_parse(name, &f) ? -1 : (int)f;
+}
 
 #ifndef DFX_SOURCE_DIR
 #define DFX_SOURCE_DIR "."
@@ -38,7 +45,8 @@ int cmd_make_gmm(int argc, char **argv)
         cli_usage(stdout, "difflux make-gmm --out FILE [options]",
                   "Builds the exact Gaussian-mixture model p = (1/K) sum_k N(image_k, C^2 I)\n"
                   "of K images: its predictions are the optimal denoiser of that set, on any "
-                  "path.",
+                  "path.\nWith --path dale the mixture lives in log space (means log x, x in "
+                  "the range).",
                   opts, nopts);
         return CLI_OK;
     }
@@ -46,6 +54,10 @@ int cmd_make_gmm(int argc, char **argv)
     if (count < 1 || offset < 0 || !(std > 0) || !(hi > lo))
         return fprintf(stderr, "difflux make-gmm: need --count >= 1, --offset >= 0, --std > 0, "
                                "--range-lo < --range-hi\n"),
+               CLI_USAGE;
+    if (fam_check(path) == DFX_PATH_DALE && !(lo > 0))
+        return fprintf(stderr, "difflux make-gmm: the dale path needs positive data "
+                               "(e.g. --range-lo 1 --range-hi 2)\n"),
                CLI_USAGE;
     if (cls >= 0 && !labels)
         return fprintf(stderr, "difflux make-gmm: --class needs --labels\n"), CLI_USAGE;
@@ -80,8 +92,11 @@ int cmd_make_gmm(int argc, char **argv)
     for (int i = 0; i < n && k < count; i++) {
         if (cls >= 0 && lab[i] != cls) continue;
         if (seen++ < offset) continue;
-        for (size_t j = 0; j < dim; j++)
-            means[(size_t)k * dim + j] = (float)(lo + (hi - lo) * px[(size_t)i * dim + j] / 255.0);
+        for (size_t j = 0; j < dim; j++) {
+            double v = lo + (hi - lo) * px[(size_t)i * dim + j] / 255.0;
+            /* the dale path works in y = log x */
+            means[(size_t)k * dim + j] = (float)(fam == DFX_PATH_DALE ? log(v) : v);
+        }
         stds[k] = (float)std;
         w[k] = 1.0f;
         k++;

@@ -44,16 +44,17 @@ static void on_progress(void *ctx, const dfx_progress *p)
 int cmd_sample(int argc, char **argv)
 {
     const char *model = NULL, *sampler = "heun", *device = "auto", *out = "grid.png",
-               *npy = NULL, *grid = "uniform", *noise = NULL, *path = NULL, *cls = NULL;
-    int steps = 30, n = 64, batch = 0, threads = 0, cols = 0, pad = 2, scale = 1,
+               *npy = NULL, *grid = "auto", *noise = NULL, *path = NULL, *cls = NULL,
+               *recipe = "principled";
+    int steps = 0, n = 64, corrector_steps = 1, inner = 0, path_start = 0, batch = 0, threads = 0, cols = 0, pad = 2, scale = 1,
         no_denoise = 0, quiet = 0, progress = 0, no_png = 0;
     uint64_t seed = 0, start = 0, max_nfe = 100000;
     double rho = 7, shift = 3, t_noise = NAN, t_data = NAN, rtol = 1e-4, atol = 1e-4, eps0 = 1,
-           pad_value = 1.0, guidance = 1.0;
+           pad_value = 1.0, guidance = 1.0, eta = NAN, snr = 0.16, delta = NAN, anneal = NAN;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "FILE", "model file (default: the shipped MNIST demo model)", 0},
-        {"sampler", OPT_STR, &sampler, "NAME", "integrator: euler heun rk4 dopri5 em (heun)", 0},
-        {"steps", OPT_INT, &steps, "N", "steps of the time grid (30; dopri5 adapts)", 0},
+        {"sampler", OPT_STR, &sampler, "NAME", "sampler (heun); `difflux samplers` lists them", 0},
+        {"steps", OPT_INT, &steps, "N", "steps of the time grid (the sampler's default)", 0},
         {"n", OPT_INT, &n, "COUNT", "number of samples (64)", 0},
         {"batch", OPT_INT, &batch, "B", "samples per batch (min(n, 64))", 0},
         {"seed", OPT_U64, &seed, "S", "random seed (0)", 0},
@@ -68,7 +69,8 @@ int cmd_sample(int argc, char **argv)
         {"pad-value", OPT_DOUBLE, &pad_value, "V", "padding grey level, 0 black .. 1 white (1)",
          0},
         {"scale", OPT_INT, &scale, "K", "upscale each pixel to K x K (1)", 0},
-        {"grid", OPT_STR, &grid, "NAME", "time grid: uniform karras logsnr shift (uniform)", 0},
+        {"grid", OPT_STR, &grid, "NAME",
+         "time grid: uniform karras logsnr shift, or auto (karras on ve and dale paths)", 0},
         {"rho", OPT_DOUBLE, &rho, "R", "karras grid exponent (7)", 0},
         {"shift", OPT_DOUBLE, &shift, "K", "shift grid factor, >1 = more steps at high noise (3)",
          0},
@@ -83,6 +85,21 @@ int cmd_sample(int argc, char **argv)
         {"noise", OPT_STR, &noise, "NAME",
          "em noise eps(t): diffusion const s s2 (s on interpolants, else diffusion)", 0},
         {"eps0", OPT_DOUBLE, &eps0, "E", "em noise scale (1)", 0},
+        {"eta", OPT_DOUBLE, &eta, "E",
+         "ddim/euler_ancestral/dpmpp_2m_sde: fresh-noise level (0, 1, 1)", 0},
+        {"snr", OPT_DOUBLE, &snr, "R", "pc: corrector signal-to-noise ratio (0.16)", 0},
+        {"corrector-steps", OPT_INT, &corrector_steps, "K", "pc: Langevin steps per time (1)",
+         0},
+        {"recipe", OPT_STR, &recipe, "NAME",
+         "adls/aums: principled (delta = grid step) or paper (tuned delta, --inner, --anneal)",
+         0},
+        {"delta", OPT_DOUBLE, &delta, "D", "paper recipe: step (adls 6.16545e-4, aums 1.43845e-4)",
+         0},
+        {"inner", OPT_INT, &inner, "L", "paper recipe: updates per time index (adls 1, aums 4)",
+         0},
+        {"anneal", OPT_DOUBLE, &anneal, "F", "paper recipe: noise factor per index (0.995)", 0},
+        {"path-start", OPT_FLAG, &path_start, NULL,
+         "start from N(m, s^2) of the path even if the model has a fitted start", 0},
         {"class", OPT_STR, &cls, "K",
          "conditional models: label K, 'all' (sample i gets i mod classes; default) or 'none'",
          0},
@@ -108,6 +125,8 @@ int cmd_sample(int argc, char **argv)
     }
     /* option checks that need no model */
     if (n < 1) return fprintf(stderr, "difflux sample: --n must be at least 1\n"), CLI_USAGE;
+    if (cli_find(opts, nopts, "steps")->set && steps < 1)
+        return fprintf(stderr, "difflux sample: --steps must be at least 1\n"), CLI_USAGE;
     if (batch < 0 || (cli_find(opts, nopts, "batch")->set && batch < 1))
         return fprintf(stderr, "difflux sample: --batch must be at least 1\n"), CLI_USAGE;
     if (batch == 0) batch = n < 64 ? n : 64;
@@ -125,8 +144,8 @@ int cmd_sample(int argc, char **argv)
                CLI_USAGE;
     if (max_nfe < 1 || max_nfe > 100000000)
         return fprintf(stderr, "difflux sample: --max-nfe must be in [1, 1e8]\n"), CLI_USAGE;
-    dfx_grid g;
-    if (dfx_grid_parse(grid, &g))
+    dfx_grid g = DFX_GRID_AUTO;
+    if (strcmp(grid, "auto") != 0 && dfx_grid_parse(grid, &g))
         return fprintf(stderr, "difflux sample: unknown --grid '%s' (uniform, karras, logsnr, "
                                "shift)\n",
                        grid),
@@ -149,6 +168,16 @@ int cmd_sample(int argc, char **argv)
         return fprintf(stderr, "difflux sample: unknown --sampler '%s' (difflux samplers lists "
                                "them)\n",
                        sampler),
+               CLI_USAGE;
+    if (strcmp(recipe, "paper") != 0 && strcmp(recipe, "principled") != 0)
+        return fprintf(stderr, "difflux sample: unknown --recipe '%s' (principled, paper)\n",
+                       recipe),
+               CLI_USAGE;
+    if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
+         cli_find(opts, nopts, "anneal")->set) &&
+        strcmp(recipe, "paper") != 0)
+        return fprintf(stderr, "difflux sample: --delta, --inner and --anneal belong to "
+                               "--recipe paper\n"),
                CLI_USAGE;
     int class_id = DFX_CLASS_CYCLE;
     if (cls) {
@@ -204,6 +233,14 @@ int cmd_sample(int argc, char **argv)
     o.atol = atol;
     o.max_nfe = (long)max_nfe;
     if (noise) o.noise = nz;
+    o.eta = eta;
+    o.snr = snr;
+    o.corrector_steps = corrector_steps;
+    o.recipe = strcmp(recipe, "paper") == 0 ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;
+    o.delta = delta;
+    o.inner = inner;
+    o.anneal = anneal;
+    o.path_start = path_start;
     o.eps0 = eps0;
     o.denoise = !no_denoise;
     o.progress = on_progress;

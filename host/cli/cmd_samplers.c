@@ -11,23 +11,27 @@ int cmd_samplers(int argc, char **argv)
     if (rc) return rc;
     if (help) {
         cli_usage(stdout, "difflux samplers",
-                  "Lists every sampler: its order of convergence, network evaluations per step,\n"
-                  "whether it is stochastic, and which model families it applies to.",
+                  "Lists every sampler: its order of convergence (weak order for SDEs), network\n"
+                  "evaluations per step, default steps, whether it integrates an ODE or an SDE,\n"
+                  "and which model families it applies to.",
                   NULL, 0);
         return CLI_OK;
     }
     const dfx_sampler_desc *d;
     int n = dfx_samplers(&d);
-    printf("%-10s %-5s %-9s %-10s %-10s %s\n", "name", "order", "NFE/step", "kind", "applies to",
-           "what it is");
+    printf("%-16s %-5s %-9s %-6s %-5s %-15s %s\n", "name", "order", "NFE/step", "steps", "kind",
+           "applies to", "what it is");
     for (int i = 0; i < n; i++) {
         char nfe[16];
         if (d[i].nfe_per_step)
             snprintf(nfe, sizeof nfe, "%d", d[i].nfe_per_step);
         else
             snprintf(nfe, sizeof nfe, "adaptive");
-        printf("%-10s %-5d %-9s %-10s %-10s %s\n", d[i].name, d[i].order, nfe,
-               d[i].stochastic ? "SDE" : "ODE", d[i].families, d[i].summary);
+        char steps[16];
+        snprintf(steps, sizeof steps, "%d", d[i].default_steps);
+        printf("%-16s %-5d %-9s %-6s %-5s %-15s %s\n", d[i].name, d[i].order, nfe,
+               d[i].default_steps ? steps : "-", d[i].stochastic ? "SDE" : "ODE", d[i].families,
+               d[i].summary);
     }
     return CLI_OK;
 }

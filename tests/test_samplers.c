@@ -1,0 +1,284 @@
+/* The sampler family beyond the basic integrators (MATH.md sections 2, 3):
+ * samplers that reduce to each other agree, the multiplicative (Dale)
+ * samplers reproduce a log-normal mixture and keep signs, and samplers
+ * refuse models they do not fit. */
+#include "check.h"
+#include "model.h"
+
+#include <stdlib.h>
+
+enum { D = 2, K = 2, N = 10000 };
+static const float MU[K * D] = {0.45f, 0.1f, 0.15f, 0.55f}; /* log-space means */
+static const float CS[K] = {0.08f, 0.12f};
+static const float W[K] = {0.6f, 0.4f};
+
+static dfx_backend *be;
+
+static float *draw(dfx_model *m, const char *name, int steps, int rows, uint64_t seed,
+                   void (*tweak)(dfx_sample_opts *))
+{
+    dfx_error err = {{0}};
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.sampler = name;
+    o.steps = steps;
+    o.seed = seed;
+    o.denoise = 0;
+    if (tweak) tweak(&o);
+    dfx_sampler *s = dfx_sampler_create(m, &o, rows, &err);
+    CHECK(s != NULL, "%s: %s", name, err.msg);
+    if (!s) return NULL;
+    float *x = malloc(sizeof(float) * (size_t)rows * m->dim);
+    CHECK_OK(dfx_sampler_run(s, 0, rows, x, NULL, &err), err);
+    dfx_sampler_free(s);
+    return x;
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double w = 0;
+    for (size_t i = 0; i < n; i++) w = fmax(w, fabs((double)a[i] - b[i]));
+    return w;
+}
+
+static void eta1(dfx_sample_opts *o)
+{
+    o->eta = 1.0;
+}
+
+static void path_start(dfx_sample_opts *o)
+{
+    o->path_start = 1;
+}
+
+static void diffusion_noise(dfx_sample_opts *o)
+{
+    o->noise = DFX_NOISE_DIFFUSION;
+    o->path_start = 1;
+}
+
+static void ddpm_path_start(dfx_sample_opts *o)
+{
+    o->path_start = 1;
+}
+
+/* Samplers that are the same method written differently agree. */
+static void reductions(void)
+{
+    dfx_error err = {{0}};
+    float means[2 * 16], sd[2] = {0.3f, 0.2f}, w[2] = {1, 1};
+    for (int i = 0; i < 32; i++) means[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
+    dfx_path p;
+    /* ddim (eta = 0) on the linear path is Euler in t: x' = x + h (x_hat - z_hat) */
+    dfx_path_default(&p, DFX_PATH_LINEAR);
+    dfx_model *m = dfx_model_gmm_create(be, &p, 1, 4, 4, -1, 1, 2, means, sd, w, &err);
+    float *a = draw(m, "ddim", 40, 8, 5, NULL), *b = draw(m, "euler", 40, 8, 5, NULL);
+    double d = max_diff(a, b, 8 * 16);
+    printf("ddim(eta 0) vs euler on the linear path: max difference %.2e\n", d);
+    CHECK(d < 1e-4, "ddim and euler differ by %g", d);
+    free(a);
+    free(b);
+    /* ddpm's posterior is ddim with eta = 1 (the same noise draws) */
+    for (int f = 0; f < 2; f++) {
+        dfx_path_default(&p, f ? DFX_PATH_VP : DFX_PATH_LINEAR);
+        dfx_model_set_path(m, &p, &err);
+        a = draw(m, "ddpm", 50, 8, 6, NULL);
+        b = draw(m, "ddim", 50, 8, 6, eta1);
+        d = max_diff(a, b, 8 * 16);
+        printf("ddpm vs ddim(eta 1) on %s: max difference %.2e\n", dfx_path_name(p.family), d);
+        CHECK(d < 1e-4, "ddpm and ddim(eta 1) differ by %g on %s", d, dfx_path_name(p.family));
+        free(a);
+        free(b);
+        a = draw(m, "euler_ancestral", 50, 8, 6, NULL);
+        b = draw(m, "ddim", 50, 8, 6, eta1);
+        CHECK(max_diff(a, b, 8 * 16) == 0.0, "euler_ancestral is ddim with eta 1");
+        free(a);
+        free(b);
+    }
+    /* ddpm and em with the diffusion-matched noise discretise the same reverse
+     * SDE with the same Brownian increments: paths converge as steps grow */
+    dfx_path_default(&p, DFX_PATH_VP);
+    dfx_model_set_path(m, &p, &err);
+    double prev = INFINITY;
+    for (int steps = 100; steps <= 1600; steps *= 4) {
+        a = draw(m, "ddpm", steps, 8, 7, ddpm_path_start);
+        b = draw(m, "em", steps, 8, 7, diffusion_noise);
+        double mean = 0;
+        for (int i = 0; i < 8 * 16; i++) mean += fabs((double)a[i] - b[i]) / (8 * 16);
+        printf("ddpm vs em(diffusion) on vp, %4d steps: mean |difference| %.2e\n", steps, mean);
+        CHECK(mean < 0.6 * prev, "ddpm and em do not converge together (%g after %g)", mean,
+              prev);
+        prev = mean;
+        free(a);
+        free(b);
+    }
+    CHECK(prev < 0.02, "ddpm and em still differ by %g at 1600 steps", prev);
+    dfx_model_free(m);
+}
+
+/* Mean and covariance of log x against the log-normal mixture at t. */
+static void lognormal_moments(const char *what, const dfx_path *p, double t, const float *x)
+{
+    dfx_coef c;
+    dfx_path_eval(p, t, &c);
+    double mean[D] = {0}, m2[D][D] = {{0}};
+    for (int k = 0; k < K; k++) {
+        double v = CS[k] * CS[k] + c.s * c.s, mk[D];
+        for (int j = 0; j < D; j++) mean[j] += W[k] * (mk[j] = MU[k * D + j] + c.m);
+        for (int i = 0; i < D; i++)
+            for (int j = 0; j < D; j++) m2[i][j] += W[k] * ((i == j) * v + mk[i] * mk[j]);
+    }
+    double em[D] = {0}, ec[D][D] = {{0}}, se[D][D] = {{0}};
+    int positive = 1;
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < D; j++) {
+            positive &= x[n * D + j] > 0.0f;
+            em[j] += log(x[n * D + j]) / N;
+        }
+    CHECK(positive, "%s: a sample is not positive", what);
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) {
+            double s1 = 0, s2 = 0;
+            for (int n = 0; n < N; n++) {
+                double q = (log(x[n * D + i]) - em[i]) * (log(x[n * D + j]) - em[j]);
+                s1 += q;
+                s2 += q * q;
+            }
+            ec[i][j] = s1 / N;
+            se[i][j] = sqrt((s2 / N - ec[i][j] * ec[i][j]) / N);
+        }
+    double worst = 0;
+    for (int j = 0; j < D; j++) {
+        double z = fabs(em[j] - mean[j]) / sqrt(ec[j][j] / N);
+        worst = fmax(worst, z);
+        CHECK(z < 5, "%s: E[log x_%d] %.4f vs %.4f (%.1f SE)", what, j, em[j], mean[j], z);
+    }
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) {
+            double cv = m2[i][j] - mean[i] * mean[j], z = fabs(ec[i][j] - cv) / se[i][j];
+            worst = fmax(worst, z);
+            CHECK(z < 5, "%s: cov[%d][%d] of log x %.4f vs %.4f (%.1f SE)", what, i, j,
+                  ec[i][j], cv, z);
+        }
+    printf("%-24s E[log x] (%.3f, %.3f) vs (%.3f, %.3f), worst %.1f SE\n", what, em[0], em[1],
+           mean[0], mean[1], worst);
+}
+
+static void dale(void)
+{
+    dfx_error err = {{0}};
+    dfx_path p;
+    dfx_path_default(&p, DFX_PATH_DALE);
+    dfx_model *m = dfx_model_gmm_create(be, &p, 1, 1, D, 1, 2, K, MU, CS, W, &err);
+    CHECK(m && m->logspace, "a mixture on the dale path lives in log space");
+    if (!m) return;
+    struct {
+        const char *name;
+        int steps;
+    } runs[] = {{"adls", 500}, {"aums", 500}, {"heun", 40}, {"dopri5", 0},
+                {"ddim", 200},  {"dpmpp_2m", 40}, {"em", 500}, {"ddpm", 500}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        float *x = draw(m, runs[i].name, runs[i].steps, N, 40 + i, NULL);
+        if (!x) continue;
+        char what[64];
+        snprintf(what, sizeof what, "dale/%s", runs[i].name);
+        lognormal_moments(what, &p, 1e-3, x);
+        free(x);
+    }
+    /* adls keeps signs even with a handful of huge steps and the paper's
+     * recipe; outputs are exp(y) */
+    for (int recipe = 0; recipe < 2; recipe++) {
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "adls";
+        o.steps = recipe ? 1000 : 4;
+        o.recipe = recipe ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;
+        dfx_sampler *s = dfx_sampler_create(m, &o, 256, &err);
+        CHECK(s != NULL, "%s", err.msg);
+        float *x = malloc(sizeof(float) * 256 * D);
+        CHECK_OK(dfx_sampler_run(s, 0, 256, x, NULL, &err), err);
+        int pos = 1;
+        for (int i = 0; i < 256 * D; i++) pos &= x[i] > 0.0f;
+        CHECK(pos, "adls produced a non-positive value (%s)", recipe ? "paper" : "4 steps");
+        free(x);
+        dfx_sampler_free(s);
+    }
+    /* the paper recipe's options only apply to the multiplicative samplers */
+    {
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "heun";
+        o.recipe = DFX_RECIPE_PAPER;
+        CHECK(!dfx_sampler_create(m, &o, 2, &err) && strstr(err.msg, "--recipe"), "%s",
+              err.msg);
+    }
+    /* a dale model cannot be moved to another path, nor the other way */
+    dfx_path q;
+    dfx_path_default(&q, DFX_PATH_VP);
+    CHECK(dfx_model_set_path(m, &q, &err) != 0 && strstr(err.msg, "log space"), "%s", err.msg);
+    dfx_model_free(m);
+    /* the multiplicative samplers refuse other paths */
+    dfx_path_default(&p, DFX_PATH_VP);
+    m = dfx_model_gmm_create(be, &p, 1, 1, D, -1, 1, K, MU, CS, W, &err);
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.sampler = "aums";
+    CHECK(!dfx_sampler_create(m, &o, 2, &err) && strstr(err.msg, "dale path"), "%s", err.msg);
+    dfx_model_free(m);
+    (void)path_start;
+}
+
+/* pc's corrector measures each sample's score and noise norms (the step
+ * keeps a target signal-to-noise ratio), which presumes the high dimension
+ * of images: here a 2-component mixture in 64 dimensions. The first two
+ * coordinates' moments must match the analytic marginal. */
+static void pc(void)
+{
+    enum { DD = 64, NN = 4000 };
+    dfx_error err = {{0}};
+    static float mu[2 * DD];
+    for (int j = 0; j < DD; j++) {
+        mu[j] = 0.8f * (j % 2 ? 1.0f : -1.0f);
+        mu[DD + j] = -0.5f * (j % 3 ? 1.0f : -1.0f);
+    }
+    float cs[2] = {0.3f, 0.2f}, w[2] = {0.5f, 0.5f};
+    const dfx_path_family fams[2] = {DFX_PATH_VP, DFX_PATH_LINEAR};
+    for (int f = 0; f < 2; f++) {
+        dfx_path p;
+        dfx_path_default(&p, fams[f]);
+        dfx_model *m = dfx_model_gmm_create(be, &p, 1, 8, 8, -1, 1, 2, mu, cs, w, &err);
+        float *x = draw(m, "pc", 300, NN, 77, NULL);
+        double tn, td;
+        dfx_path_default_range(&p, &tn, &td);
+        dfx_coef c;
+        dfx_path_eval(&p, td, &c);
+        for (int j = 0; j < 2; j++) {
+            double mean = 0.5 * c.a * (mu[j] + mu[DD + j]), m2 = 0;
+            for (int k = 0; k < 2; k++) {
+                double mk = c.a * mu[k * DD + j];
+                m2 += 0.5 * (c.a * c.a * cs[k] * cs[k] + c.s * c.s + mk * mk);
+            }
+            double var = m2 - mean * mean, em = 0, ev = 0;
+            for (int n = 0; n < NN; n++) em += x[n * DD + j] / NN;
+            for (int n = 0; n < NN; n++) ev += pow(x[n * DD + j] - em, 2) / NN;
+            double zm = fabs(em - mean) / sqrt(var / NN), zv = fabs(ev - var) / (var * sqrt(2.0 / NN) * 1.5);
+            printf("pc on %-6s coordinate %d: mean %.3f vs %.3f, var %.3f vs %.3f\n",
+                   dfx_path_name(p.family), j, em, mean, ev, var);
+            CHECK(zm < 5 && zv < 5, "pc on %s: coordinate %d moments off (%.1f, %.1f SE)",
+                  dfx_path_name(p.family), j, zm, zv);
+        }
+        free(x);
+        dfx_model_free(m);
+    }
+}
+
+int main(void)
+{
+    dfx_error err;
+    be = dfx_backend_create("cpu", 0, &err);
+    reductions();
+    dale();
+    pc();
+    dfx_backend_destroy(be);
+    return check_report("test_samplers");
+}
