@@ -41,6 +41,24 @@ static int step_done(dfx_sampler *s, int i, dfx_error *err)
     return 0;
 }
 
+/* One network evaluation per grid step, then an update rule. */
+typedef int (*step_rule)(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                         const float *P, float *z, dfx_error *err);
+
+static int run_rule(dfx_sampler *s, step_rule rule, dfx_error *err)
+{
+    float *P = s->buf[0], *z = s->buf[1];
+    for (int i = 0; i < s->n; i++) {
+        dfx_coef c0, c1;
+        dfx_path_eval(&s->m->cfg.path, s->grid[i], &c0);
+        dfx_path_eval(&s->m->cfg.path, s->grid[i + 1], &c1);
+        if (dfx_s_eval(s, s->grid[i], s->x, s->m->native, P, err) ||
+            rule(s, i, &c0, &c1, P, z, err) || step_done(s, i, err))
+            return -1;
+    }
+    return 0;
+}
+
 /*
  * DDIM with eta (Song et al. 2021), in path form. With rho = sigma'/sigma
  * the ratio of noise-to-signal levels (sigma = s/a) and
@@ -50,28 +68,24 @@ static int step_done(dfx_sampler *s, int i, dfx_error *err)
  * k-diffusion's euler_ancestral (sigma_up = r sigma', sigma_down =
  * sqrt(1 - r^2) sigma').
  */
+static int ddim_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                     const float *P, float *z, dfx_error *err)
+{
+    x0eps q;
+    if (x0eps_at(s, s->grid[i], &q, err)) return -1;
+    double r = 0.0;
+    if (s->eta > 0.0) {
+        double rho = (c0->a * c1->s) / (c1->a * c0->s); /* 0 where a = 0 */
+        r = fmin(1.0, s->eta * sqrt(fmax(0.0, 1.0 - rho * rho)));
+        dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    }
+    apply(s, &q, P, r > 0.0 ? z : NULL, c1->a, c1->s * sqrt(1.0 - r * r), c1->s * r, c1->m);
+    return 0;
+}
+
 int dfx_run_ddim(dfx_sampler *s, dfx_error *err)
 {
-    float *P = s->buf[0], *z = s->buf[1];
-    for (int i = 0; i < s->n; i++) {
-        double t0 = s->grid[i], t1 = s->grid[i + 1];
-        dfx_coef c0, c1;
-        dfx_path_eval(&s->m->cfg.path, t0, &c0);
-        dfx_path_eval(&s->m->cfg.path, t1, &c1);
-        x0eps q;
-        if (x0eps_at(s, t0, &q, err)) return -1;
-        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
-        double r = 0.0;
-        if (s->eta > 0.0) {
-            double rho = (c0.a * c1.s) / (c1.a * c0.s); /* 0 where a = 0 */
-            r = s->eta * sqrt(fmax(0.0, 1.0 - rho * rho));
-            if (r > 1.0) r = 1.0;
-            dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
-        }
-        apply(s, &q, P, r > 0.0 ? z : NULL, c1.a, c1.s * sqrt(1.0 - r * r), c1.s * r, c1.m);
-        if (step_done(s, i, err)) return -1;
-    }
-    return 0;
+    return run_rule(s, ddim_rule, err);
 }
 
 /*
@@ -82,28 +96,25 @@ int dfx_run_ddim(dfx_sampler *s, dfx_error *err)
  *     mean = (beta^2 / s^2) a' x_hat + (alpha s'^2 / s^2)(x_t - m)
  *     var  = s'^2 beta^2 / s^2.
  */
+static int ddpm_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                     const float *P, float *z, dfx_error *err)
+{
+    double alpha = c0->a / c1->a, s2 = c0->s * c0->s;
+    double beta2 = fmax(0.0, s2 - alpha * alpha * c1->s * c1->s);
+    double kd = beta2 / s2 * c1->a, kx = alpha * c1->s * c1->s / s2;
+    double kz = c1->s * sqrt(beta2 / s2);
+    double Ad, Bd, Cd;
+    if (dfx_s_conv(s, s->grid[i], s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
+    dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    const float *xs[3] = {s->x, P, z};
+    double cs[3] = {kx + kd * Ad, kd * Bd, kz};
+    dfx_s_lincomb(s, s->x, 3, xs, cs, c1->m - kx * c0->m + kd * Cd);
+    return 0;
+}
+
 int dfx_run_ddpm(dfx_sampler *s, dfx_error *err)
 {
-    float *P = s->buf[0], *z = s->buf[1];
-    for (int i = 0; i < s->n; i++) {
-        double t0 = s->grid[i], t1 = s->grid[i + 1];
-        dfx_coef c0, c1;
-        dfx_path_eval(&s->m->cfg.path, t0, &c0);
-        dfx_path_eval(&s->m->cfg.path, t1, &c1);
-        double alpha = c0.a / c1.a, s2 = c0.s * c0.s;
-        double beta2 = fmax(0.0, s2 - alpha * alpha * c1.s * c1.s);
-        double kd = beta2 / s2 * c1.a, kx = alpha * c1.s * c1.s / s2;
-        double kz = c1.s * sqrt(beta2 / s2);
-        double Ad, Bd, Cd;
-        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
-        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
-        dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
-        const float *xs[3] = {s->x, P, z};
-        double cs[3] = {kx + kd * Ad, kd * Bd, kz};
-        dfx_s_lincomb(s, s->x, 3, xs, cs, c1.m - kx * c0.m + kd * Cd);
-        if (step_done(s, i, err)) return -1;
-    }
-    return 0;
+    return run_rule(s, ddpm_rule, err);
 }
 
 /*
