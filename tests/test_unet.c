@@ -91,6 +91,48 @@ static double parity(const char *name)
     return worst;
 }
 
+/* Classifier-free guidance is P_u + w (P_c - P_u) of the two evaluations. */
+static void guidance(void)
+{
+    char mpath[512];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/unet_cond.safetensors", DFX_TEST_DATA);
+    dfx_error err = {{0}};
+    dfx_model *m = dfx_model_load(mpath, be, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    enum { B = 2 };
+    size_t n = B * m->dim;
+    float *x = malloc(n * sizeof *x), *g = malloc(n * sizeof *g), *c = malloc(n * sizeof *c),
+          *u = malloc(n * sizeof *u);
+    dfx_normal_host(3, 0, B, m->dim, 0, 0, x);
+    double t[B] = {0.3, 0.7};
+    CHECK_OK(dfx_model_set_class(m, 1, 2.5, &err), err);
+    CHECK_OK(dfx_model_eval_host(m, t, x, B, DFX_PRED_EPS, g, &err), err);
+    CHECK_OK(dfx_model_set_class(m, 1, 1.0, &err), err);
+    CHECK_OK(dfx_model_eval_host(m, t, x, B, DFX_PRED_EPS, c, &err), err);
+    CHECK_OK(dfx_model_set_class(m, DFX_CLASS_NONE, 1.0, &err), err);
+    CHECK_OK(dfx_model_eval_host(m, t, x, B, DFX_PRED_EPS, u, &err), err);
+    double worst = 0, spread = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs(g[i] - (u[i] + 2.5 * (c[i] - u[i]))));
+        spread = fmax(spread, fabs(c[i] - u[i]));
+    }
+    CHECK(worst < 1e-5 && spread > 1e-2, "guided %g off P_u + w (P_c - P_u) (class effect %g)",
+          worst, spread);
+    /* guidance also holds after conversion: the velocity of the guided
+     * prediction is the guided velocity (conversions are affine) */
+    CHECK_OK(dfx_model_set_class(m, 2, 0.0, &err), err); /* w = 0: unconditional */
+    CHECK_OK(dfx_model_eval_host(m, t, x, B, DFX_PRED_EPS, g, &err), err);
+    worst = 0;
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(g[i] - u[i]));
+    CHECK(worst < 1e-5, "guidance 0 should give the unconditional prediction (%g)", worst);
+    free(x);
+    free(g);
+    free(c);
+    free(u);
+    dfx_model_free(m);
+}
+
 static void samplers_run(void)
 {
     char mpath[512];
@@ -240,6 +282,7 @@ int main(void)
         double e = parity(cases[i]);
         CHECK(e <= 1e-4, "%s: max error %.3g exceeds 1e-4", cases[i], e);
     }
+    guidance();
     samplers_run();
     malformed();
     affine();
