@@ -45,6 +45,16 @@ const char *dfx_backend_name(const dfx_backend *be)
     return be ? be->name : "none";
 }
 
+const char *dfx_backend_device(const dfx_backend *be)
+{
+    return be && be->device[0] ? be->device : "unknown";
+}
+
+double dfx_backend_peak_gflops(dfx_backend *be)
+{
+    return be->ops->peak_gflops ? be->ops->peak_gflops(be) : 0.0;
+}
+
 void *dfx_be_alloc(dfx_backend *be, size_t bytes, const char *what, dfx_error *err)
 {
     void *p = be->ops->alloc(be, bytes);

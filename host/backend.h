@@ -97,6 +97,9 @@ typedef struct dfx_backend_ops {
     void (*embed_add)(dfx_backend *be, float *y, const float *table, const int *idx, int B,
                       int dim);
 
+    /* Measured FP32 matrix-multiply rate of the device in GFLOP/s (a large
+     * GEMM), the reference for "fraction of peak"; may be NULL. */
+    double (*peak_gflops)(dfx_backend *be);
     /* Scratch (floats) conv2d and attention need for a batch of B. */
     size_t (*conv_scratch)(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                            int pad);
@@ -110,6 +113,7 @@ struct dfx_backend {
     const char *name;
     int threads;
     void *impl;
+    char device[128]; /* the processor, in words ("" if unknown) */
 };
 
 dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err);

@@ -51,6 +51,10 @@ typedef struct dfx_backend dfx_backend;
 dfx_backend *dfx_backend_create(const char *name, int threads, dfx_error *err);
 void dfx_backend_destroy(dfx_backend *be);
 const char *dfx_backend_name(const dfx_backend *be);
+/* The processor, in words, and its measured FP32 GEMM rate (GFLOP/s; 0 if
+ * the backend cannot measure it). */
+const char *dfx_backend_device(const dfx_backend *be);
+double dfx_backend_peak_gflops(dfx_backend *be);
 /* 1 when the library was built with the CUDA backend. */
 int dfx_have_cuda(void);
 
@@ -142,6 +146,21 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap);
 #define DFX_CLASS_NONE (-1)
 #define DFX_CLASS_CYCLE (-2)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+
+/* Time spent per operation type of a network's evaluations. enable = 1
+ * starts (and resets) collecting, 0 stops, -1 only reads. Collecting
+ * synchronises after every op, so it slows evaluation down. Returns the
+ * number of entries (0 for models that are not networks). */
+typedef struct dfx_profile_entry {
+    const char *name;
+    long calls;
+    double seconds;
+    double flops;
+} dfx_profile_entry;
+int dfx_model_profile(dfx_model *m, int enable, const dfx_profile_entry **list);
+
+/* Seconds from a monotonic clock. */
+double dfx_seconds(void);
 
 /* Analytic models hold for every path; networks were trained for one and
  * refuse another. */

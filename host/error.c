@@ -1,9 +1,11 @@
+#define _POSIX_C_SOURCE 200809L
 #include "error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int dfx_fail(dfx_error *err, const char *fmt, ...)
 {
@@ -37,6 +39,13 @@ int dfx_fail_prefix(dfx_error *err, const char *fmt, ...)
         }
     }
     return -1;
+}
+
+double dfx_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 void *dfx_alloc(size_t n, size_t size, const char *what, dfx_error *err)

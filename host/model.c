@@ -93,6 +93,15 @@ const dfx_model_info *dfx_model_get_info(const dfx_model *m)
     return &m->info;
 }
 
+int dfx_model_profile(dfx_model *m, int enable, const dfx_profile_entry **list)
+{
+    if (!m->vt->profile) {
+        if (list) *list = NULL;
+        return 0;
+    }
+    return m->vt->profile(m, enable, list);
+}
+
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
 {
     if (strcmp(m->cfg.kind, "unet") == 0) return dfx_unet_set_class(m, cls, guidance, err);

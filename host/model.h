@@ -47,6 +47,8 @@ typedef struct dfx_model_vt {
                            uint32_t stream, float *x, dfx_error *err);
     /* Kind-specific lines for `difflux info`. */
     int (*describe)(const dfx_model *m, char *buf, size_t cap);
+    /* Per-op-kind timing (may be NULL): see dfx_model_profile. */
+    int (*profile)(dfx_model *m, int enable, const dfx_profile_entry **list);
     void (*destroy)(dfx_model *m);
 } dfx_model_vt;
 

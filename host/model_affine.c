@@ -43,7 +43,7 @@ static void affine_destroy(dfx_model *m)
     m->impl = NULL;
 }
 
-static const dfx_model_vt affine_vt = {affine_predict, NULL, NULL, affine_describe,
+static const dfx_model_vt affine_vt = {affine_predict, NULL, NULL, affine_describe, NULL,
                                        affine_destroy};
 
 int dfx_affine_load(dfx_model *m, dfx_st_file *f, dfx_error *err)

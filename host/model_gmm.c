@@ -104,7 +104,7 @@ static void gmm_destroy(dfx_model *m)
 }
 
 static const dfx_model_vt gmm_vt = {gmm_predict, NULL, gmm_sample_marginal, gmm_describe,
-                                    gmm_destroy};
+                                    NULL, gmm_destroy};
 
 static int upload_floats(dfx_backend *be, const float *src, size_t n, const float **dst,
                          const char *what, dfx_error *err)

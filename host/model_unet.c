@@ -26,6 +26,10 @@ typedef enum {
     U_CONV, U_GN, U_LINEAR, U_ADDCH, U_ADD, U_CONCAT, U_UP, U_ATTN, U_TEMB, U_CLASS, U_KINDS
 } ukind;
 
+static const char *const ukind_names[U_KINDS] = {
+    "conv2d", "group_norm", "linear", "add_channel", "add",
+    "concat", "upsample", "attention", "time_embed", "class_embed"};
+
 enum { BUF_X = -2, BUF_OUT = -3 };
 
 typedef struct uop {
@@ -33,6 +37,7 @@ typedef struct uop {
     int out, in0, in1;     /* buffer ids */
     const float *w, *b;    /* weights on the backend */
     int cin, cout, h, w_, k, stride, pad, groups, silu, heads, c1;
+    double flops; /* per sample */
 } uop;
 
 typedef struct ubuf {
@@ -60,6 +65,9 @@ typedef struct unet_impl {
     /* conditioning */
     int cls;
     double guidance;
+    /* profiling: time per op kind (dfx_model_profile) */
+    int prof;
+    dfx_profile_entry prof_e[U_KINDS];
 } unet_impl;
 
 /* ----------------------------------------------------------- config */
@@ -186,6 +194,7 @@ static void add_op(builder *bd, uop op)
 {
     unet_impl *u = bd->u;
     if (bd->failed) return;
+    u->flops += op.flops;
     if (grow((void **)&u->ops, &u->capops, u->nops + 1, sizeof *u->ops)) {
         bd->failed = 1;
         return;
@@ -253,8 +262,7 @@ static int conv(builder *bd, int in, const char *prefix, int cin, int cout, int 
     int out = new_buf(bd, (size_t)cout * ho * wo);
     add_op(bd, (uop){.kind = U_CONV, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
                      .cin = cin, .cout = cout, .h = h, .w_ = w, .k = k, .stride = stride,
-                     .pad = pad});
-    bd->u->flops += 2.0 * cout * cin * k * k * ho * wo;
+                     .pad = pad, .flops = 2.0 * cout * cin * k * k * ho * wo});
     return out;
 }
 
@@ -276,8 +284,8 @@ static int norm(builder *bd, int in, const char *prefix, int C, int h, int w, in
     const float *B = weight(bd, n, 1, s);
     int out = new_buf(bd, (size_t)C * h * w);
     add_op(bd, (uop){.kind = U_GN, .out = out, .in0 = in, .in1 = -1, .w = G, .b = B, .cin = C,
-                     .h = h, .w_ = w, .groups = u->c.groups, .silu = act});
-    u->flops += 8.0 * C * h * w;
+                     .h = h, .w_ = w, .groups = u->c.groups, .silu = act,
+                     .flops = 8.0 * C * h * w});
     return out;
 }
 
@@ -291,16 +299,15 @@ static int linear(builder *bd, int in, const char *prefix, int fin, int fout, in
     const float *B = weight(bd, n, 1, bs);
     int out = new_buf(bd, (size_t)fout);
     add_op(bd, (uop){.kind = U_LINEAR, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
-                     .cin = fin, .cout = fout, .silu = silu_in});
-    bd->u->flops += 2.0 * fin * fout;
+                     .cin = fin, .cout = fout, .silu = silu_in, .flops = 2.0 * fin * fout});
     return out;
 }
 
 static int add(builder *bd, int a, int b, size_t size)
 {
     int out = new_buf(bd, size);
-    add_op(bd, (uop){.kind = U_ADD, .out = out, .in0 = a, .in1 = b, .cin = (int)size});
-    bd->u->flops += (double)size;
+    add_op(bd, (uop){.kind = U_ADD, .out = out, .in0 = a, .in1 = b, .cin = (int)size,
+                     .flops = (double)size});
     return out;
 }
 
@@ -342,10 +349,9 @@ static int attention(builder *bd, int in, const char *p, int C, int h, int w)
     snprintf(n, sizeof n, "%s.qkv", p);
     x = conv(bd, x, n, C, 3 * C, h, w, 1, 1);
     int o = new_buf(bd, (size_t)C * h * w);
-    add_op(bd, (uop){.kind = U_ATTN, .out = o, .in0 = x, .in1 = -1, .cin = C, .h = h, .w_ = w,
-                     .heads = u->c.heads});
     double hw = (double)h * w;
-    u->flops += 4.0 * hw * hw * C + 5.0 * hw * hw * u->c.heads;
+    add_op(bd, (uop){.kind = U_ATTN, .out = o, .in0 = x, .in1 = -1, .cin = C, .h = h, .w_ = w,
+                     .heads = u->c.heads, .flops = 4.0 * hw * hw * C + 5.0 * hw * hw * u->c.heads});
     snprintf(n, sizeof n, "%s.proj", p);
     x = conv(bd, o, n, C, C, h, w, 1, 1);
     return add(bd, in, x, (size_t)C * h * w);
@@ -520,8 +526,13 @@ static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x,
 {
     dfx_backend *be = m->be;
     const dfx_backend_ops *o = be->ops;
+    double t0 = 0.0;
     for (int i = 0; i < u->nops; i++) {
         const uop *op = &u->ops[i];
+        if (u->prof) {
+            o->sync(be, NULL);
+            t0 = dfx_seconds();
+        }
         float *y = ptr(u, op->out, B, x, out);
         const float *a = op->in0 != -1 ? ptr(u, op->in0, B, x, out) : NULL;
         const float *b = op->in1 != -1 ? ptr(u, op->in1, B, x, out) : NULL;
@@ -561,7 +572,25 @@ static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x,
         default:
             break;
         }
+        if (u->prof) {
+            o->sync(be, NULL);
+            dfx_profile_entry *e = &u->prof_e[op->kind];
+            e->calls++;
+            e->seconds += dfx_seconds() - t0;
+            e->flops += op->flops * B;
+        }
     }
+}
+
+static int unet_profile(dfx_model *m, int enable, const dfx_profile_entry **list)
+{
+    unet_impl *u = m->impl;
+    if (enable >= 0) u->prof = enable;
+    if (enable == 1)
+        for (int k = 0; k < U_KINDS; k++)
+            u->prof_e[k] = (dfx_profile_entry){ukind_names[k], 0, 0.0, 0.0};
+    if (list) *list = u->prof_e;
+    return U_KINDS;
 }
 
 static void set_labels(dfx_model *m, unet_impl *u, int B, int cond)
@@ -645,7 +674,7 @@ static int unet_reserve(dfx_model *m, int rows, dfx_error *err)
 }
 
 static const dfx_model_vt unet_vt = {unet_predict, unet_reserve, NULL, unet_describe,
-                                     unet_destroy};
+                                     unet_profile, unet_destroy};
 
 int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
 {

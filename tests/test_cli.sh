@@ -118,6 +118,13 @@ for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on cpu" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"
 done
 
+# the benchmark command runs and reports (no timing is checked)
+expect 0 "batch +images/s +evals/s +ms/eval +GFLOP/s +%peak" -- "$DFX" bench --model "$UT" --batch 1,2 --steps 1 --repeat 1 --warmup 0 --peak 10 --profile --json "$TMP/b.json"
+expect 0 "conv2d" -- "$DFX" bench --model "$UT" --batch 2 --steps 1 --repeat 1 --warmup 0 --peak 10 --profile
+grep -q '"images_per_s"' "$TMP/b.json" && grep -q '"profile"' "$TMP/b.json" || { echo "FAIL: bench JSON lacks results"; fails=$((fails + 1)); }
+expect 2 "--batch expects sizes like 1,8,64" -- "$DFX" bench --batch 1,x
+expect 2 "need --steps >= 1" -- "$DFX" bench --repeat 0
+
 if [ $fails -ne 0 ]; then
     echo "test_cli: $fails check(s) failed"
     exit 1
