@@ -61,3 +61,28 @@ void *dfx_be_alloc(dfx_backend *be, size_t bytes, const char *what, dfx_error *e
     if (!p) dfx_fail(err, "%s: out of %s memory (%zu bytes)", what, be->name, bytes);
     return p;
 }
+
+static const char *const precision_names[] = {"fp32", "tf32", "bf16"};
+
+int dfx_backend_set_precision(dfx_backend *be, const char *mode, dfx_error *err)
+{
+    int m = -1;
+    for (int i = 0; i < 3; i++)
+        if (mode && strcmp(mode, precision_names[i]) == 0) m = i;
+    if (m < 0)
+        return dfx_fail(err, "unknown precision '%s' (expected fp32, tf32 or bf16)",
+                        mode ? mode : "");
+    if (m == be->precision) return 0;
+    if (!be->ops->set_precision)
+        return dfx_fail(err, "--precision %s: the %s backend computes in fp32 only", mode,
+                        be->name);
+    if (be->ops->set_precision(be, m, err)) return -1;
+    be->precision = m;
+    return 0;
+}
+
+const char *dfx_backend_precision(const dfx_backend *be)
+{
+    return be && be->precision >= 0 && be->precision < 3 ? precision_names[be->precision]
+                                                           : "fp32";
+}

@@ -104,6 +104,8 @@ typedef struct dfx_backend_ops {
     size_t (*conv_scratch)(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                            int pad);
     size_t (*attention_scratch)(dfx_backend *be, int B, int HW, int heads);
+    /* Precision of the matrix products (DFX_PRECISION_*); NULL: FP32 only. */
+    int (*set_precision)(dfx_backend *be, int mode, dfx_error *err);
 
     void (*destroy)(dfx_backend *be);
 } dfx_backend_ops;
@@ -112,6 +114,7 @@ struct dfx_backend {
     const dfx_backend_ops *ops;
     const char *name;
     int threads;
+    int precision; /* DFX_PRECISION_* */
     void *impl;
     char device[128]; /* the processor, in words ("" if unknown) */
 };

@@ -55,6 +55,16 @@ const char *dfx_backend_name(const dfx_backend *be);
  * the backend cannot measure it). */
 const char *dfx_backend_device(const dfx_backend *be);
 double dfx_backend_peak_gflops(dfx_backend *be);
+/* Precision of the network's matrix products. FP32 is the default and
+ * the reference; TF32 and BF16 (CUDA only) round the products' inputs to
+ * 10 or 7 mantissa bits for tensor-core throughput, accumulating in FP32
+ * (relative error about 1e-3 and 1e-2 per product; tests/test_backend_ops.c). */
+enum { DFX_PRECISION_FP32 = 0, DFX_PRECISION_TF32 = 1, DFX_PRECISION_BF16 = 2 };
+/* mode: "fp32", "tf32" or "bf16". Fails with a clear message for an
+ * unknown mode or one the backend does not have. */
+int dfx_backend_set_precision(dfx_backend *be, const char *mode, dfx_error *err);
+/* "fp32", "tf32" or "bf16". */
+const char *dfx_backend_precision(const dfx_backend *be);
 /* 1 when the library was built with the CUDA backend. */
 int dfx_have_cuda(void);
 

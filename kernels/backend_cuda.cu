@@ -24,10 +24,24 @@
  *  - Per-row work is done by one block (or warp) per row in a fixed order,
  *    so results do not depend on the batch size, like the CPU backend.
  *
+ * Network layers (conv2d, group_norm, linear, attention, ...; see
+ * models/UNET.md and their CPU twins in host/nn_cpu.c) follow the same
+ * model. Matrix products go to cuBLAS (one handle per backend, bound to the
+ * backend's stream, created on first use) in strict FP32 by default;
+ * set_precision (dfx_backend_set_precision) switches them to TF32 or BF16
+ * tensor-core math: inputs rounded to 10 or 7 mantissa bits, products
+ * accumulated in FP32. cuBLAS and
+ * the kernels compute every sample with the same shapes whatever the batch,
+ * so a sample's result does not depend on the batch it is in beyond
+ * floating-point rounding (cuBLAS may pick another kernel for another batch
+ * count).
+ *
  * Error handling follows llm.c's checked-call style, but as values: the
  * CU_TRY macro turns a failing cudaError_t into a dfx_error naming the op,
- * the CUDA call and cudaGetErrorString, and returns -1.
+ * the CUDA call and cudaGetErrorString, and returns -1 (CB_TRY: the same
+ * for cuBLAS calls).
  */
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "philox.h" /* __host__ __device__: the CPU and the GPU share the code */
@@ -44,6 +59,7 @@ extern "C" {
 #include "error.h"
 }
 
+
 /* ------------------------------------------------------------ constants */
 
 #define DFX_CUDA_BLOCK 256     /* threads per block; a multiple of 32       */
@@ -51,6 +67,12 @@ extern "C" {
 #ifndef DFX_CUDA_MAX_GRID
 #define DFX_CUDA_MAX_GRID 65535u /* grid-stride beyond this many blocks (a
                                     * smaller value tests the striding) */
+#endif
+#ifndef DFX_CUDA_SCRATCH_MAX
+/* Floats of scratch a conv2d or attention call works in at most (256 MiB):
+ * larger batches run in chunks of samples. A smaller value tests the
+ * chunking. */
+#define DFX_CUDA_SCRATCH_MAX ((size_t)64 << 20)
 #endif
 
 /* ------------------------------------------------------ checked wrappers */
@@ -71,6 +93,22 @@ static int cu_fail(dfx_error *err, const char *op, const char *call, cudaError_t
         if (cu_e_ != cudaSuccess) return cu_fail((err), (op), #call, cu_e_, __LINE__); \
     } while (0)
 
+static int cb_fail(dfx_error *err, const char *op, const char *call, cublasStatus_t s, int line)
+{
+    int n = (int)strcspn(call, "(");
+    (void)cudaGetLastError();
+    return dfx_fail(err, "cuda %s: %.*s: %s (%s) [backend_cuda.cu:%d]", op, n, call,
+                    cublasGetStatusString(s), cublasGetStatusName(s), line);
+}
+
+/* The same for a cuBLAS call. */
+#define CB_TRY(op, err, call)                                                    \
+    do {                                                                         \
+        cublasStatus_t cb_s_ = (call);                                           \
+        if (cb_s_ != CUBLAS_STATUS_SUCCESS)                                      \
+            return cb_fail((err), (op), #call, cb_s_, __LINE__);                 \
+    } while (0)
+
 /* ------------------------------------------------------------ the state */
 
 typedef struct stage_slot {
@@ -87,6 +125,9 @@ typedef struct cu_impl {
     void *work;        /* device scratch: gmm logits, err_norm results */
     size_t work_cap;   /* bytes */
     unsigned long long *counter; /* device: count_nonfinite */
+    cublasHandle_t blas; /* created on first use, bound to `stream` */
+    int precision;       /* DFX_PRECISION_* (set_precision)                 */
+    double peak[3];      /* measured GEMM rate per precision, GFLOP/s       */
     dfx_backend_ops ops; /* this backend's table (be->ops points here) */
     int failed;        /* a void op could not queue its work */
     dfx_error pending; /* ... and why (sticky) */
@@ -155,25 +196,17 @@ static int work_reserve(cu_impl *cu, size_t bytes, const char *op, dfx_error *er
     return 0;
 }
 
-/* Copies host double arrays src[i] (n[i] values; NULL = absent) to the
- * device, returning device pointers in dev[i] (NULL for absent parts).
- * The host arrays may be reused as soon as this returns. */
-static int stage(cu_impl *cu, int nparts, const double *const *src, const size_t *n,
-                 const double **dev, const char *op, dfx_error *err)
+/* The next staging slot, holding at least `doubles` values and free to be
+ * refilled (the copy out of it queued last time has completed). */
+static int slot_acquire(cu_impl *cu, size_t doubles, stage_slot **out, const char *op,
+                        dfx_error *err)
 {
-    size_t total = 0;
-    for (int i = 0; i < nparts; i++) {
-        dev[i] = NULL;
-        if (src[i]) total += n[i];
-    }
-    if (total == 0) return 0;
-
     stage_slot *sl = &cu->slot[cu->next_slot];
     cu->next_slot = (cu->next_slot + 1) % DFX_CUDA_SLOTS;
     /* The previous copy out of this pinned buffer must have finished. */
     CU_TRY(op, err, cudaEventSynchronize(sl->done));
-    if (sl->cap < total) {
-        size_t cap = sl->cap * 2 > total ? sl->cap * 2 : total;
+    if (sl->cap < doubles) {
+        size_t cap = sl->cap * 2 > doubles ? sl->cap * 2 : doubles;
         if (cap < 1024) cap = 1024;
         /* A queued kernel may still read the device half. */
         CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
@@ -186,6 +219,33 @@ static int stage(cu_impl *cu, int nparts, const double *const *src, const size_t
         CU_TRY(op, err, cudaMalloc((void **)&sl->dev, cap * sizeof(double)));
         sl->cap = cap;
     }
+    *out = sl;
+    return 0;
+}
+
+/* Sends the first `bytes` of a filled slot to its device half. */
+static int slot_send(cu_impl *cu, stage_slot *sl, size_t bytes, const char *op, dfx_error *err)
+{
+    CU_TRY(op, err, cudaMemcpyAsync(sl->dev, sl->host, bytes, cudaMemcpyHostToDevice,
+                                    cu->stream));
+    CU_TRY(op, err, cudaEventRecord(sl->done, cu->stream));
+    return 0;
+}
+
+/* Copies host double arrays src[i] (n[i] values; NULL = absent) to the
+ * device, returning device pointers in dev[i] (NULL for absent parts).
+ * The host arrays may be reused as soon as this returns. */
+static int stage(cu_impl *cu, int nparts, const double *const *src, const size_t *n,
+                 const double **dev, const char *op, dfx_error *err)
+{
+    size_t total = 0;
+    for (int i = 0; i < nparts; i++) {
+        dev[i] = NULL;
+        if (src[i]) total += n[i];
+    }
+    if (total == 0) return 0;
+    stage_slot *sl;
+    if (slot_acquire(cu, total, &sl, op, err)) return -1;
     size_t off = 0;
     for (int i = 0; i < nparts; i++) {
         if (!src[i]) continue;
@@ -193,10 +253,22 @@ static int stage(cu_impl *cu, int nparts, const double *const *src, const size_t
         dev[i] = sl->dev + off;
         off += n[i];
     }
-    CU_TRY(op, err, cudaMemcpyAsync(sl->dev, sl->host, total * sizeof(double),
-                                    cudaMemcpyHostToDevice, cu->stream));
-    CU_TRY(op, err, cudaEventRecord(sl->done, cu->stream));
-    return 0;
+    return slot_send(cu, sl, total * sizeof(double), op, err);
+}
+
+/* The same for one host int array (embedding labels). */
+static int stage_ints(cu_impl *cu, const int *src, size_t n, const int **dev, const char *op,
+                      dfx_error *err)
+{
+    *dev = NULL;
+    if (n == 0) return 0;
+    const size_t bytes = n * sizeof(int);
+    stage_slot *sl;
+    if (slot_acquire(cu, (bytes + sizeof(double) - 1) / sizeof(double), &sl, op, err))
+        return -1;
+    memcpy(sl->host, src, bytes);
+    *dev = (const int *)sl->dev;
+    return slot_send(cu, sl, bytes, op, err);
 }
 
 /* ------------------------------------------------------ device helpers */
@@ -496,6 +568,64 @@ static int cu_count_nonfinite(dfx_backend *be, const float *x, size_t n, size_t 
     return 0;
 }
 
+/* -------------------------------------------------------- unary, mul_add */
+
+/* y = exp(x) or log(x) in double, rounded to float (CUDA's exp/log are
+ * within an ulp of glibc's in double, so the floats virtually always agree).
+ * Each element is read and written by one thread: y may alias x. */
+static __global__ void k_unary(float *y, const float *x, size_t n, int fn)
+{
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (size_t)gridDim.x * blockDim.x)
+        y[p] = (float)(fn == DFX_FN_EXP ? exp((double)x[p]) : log((double)x[p]));
+}
+
+/* CPU twin: cpu_unary. */
+static void cu_unary(dfx_backend *be, float *y, const float *x, size_t n, int fn)
+{
+    cu_impl *cu = impl_of(be);
+    if (n == 0) return;
+    if (fn != DFX_FN_EXP && fn != DFX_FN_LOG) {
+        dfx_error e;
+        dfx_fail(&e, "cuda unary: unknown function %d", fn);
+        cu_record(cu, &e);
+        cu_poison(cu, y, n);
+        return;
+    }
+    k_unary<<<blocks_for(n, DFX_CUDA_BLOCK), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, x, n, fn);
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, "unary", "k_unary<<<>>>", ce, __LINE__);
+        cu_record(cu, &e);
+        cu_poison(cu, y, n);
+    }
+}
+
+/* y = a b + c in double without FMA (the CPU's roundings: bitwise equal). */
+static __global__ void k_mul_add(float *y, const float *a, const float *b, double c, size_t n)
+{
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (size_t)gridDim.x * blockDim.x)
+        y[p] = (float)__dadd_rn(__dmul_rn((double)a[p], (double)b[p]), c);
+}
+
+/* CPU twin: cpu_mul_add. */
+static void cu_mul_add(dfx_backend *be, float *y, const float *a, const float *b, double c,
+                       size_t n)
+{
+    cu_impl *cu = impl_of(be);
+    if (n == 0) return;
+    k_mul_add<<<blocks_for(n, DFX_CUDA_BLOCK), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, b, c, n);
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, "mul_add", "k_mul_add<<<>>>", ce, __LINE__);
+        cu_record(cu, &e);
+        cu_poison(cu, y, n);
+    }
+}
+
 /* ---------------------------------------------------------- gmm_denoise */
 
 /* Mixture denoiser (MATH.md section 6), in three kernels:
@@ -618,6 +748,585 @@ static void cu_gmm_denoise(dfx_backend *be, float *out, const float *x, int rows
     }
 }
 
+/* ======================================================= network layers */
+
+/* Reductions whose result every lane of the warp gets (butterfly). */
+static __device__ __forceinline__ double warp_sum_all(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max_all(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* x sigmoid(x), as nn_cpu.c writes it (expf: within 2 ulp of glibc's). */
+static __device__ __forceinline__ float silu_f(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+/* Grid for a grid-strided loop over n elements, one per thread. */
+static unsigned elem_blocks(size_t n)
+{
+    return blocks_for(n, DFX_CUDA_BLOCK);
+}
+
+/* Records a void op's failure (sticky) and poisons its output. */
+static void nn_failed(cu_impl *cu, const dfx_error *e, float *out, size_t n)
+{
+    cu_record(cu, e);
+    cu_poison(cu, out, n);
+}
+
+static cublasComputeType_t compute_type(int precision)
+{
+    switch (precision) {
+    case DFX_PRECISION_TF32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case DFX_PRECISION_BF16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    default: return CUBLAS_COMPUTE_32F;
+    }
+}
+
+/* Every matrix product of the backend: FP32 in and out (column-major,
+ * strided batches), computed in the backend's precision. */
+static cublasStatus_t gemm_sb(cu_impl *cu, cublasHandle_t h, cublasOperation_t ta,
+                              cublasOperation_t tb, int m, int n, int k, const float *alpha,
+                              const float *A, int lda, long long sA, const float *B, int ldb,
+                              long long sB, const float *beta, float *C, int ldc, long long sC,
+                              int batch)
+{
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, sA, B,
+                                      CUDA_R_32F, ldb, sB, beta, C, CUDA_R_32F, ldc, sC, batch,
+                                      compute_type(cu->precision), CUBLAS_GEMM_DEFAULT);
+}
+
+/* The backend's cuBLAS handle, created on first use on the backend's
+ * stream (so cuBLAS work is ordered with our kernels and copies). */
+static int blas_handle(cu_impl *cu, cublasHandle_t *h, const char *op, dfx_error *err)
+{
+    if (!cu->blas) {
+        cublasHandle_t b = NULL;
+        CB_TRY(op, err, cublasCreate(&b));
+        cublasStatus_t st = cublasSetStream(b, cu->stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            (void)cublasDestroy(b);
+            return cb_fail(err, op, "cublasSetStream", st, __LINE__);
+        }
+        cu->blas = b;
+    }
+    *h = cu->blas;
+    return 0;
+}
+
+static int fits_int(size_t v)
+{
+    return v <= (size_t)INT_MAX;
+}
+
+/* --------------------------------------------------------------- conv2d */
+
+/* Floats of im2col columns per sample; 0 for a 1x1, stride-1, unpadded
+ * convolution, which multiplies x itself (as on the CPU). */
+static size_t conv_col(int Cin, int H, int W, int k, int stride, int pad)
+{
+    if (k == 1 && stride == 1 && pad == 0) return 0;
+    if (k < 1 || stride < 1 || pad < 0 || H + 2 * pad < k || W + 2 * pad < k) return 0;
+    size_t Ho = (size_t)(H + 2 * pad - k) / stride + 1, Wo = (size_t)(W + 2 * pad - k) / stride + 1;
+    return (size_t)Cin * k * k * Ho * Wo;
+}
+
+/* Samples per chunk: as many as fit DFX_CUDA_SCRATCH_MAX floats of
+ * `per` each (at least one). */
+static int chunk_of(size_t per, int B)
+{
+    if (B < 1) return 0;
+    size_t n = per ? DFX_CUDA_SCRATCH_MAX / per : (size_t)B;
+    if (n < 1) n = 1;
+    return n < (size_t)B ? (int)n : B;
+}
+
+/* CPU twin: dfx_cpu_conv_scratch. */
+static size_t cu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
+                              int pad)
+{
+    (void)be;
+    size_t per = conv_col(Cin, H, W, k, stride, pad);
+    return per ? (size_t)chunk_of(per, B) * per : 0;
+}
+
+/* col [nb, Cin k k, Ho Wo]: the receptive fields of nb samples x [Cin, H, W]
+ * as columns (row (c k + ky) k + kx, column oy Wo + ox), 0 in the padding. */
+static __global__ void k_im2col(float *__restrict__ col, const float *__restrict__ x, int nb,
+                                int Cin, int H, int W, int k, int stride, int pad, int Ho,
+                                int Wo)
+{
+    const size_t N = (size_t)Ho * Wo, K = (size_t)Cin * k * k, total = (size_t)nb * K * N;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const size_t i = p % N, rest = p / N, kk = rest % K, b = rest / K;
+        const int ox = (int)(i % (size_t)Wo), oy = (int)(i / (size_t)Wo);
+        const int kx = (int)(kk % (size_t)k), ky = (int)((kk / (size_t)k) % (size_t)k);
+        const size_t c = kk / ((size_t)k * k);
+        const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        col[p] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                     ? x[((b * Cin + c) * H + (size_t)iy) * W + (size_t)ix]
+                     : 0.0f;
+    }
+}
+
+/* y [B, C, HW] = bias[c] (the GEMM then adds the products, beta = 1). */
+static __global__ void k_fill_bias(float *y, const float *bias, int B, int C, size_t HW)
+{
+    const size_t total = (size_t)B * C * HW;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x)
+        y[p] = bias[(p / HW) % (size_t)C];
+}
+
+/* Row-major y_b [Cout, N] = W [Cout, K] col_b [K, N] (+ y_b) is, read
+ * column-major, y_b^T (N x Cout, ld N) = col_b^T (N x K, ld N) W^T (K x Cout,
+ * ld K): one strided-batched SGEMM over the samples with W shared. */
+static int conv_queue(cu_impl *cu, float *y, const float *x, const float *w, const float *bias,
+                      int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
+                      float *scratch, dfx_error *err)
+{
+    const char *op = "conv2d";
+    if (Cin < 1 || Cout < 1 || k < 1 || stride < 1 || pad < 0 || H + 2 * pad < k ||
+        W + 2 * pad < k)
+        return dfx_fail(err, "cuda conv2d: bad shape (Cin %d, %dx%d, Cout %d, k %d, stride %d, "
+                        "pad %d)", Cin, H, W, Cout, k, stride, pad);
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    const size_t N = (size_t)Ho * Wo, K = (size_t)Cin * k * k;
+    const size_t per = conv_col(Cin, H, W, k, stride, pad);
+    if (!fits_int(N) || !fits_int(K))
+        return dfx_fail(err, "cuda conv2d: %zu x %zu is too large for cuBLAS", N, K);
+    cublasHandle_t h;
+    if (blas_handle(cu, &h, op, err)) return -1;
+    if (per && !scratch)
+        return dfx_fail(err, "cuda conv2d: no scratch (conv_scratch asks for %zu floats)",
+                        cu_conv_scratch(NULL, B, Cin, H, W, k, stride, pad));
+    const float one = 1.0f;
+    float beta = 0.0f;
+    if (bias) {
+        k_fill_bias<<<elem_blocks((size_t)B * Cout * N), DFX_CUDA_BLOCK, 0, cu->stream>>>(
+            y, bias, B, Cout, N);
+        CU_TRY(op, err, cudaGetLastError());
+        beta = 1.0f;
+    }
+    if (!per) { /* 1x1: x_b [Cin, HW] is the column matrix */
+        CB_TRY(op, err,
+               gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, Cout, Cin, &one, x,
+                                         (int)N, (long long)Cin * (long long)N, w, Cin, 0, &beta,
+                                         y, (int)N, (long long)Cout * (long long)N, B));
+        return 0;
+    }
+    const int nb = chunk_of(per, B);
+    for (int b0 = 0; b0 < B; b0 += nb) {
+        const int n = B - b0 < nb ? B - b0 : nb;
+        k_im2col<<<elem_blocks((size_t)n * per), DFX_CUDA_BLOCK, 0, cu->stream>>>(
+            scratch, x + (size_t)b0 * Cin * H * W, n, Cin, H, W, k, stride, pad, Ho, Wo);
+        CU_TRY(op, err, cudaGetLastError());
+        CB_TRY(op, err,
+               gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, Cout, (int)K, &one,
+                                         scratch, (int)N, (long long)per, w, (int)K, 0, &beta,
+                                         y + (size_t)b0 * Cout * N, (int)N,
+                                         (long long)Cout * (long long)N, n));
+    }
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_conv2d. */
+static void cu_conv2d(dfx_backend *be, float *y, const float *x, const float *w,
+                      const float *bias, int B, int Cin, int H, int W, int Cout, int k,
+                      int stride, int pad, float *scratch)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0) return;
+    dfx_error e;
+    if (conv_queue(cu, y, x, w, bias, B, Cin, H, W, Cout, k, stride, pad, scratch, &e)) {
+        size_t Ho = k >= 1 && stride >= 1 && H + 2 * pad >= k ? (size_t)(H + 2 * pad - k) / stride + 1 : 0;
+        size_t Wo = k >= 1 && stride >= 1 && W + 2 * pad >= k ? (size_t)(W + 2 * pad - k) / stride + 1 : 0;
+        nn_failed(cu, &e, y, (size_t)B * (Cout > 0 ? Cout : 0) * Ho * Wo);
+    }
+}
+
+/* ----------------------------------------------------------- group_norm */
+
+/* One block per (sample, group): mean, then the biased variance about it
+ * (two passes, in double), then y = x sc + sh per channel with sc, sh
+ * rounded to float exactly as the CPU rounds them (no FMA anywhere). */
+static __global__ void k_group_norm(float *y, const float *x, const float *gamma,
+                                    const float *beta, int B, int C, int HW, int groups,
+                                    float eps, int act)
+{
+    __shared__ double sh[DFX_CUDA_BLOCK / 32];
+    const int cg = C / groups;
+    const size_t n = (size_t)cg * HW;
+    const size_t BG = (size_t)B * groups;
+    for (size_t bg = blockIdx.x; bg < BG; bg += gridDim.x) {
+        const size_t b = bg / groups, g = bg % groups;
+        const size_t off = (b * C + g * cg) * HW;
+        const float *xs = x + off;
+        float *ys = y + off;
+        double s = 0.0;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += xs[i];
+        const double mean = block_sum(s, sh) / (double)n;
+        double s2 = 0.0;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const double d = xs[i] - mean;
+            s2 += d * d;
+        }
+        s2 = block_sum(s2, sh);
+        const double inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
+        const double mi = __dmul_rn(mean, inv);
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const size_t ch = g * cg + i / (size_t)HW;
+            const double gm = (double)gamma[ch];
+            const float sc = (float)__dmul_rn(inv, gm);
+            const float sf = (float)__dsub_rn((double)beta[ch], __dmul_rn(mi, gm));
+            const float v = __fadd_rn(__fmul_rn(xs[i], sc), sf);
+            ys[i] = act ? silu_f(v) : v;
+        }
+    }
+}
+
+static int group_norm_queue(cu_impl *cu, float *y, const float *x, const float *gamma,
+                            const float *beta, int B, int C, int HW, int groups, float eps,
+                            int act, dfx_error *err)
+{
+    if (groups < 1 || C < 1 || C % groups)
+        return dfx_fail(err, "cuda group_norm: %d groups do not divide %d channels", groups, C);
+    if (HW < 1) return 0;
+    k_group_norm<<<blocks_for((size_t)B * groups, 1), DFX_CUDA_BLOCK, 0, cu->stream>>>(
+        y, x, gamma, beta, B, C, HW, groups, eps, act);
+    CU_TRY("group_norm", err, cudaGetLastError());
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_group_norm. */
+static void cu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
+                          const float *beta, int B, int C, int HW, int groups, float eps,
+                          int silu)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0) return;
+    dfx_error e;
+    if (group_norm_queue(cu, y, x, gamma, beta, B, C, HW, groups, eps, silu, &e))
+        nn_failed(cu, &e, y, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
+}
+
+/* --------------------------------------------------------------- linear */
+
+/* One warp per output y[r, o] = b[o] + sum_i W[o, i] act(x[r, i]), summed in
+ * double in a fixed order: a row's result never depends on the batch. */
+static __global__ void k_linear(float *__restrict__ y, const float *__restrict__ x,
+                                const float *__restrict__ w, const float *__restrict__ b, int B,
+                                int in, int out, int silu_in)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    const size_t total = (size_t)B * out;
+    for (size_t p = warp; p < total; p += nwarps) { /* warp-uniform loop */
+        const size_t r = p / (size_t)out, o = p % (size_t)out;
+        const float *xr = x + r * in, *wo = w + o * in;
+        double acc = 0.0;
+        for (int i = lane; i < in; i += 32) {
+            const float xv = silu_in ? silu_f(xr[i]) : xr[i];
+            acc += (double)wo[i] * (double)xv;
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[p] = (float)((b ? (double)b[o] : 0.0) + acc);
+    }
+}
+
+/* CPU twin: dfx_cpu_linear. */
+static void cu_linear(dfx_backend *be, float *y, const float *x, const float *w, const float *b,
+                      int B, int in, int out, int silu_in)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || out <= 0) return;
+    k_linear<<<blocks_for((size_t)B * out, DFX_CUDA_BLOCK / 32), DFX_CUDA_BLOCK, 0,
+               cu->stream>>>(y, x, w, b, B, in > 0 ? in : 0, out, silu_in);
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, "linear", "k_linear<<<>>>", ce, __LINE__);
+        nn_failed(cu, &e, y, (size_t)B * out);
+    }
+}
+
+/* ------------------------------------------- add_channel, add, concat, up */
+
+static __global__ void k_add_channel(float *y, const float *e, size_t BC, size_t HW)
+{
+    const size_t total = BC * HW;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x)
+        y[p] += e[p / HW];
+}
+
+static __global__ void k_add(float *y, const float *a, const float *b, size_t n)
+{
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (size_t)gridDim.x * blockDim.x)
+        y[p] = a[p] + b[p];
+}
+
+/* y [B, Ca + Cb, HW]: a's channels, then b's. */
+static __global__ void k_concat(float *__restrict__ y, const float *__restrict__ a, size_t na,
+                                const float *__restrict__ b, size_t nb, int B)
+{
+    const size_t per = na + nb, total = (size_t)B * per;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const size_t s = p / per, j = p % per;
+        y[p] = j < na ? a[s * na + j] : b[s * nb + (j - na)];
+    }
+}
+
+static __global__ void k_upsample2x(float *__restrict__ y, const float *__restrict__ x,
+                                    size_t BC, int H, int W)
+{
+    const size_t W2 = 2 * (size_t)W, per = 4 * (size_t)H * W, total = BC * per;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const size_t bc = p / per, q = p % per, i = q / W2, j = q % W2;
+        y[p] = x[(bc * H + i / 2) * W + j / 2];
+    }
+}
+
+/* Records a failed launch of an elementwise op. */
+static void launch_check(cu_impl *cu, const char *op, const char *kernel, float *out, size_t n,
+                         int line)
+{
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, op, kernel, ce, line);
+        nn_failed(cu, &e, out, n);
+    }
+}
+
+/* CPU twin: dfx_cpu_add_channel. */
+static void cu_add_channel(dfx_backend *be, float *y, const float *e, int B, int C, int HW)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || C <= 0 || HW <= 0) return;
+    const size_t n = (size_t)B * C * HW;
+    k_add_channel<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, e, (size_t)B * C,
+                                                                     (size_t)HW);
+    launch_check(cu, "add_channel", "k_add_channel<<<>>>", y, n, __LINE__);
+}
+
+/* CPU twin: dfx_cpu_add. */
+static void cu_add(dfx_backend *be, float *y, const float *a, const float *b, size_t n)
+{
+    cu_impl *cu = impl_of(be);
+    if (n == 0) return;
+    k_add<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, b, n);
+    launch_check(cu, "add", "k_add<<<>>>", y, n, __LINE__);
+}
+
+/* CPU twin: dfx_cpu_concat. */
+static void cu_concat(dfx_backend *be, float *y, const float *a, int Ca, const float *b, int Cb,
+                      int B, int HW)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || HW <= 0 || Ca + Cb <= 0) return;
+    const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW, n = (size_t)B * (na + nb);
+    k_concat<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, na, b, nb, B);
+    launch_check(cu, "concat", "k_concat<<<>>>", y, n, __LINE__);
+}
+
+/* CPU twin: dfx_cpu_upsample2x. */
+static void cu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C, int H, int W)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || C <= 0 || H <= 0 || W <= 0) return;
+    const size_t n = (size_t)B * C * 4 * H * W;
+    k_upsample2x<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, x, (size_t)B * C, H, W);
+    launch_check(cu, "upsample2x", "k_upsample2x<<<>>>", y, n, __LINE__);
+}
+
+/* ------------------------------------------------------------ attention */
+
+/* CPU twin: dfx_cpu_attention_scratch. One HW x HW score matrix per sample
+ * of a chunk (the heads take turns in it). */
+static size_t cu_attention_scratch(dfx_backend *be, int B, int HW, int heads)
+{
+    (void)be;
+    (void)heads;
+    if (HW <= 0) return 0;
+    const size_t per = (size_t)HW * HW;
+    return (size_t)chunk_of(per, B) * per;
+}
+
+/* Row softmax of S [rows, n] in place, one warp per row: max-subtracted
+ * expf, the sum in double, then scaled by (float)(1 / sum) as on the CPU. */
+static __global__ void k_softmax_rows(float *S, size_t rows, int n)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    for (size_t r = warp; r < rows; r += nwarps) { /* warp-uniform loop */
+        float *row = S + r * (size_t)n;
+        float mx = -INFINITY;
+        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, row[j]);
+        mx = warp_max_all(mx);
+        double sum = 0.0;
+        for (int j = lane; j < n; j += 32) {
+            const float e = expf(row[j] - mx);
+            row[j] = e;
+            sum += e;
+        }
+        const float inv = (float)(1.0 / warp_sum_all(sum));
+        for (int j = lane; j < n; j += 32) row[j] *= inv; /* this lane's own writes */
+    }
+}
+
+/* Per head h (channels h d .. h d + d - 1) and sample b, with q, k, v
+ * row-major [d, HW] (ld HW) inside qkv [B, 3C, HW]:
+ *   S [HW, HW] (row i = query) = scale q^T k: column-major, S^T = K' Q'^T
+ *     where K' = k read column-major (HW x d), Q' likewise: gemm(N, T);
+ *   o [d, HW] = v S^T: column-major o^T (HW x d) = S'^T V' with S' = S read
+ *     column-major: gemm(T, N).
+ * Batched over the samples of a chunk (strides 3C HW, HW HW, C HW). */
+static int attention_queue(cu_impl *cu, float *o, const float *qkv, int B, int C, int HW,
+                           int heads, float *scratch, dfx_error *err)
+{
+    const char *op = "attention";
+    if (heads < 1 || C < 1 || C % heads)
+        return dfx_fail(err, "cuda attention: %d heads do not divide %d channels", heads, C);
+    if (HW < 1) return 0;
+    if (!fits_int(HW)) return dfx_fail(err, "cuda attention: %d positions", HW);
+    if (!scratch)
+        return dfx_fail(err, "cuda attention: no scratch (attention_scratch asks for %zu floats)",
+                        cu_attention_scratch(NULL, B, HW, heads));
+    cublasHandle_t h;
+    if (blas_handle(cu, &h, op, err)) return -1;
+    const int d = C / heads;
+    const float scale = 1.0f / sqrtf((float)d), one = 1.0f, zero = 0.0f;
+    const long long sQKV = 3LL * C * HW, sS = (long long)HW * HW, sO = (long long)C * HW;
+    const int nb = chunk_of((size_t)HW * HW, B);
+    for (int b0 = 0; b0 < B; b0 += nb) {
+        const int n = B - b0 < nb ? B - b0 : nb;
+        for (int hd = 0; hd < heads; hd++) {
+            const float *q = qkv + (size_t)b0 * 3 * C * HW + (size_t)hd * d * HW;
+            const float *k = q + (size_t)C * HW, *v = q + 2 * (size_t)C * HW;
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, d, &scale, k,
+                                             HW, sQKV, q, HW, sQKV, &zero, scratch, HW, sS, n));
+            const size_t rows = (size_t)n * HW;
+            k_softmax_rows<<<blocks_for(rows, DFX_CUDA_BLOCK / 32), DFX_CUDA_BLOCK, 0,
+                             cu->stream>>>(scratch, rows, HW);
+            CU_TRY(op, err, cudaGetLastError());
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_T, CUBLAS_OP_N, HW, d, HW, &one,
+                                             scratch, HW, sS, v, HW, sQKV, &zero,
+                                             o + ((size_t)b0 * C + (size_t)hd * d) * HW, HW, sO,
+                                             n));
+        }
+    }
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_attention. */
+static void cu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
+                         int heads, float *scratch)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0) return;
+    dfx_error e;
+    if (attention_queue(cu, o, qkv, B, C, HW, heads, scratch, &e))
+        nn_failed(cu, &e, o, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
+}
+
+/* ------------------------------------------------ time_embed, embed_add */
+
+/* ln(10000), correctly rounded: what glibc's log(10000.0) (or gcc's constant
+ * folding of it) gives the CPU. */
+#define DFX_LN_10000 0x1.26bb1bbb55516p+3
+
+/* y[b, i] = sin(u f_i), y[b, half + i] = cos(u f_i), u = t[b] scale,
+ * f_i = exp(-ln(10000) i / half): nn_cpu.c's expression, in double. */
+static __global__ void k_time_embed(float *y, const double *t, int B, int dim, double scale)
+{
+    const int half = dim / 2;
+    const size_t total = (size_t)B * half;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = p / half;
+        const int i = (int)(p % half);
+        const double u = t[b] * scale;
+        const double f = exp(-DFX_LN_10000 * (double)i / (double)half);
+        const double a = u * f;
+        y[b * dim + i] = (float)sin(a);
+        y[b * dim + half + i] = (float)cos(a);
+    }
+}
+
+static int time_embed_queue(cu_impl *cu, float *y, const double *t, int B, int dim,
+                            double scale, dfx_error *err)
+{
+    const double *src[1] = {t};
+    const size_t n[1] = {(size_t)B};
+    const double *dev[1];
+    if (stage(cu, 1, src, n, dev, "time_embed", err)) return -1;
+    k_time_embed<<<elem_blocks((size_t)B * (dim / 2)), DFX_CUDA_BLOCK, 0, cu->stream>>>(
+        y, dev[0], B, dim, scale);
+    CU_TRY("time_embed", err, cudaGetLastError());
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_time_embed. t is a host array, consumed before return. */
+static void cu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim,
+                          double scale)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || dim < 2) return;
+    dfx_error e;
+    if (time_embed_queue(cu, y, t, B, dim, scale, &e)) nn_failed(cu, &e, y, (size_t)B * dim);
+}
+
+static __global__ void k_embed_add(float *y, const float *table, const int *idx, int B, int dim)
+{
+    const size_t total = (size_t)B * dim;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = p / dim, i = p % dim;
+        y[p] += table[(size_t)idx[b] * dim + i];
+    }
+}
+
+static int embed_add_queue(cu_impl *cu, float *y, const float *table, const int *idx, int B,
+                           int dim, dfx_error *err)
+{
+    for (int b = 0; b < B; b++)
+        if (idx[b] < 0)
+            return dfx_fail(err, "cuda embed_add: label %d of row %d is negative", idx[b], b);
+    const int *didx;
+    if (stage_ints(cu, idx, (size_t)B, &didx, "embed_add", err)) return -1;
+    k_embed_add<<<elem_blocks((size_t)B * dim), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, table, didx,
+                                                                                B, dim);
+    CU_TRY("embed_add", err, cudaGetLastError());
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_embed_add. idx is a host array, consumed before return. */
+static void cu_embed_add(dfx_backend *be, float *y, const float *table, const int *idx, int B,
+                         int dim)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0 || dim <= 0) return;
+    dfx_error e;
+    if (embed_add_queue(cu, y, table, idx, B, dim, &e)) nn_failed(cu, &e, y, (size_t)B * dim);
+}
+
 /* --------------------------------------------------------- the backend */
 
 /* CPU twin: cpu_destroy. */
@@ -632,6 +1341,7 @@ static void cu_destroy(dfx_backend *be)
             if (sl->dev) (void)cudaFree(sl->dev);
             if (sl->done) (void)cudaEventDestroy(sl->done);
         }
+        if (cu->blas) (void)cublasDestroy(cu->blas);
         if (cu->work) (void)cudaFree(cu->work);
         if (cu->counter) (void)cudaFree(cu->counter);
         if (cu->stream) (void)cudaStreamDestroy(cu->stream);
@@ -644,6 +1354,9 @@ static void cu_destroy(dfx_backend *be)
 /* The op table, filled by name (C++17 has no designated initialisers, and
  * a positional list would silently shift when backend.h grows). Ops this
  * backend does not implement stay NULL. */
+static int cu_set_precision(dfx_backend *be, int mode, dfx_error *err);
+static double cu_peak_gflops(dfx_backend *be);
+
 static void cu_fill_ops(dfx_backend_ops *o)
 {
     memset(o, 0, sizeof *o);
@@ -656,7 +1369,23 @@ static void cu_fill_ops(dfx_backend_ops *o)
     o->normal = cu_normal;
     o->err_norm = cu_err_norm;
     o->count_nonfinite = cu_count_nonfinite;
+    o->unary = cu_unary;
+    o->mul_add = cu_mul_add;
     o->gmm_denoise = cu_gmm_denoise;
+    o->conv2d = cu_conv2d;
+    o->group_norm = cu_group_norm;
+    o->linear = cu_linear;
+    o->add_channel = cu_add_channel;
+    o->add = cu_add;
+    o->concat = cu_concat;
+    o->upsample2x = cu_upsample2x;
+    o->attention = cu_attention;
+    o->time_embed = cu_time_embed;
+    o->embed_add = cu_embed_add;
+    o->conv_scratch = cu_conv_scratch;
+    o->attention_scratch = cu_attention_scratch;
+    o->set_precision = cu_set_precision;
+    o->peak_gflops = cu_peak_gflops;
     o->destroy = cu_destroy;
 }
 
@@ -668,6 +1397,62 @@ static int cu_init(cu_impl *cu, dfx_error *err)
         CU_TRY(op, err, cudaEventCreateWithFlags(&cu->slot[i].done, cudaEventDisableTiming));
     CU_TRY(op, err, cudaMalloc((void **)&cu->counter, sizeof *cu->counter));
     return 0;
+}
+
+/* The compute type is read when a product is queued: work queued before
+ * keeps its precision. */
+static int cu_set_precision(dfx_backend *be, int mode, dfx_error *err)
+{
+    if (mode != DFX_PRECISION_FP32 && mode != DFX_PRECISION_TF32 && mode != DFX_PRECISION_BF16)
+        return dfx_fail(err, "cuda: unknown precision mode %d", mode);
+    impl_of(be)->precision = mode;
+    return 0;
+}
+
+/* The rate of an n x n x n product in the backend's precision, best of a
+ * few timed runs after a warm-up: the "peak" that bench compares with. */
+static double cu_peak_gflops(dfx_backend *be)
+{
+    cu_impl *cu = impl_of(be);
+    if (cu->peak[cu->precision] > 0) return cu->peak[cu->precision];
+    const int n = 4096;
+    const size_t bytes = (size_t)n * n * sizeof(float);
+    float *a = NULL, *b = NULL, *c = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    cublasHandle_t h;
+    dfx_error err;
+    double best = 0.0;
+    if (blas_handle(cu, &h, "peak", &err) || cudaMalloc((void **)&a, bytes) != cudaSuccess ||
+        cudaMalloc((void **)&b, bytes) != cudaSuccess ||
+        cudaMalloc((void **)&c, bytes) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+        goto done;
+    if (cudaMemsetAsync(a, 0, bytes, cu->stream) != cudaSuccess ||
+        cudaMemsetAsync(b, 0, bytes, cu->stream) != cudaSuccess)
+        goto done;
+    for (int rep = 0; rep < 6; rep++) {
+        const float one = 1.0f, zero = 0.0f;
+        if (cudaEventRecord(e0, cu->stream) != cudaSuccess) goto done;
+        if (gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, n, 0, b, n, 0, &zero, c,
+                    n, 0, 1) != CUBLAS_STATUS_SUCCESS)
+            goto done;
+        float ms = 0;
+        if (cudaEventRecord(e1, cu->stream) != cudaSuccess ||
+            cudaEventSynchronize(e1) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+            goto done;
+        const double g = 2.0 * n * (double)n * n / (ms * 1e-3) / 1e9;
+        if (rep > 0 && g > best) best = g; /* the first run warms up */
+    }
+done:
+    (void)cudaGetLastError();
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+    cu->peak[cu->precision] = best;
+    return best;
 }
 
 extern "C" int dfx_cuda_device_count(void)
@@ -721,6 +1506,8 @@ extern "C" dfx_backend *dfx_backend_cuda_create(dfx_error *err)
     be->ops = &cu->ops;
     be->name = "cuda";
     be->threads = 1;
+    snprintf(be->device, sizeof be->device, "%.96s (sm_%d%d, %.0f GiB)", prop.name, prop.major,
+             prop.minor, prop.totalGlobalMem / 1073741824.0);
     be->impl = cu;
     if (cu_init(cu, err)) {
         dfx_fail_prefix(err, "--device cuda: %s", prop.name);

@@ -7,3 +7,5 @@ target_link_libraries(test_backend_ops PRIVATE difflux)
 target_compile_options(test_backend_ops PRIVATE ${DFX_WARNINGS})
 add_test(NAME backend_ops COMMAND test_backend_ops)
 set_tests_properties(backend_ops PROPERTIES SKIP_RETURN_CODE 77)
+# the U-Net fixtures for the whole-network comparison
+target_compile_definitions(test_backend_ops PRIVATE DFX_TEST_DATA="${CMAKE_CURRENT_LIST_DIR}")

@@ -1,14 +1,19 @@
 /*
  * Backend parity test, in the manner of ggml's test-backend-ops: every
  * operation of the backend table runs on the CPU backend (the reference,
- * host/backend_cpu.c) and on the CUDA backend (kernels/backend_cuda.cu)
- * with the same random inputs, and the results are compared by the
- * normalised error ||gpu - cpu|| / ||cpu||.
+ * host/backend_cpu.c, host/nn_cpu.c) and on the CUDA backend
+ * (kernels/backend_cuda.cu) with the same random inputs, and the results
+ * are compared by the normalised error ||gpu - cpu|| / ||cpu||. The
+ * network layers are also checked for batch invariance on the GPU (a
+ * sample alone against the same sample in a batch), and whole U-Nets
+ * (tests/fixtures) are evaluated on both backends.
  *
  * Exit status: 0 all passed, 1 a comparison failed, 77 skipped (no CUDA in
  * this build, or no device).
  */
 #include "backend.h"
+#include "model.h"
+#include "safetensors.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -463,6 +468,689 @@ static void test_error_path(void)
     dfx_backend_destroy(be);
 }
 
+/* ------------------------------------------------------ network layers */
+
+/* Network ops: the CPU reference computes in FP32 with OpenBLAS, the GPU
+ * with cuBLAS in strict FP32, so they agree to float rounding. */
+#define NN_TOL 1e-5
+/* A sample alone and the same sample in a batch, on the GPU. */
+#define BATCH_TOL 1e-6
+
+static float *up_f(dfx_backend *be, const float *h, size_t n)
+{
+    return dev_upload(be, h, n * sizeof(float));
+}
+
+/* A device buffer of n floats filled with a marker value (so values an op
+ * forgets to write show up). */
+static float *junk_f(dfx_backend *be, size_t n)
+{
+    float *h = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = 777.0f;
+    float *d = up_f(be, h, n);
+    free(h);
+    return d;
+}
+
+static void down_f(dfx_backend *be, float *h, const float *d, size_t n)
+{
+    dev_download(be, h, d, n * sizeof(float));
+}
+
+static void free_d(dfx_backend *be, const void *p)
+{
+    if (p) be->ops->free(be, (void *)p);
+}
+
+/* Compares got with ref and prints a row, with the count of values that
+ * differ in bits as the note. */
+static void compare(const char *name, const float *got, const float *ref, size_t n, double tol,
+                    const char *extra)
+{
+    char note[160];
+    size_t nb = bits_differ(got, ref, n);
+    snprintf(note, sizeof note, "%s%s%zu of %zu differ in bits", extra ? extra : "",
+             extra && *extra ? "; " : "", nb, n);
+    row(name, nerr_f(got, ref, n), tol, note);
+}
+
+/* -------------------------------------------------------- unary, mul_add */
+
+/* exp then log in place, and y = a b + c out of place and in place (y = b). */
+static void unary_run(dfx_backend *be, const float *x, const float *pos, const float *a,
+                      size_t n, double c, float *out)
+{
+    float *dx = up_f(be, x, n), *dp = up_f(be, pos, n), *da = up_f(be, a, n);
+    float *dy = junk_f(be, n);
+    be->ops->unary(be, dy, dx, n, DFX_FN_EXP);
+    be->ops->unary(be, dp, dp, n, DFX_FN_LOG);
+    down_f(be, out, dy, n);
+    down_f(be, out + n, dp, n);
+    be->ops->mul_add(be, dy, da, dx, c, n);
+    be->ops->mul_add(be, dx, da, dx, c, n);
+    down_f(be, out + 2 * n, dy, n);
+    down_f(be, out + 3 * n, dx, n);
+    free_d(be, dx);
+    free_d(be, dp);
+    free_d(be, da);
+    free_d(be, dy);
+}
+
+static void test_unary(size_t n, double c)
+{
+    float *x = xmalloc(n * sizeof(float)), *pos = xmalloc(n * sizeof(float)),
+          *a = xmalloc(n * sizeof(float));
+    fill_normal(x, n, 3.0f);
+    fill_normal(a, n, 1.0f);
+    for (size_t i = 0; i < n; i++) pos[i] = fabsf(x[i]) * 10.0f + 1e-30f;
+    float *ref = xmalloc(4 * n * sizeof(float)), *got = xmalloc(4 * n * sizeof(float));
+    unary_run(cpu, x, pos, a, n, c, ref);
+    unary_run(gpu, x, pos, a, n, c, got);
+    char name[128];
+    snprintf(name, sizeof name, "unary exp n=%zu", n);
+    compare(name, got, ref, n, 1e-7, NULL);
+    snprintf(name, sizeof name, "unary log n=%zu (in place)", n);
+    compare(name, got + n, ref + n, n, 1e-7, NULL);
+    snprintf(name, sizeof name, "mul_add n=%zu c=%g (then in place)", n, c);
+    compare(name, got + 2 * n, ref + 2 * n, 2 * n, 0.0, NULL);
+    free(x);
+    free(pos);
+    free(a);
+    free(ref);
+    free(got);
+}
+
+/* --------------------------------------------------------------- conv2d */
+
+typedef struct conv_case {
+    int B, Cin, H, W, Cout, k, stride, pad, bias;
+} conv_case;
+
+static int conv_out(int n, const conv_case *c)
+{
+    return (n + 2 * c->pad - c->k) / c->stride + 1;
+}
+
+/* Runs conv2d for rows [b0, b0 + B) of x on be. */
+static void conv_run(dfx_backend *be, const conv_case *c, int b0, int B, const float *x,
+                     const float *w, const float *bias, float *out)
+{
+    const size_t in = (size_t)c->Cin * c->H * c->W;
+    const size_t ny = (size_t)B * c->Cout * conv_out(c->H, c) * conv_out(c->W, c);
+    float *dx = up_f(be, x + (size_t)b0 * in, (size_t)B * in);
+    float *dw = up_f(be, w, (size_t)c->Cout * c->Cin * c->k * c->k);
+    float *db = c->bias ? up_f(be, bias, (size_t)c->Cout) : NULL;
+    float *dy = junk_f(be, ny);
+    size_t ns = be->ops->conv_scratch(be, B, c->Cin, c->H, c->W, c->k, c->stride, c->pad);
+    float *ds = ns ? dev_alloc(be, ns * sizeof(float)) : NULL;
+    be->ops->conv2d(be, dy, dx, dw, db, B, c->Cin, c->H, c->W, c->Cout, c->k, c->stride, c->pad,
+                    ds);
+    down_f(be, out, dy, ny);
+    free_d(be, dx);
+    free_d(be, dw);
+    free_d(be, db);
+    free_d(be, dy);
+    free_d(be, ds);
+}
+
+static void test_conv(const conv_case *c, double tol, const char *tag)
+{
+    const size_t in = (size_t)c->Cin * c->H * c->W;
+    const size_t nw = (size_t)c->Cout * c->Cin * c->k * c->k;
+    const size_t per = (size_t)c->Cout * conv_out(c->H, c) * conv_out(c->W, c);
+    const size_t ny = (size_t)c->B * per;
+    float *x = xmalloc((size_t)c->B * in * sizeof(float)), *w = xmalloc(nw * sizeof(float));
+    float *b = xmalloc((size_t)c->Cout * sizeof(float));
+    fill_normal(x, (size_t)c->B * in, 1.0f);
+    fill_normal(w, nw, (float)(1.0 / sqrt((double)c->Cin * c->k * c->k)));
+    fill_normal(b, (size_t)c->Cout, 0.2f);
+    float *ref = xmalloc(ny * sizeof(float)), *got = xmalloc(ny * sizeof(float));
+    conv_run(cpu, c, 0, c->B, x, w, b, ref);
+    conv_run(gpu, c, 0, c->B, x, w, b, got);
+    char name[160];
+    size_t ns = gpu->ops->conv_scratch(gpu, c->B, c->Cin, c->H, c->W, c->k, c->stride, c->pad);
+    snprintf(name, sizeof name, "conv2d B=%d %dx%dx%d -> %d k=%d s=%d p=%d%s%s", c->B, c->Cin,
+             c->H, c->W, c->Cout, c->k, c->stride, c->pad, c->bias ? " bias" : "", tag ? tag : "");
+    char extra[64];
+    snprintf(extra, sizeof extra, "scratch %.1f MiB", (double)ns * 4.0 / 1048576.0);
+    compare(name, got, ref, ny, tol, extra);
+    if (c->B > 1 && !tag) { /* the last sample alone on the GPU */
+        float *one = xmalloc(per * sizeof(float));
+        conv_run(gpu, c, c->B - 1, 1, x, w, b, one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (c->B - 1) * per, per,
+                BATCH_TOL, NULL);
+        free(one);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(ref);
+    free(got);
+}
+
+/* ----------------------------------------------------------- group_norm */
+
+static void gn_run(dfx_backend *be, int B, int C, int HW, int groups, int silu, const float *x,
+                   const float *g, const float *bt, float *out)
+{
+    const size_t n = (size_t)B * C * HW;
+    float *dx = up_f(be, x, n), *dg = up_f(be, g, (size_t)C), *db = up_f(be, bt, (size_t)C);
+    float *dy = junk_f(be, n);
+    be->ops->group_norm(be, dy, dx, dg, db, B, C, HW, groups, 1e-5f, silu);
+    down_f(be, out, dy, n);
+    free_d(be, dx);
+    free_d(be, dg);
+    free_d(be, db);
+    free_d(be, dy);
+}
+
+/* Inputs with a large common offset test the two-pass variance. */
+static void test_group_norm(int B, int C, int HW, int groups, int silu, float offset)
+{
+    const size_t n = (size_t)B * C * HW, per = (size_t)C * HW;
+    float *x = xmalloc(n * sizeof(float)), *g = xmalloc((size_t)C * sizeof(float)),
+          *bt = xmalloc((size_t)C * sizeof(float));
+    fill_normal(x, n, 2.0f);
+    for (size_t i = 0; i < n; i++) x[i] += offset;
+    fill_normal(g, (size_t)C, 0.25f);
+    for (int i = 0; i < C; i++) g[i] += 1.0f;
+    fill_normal(bt, (size_t)C, 0.2f);
+    float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    gn_run(cpu, B, C, HW, groups, silu, x, g, bt, ref);
+    gn_run(gpu, B, C, HW, groups, silu, x, g, bt, got);
+    char name[160];
+    snprintf(name, sizeof name, "group_norm B=%d C=%d HW=%d groups=%d%s offset=%g", B, C, HW,
+             groups, silu ? " silu" : "", offset);
+    compare(name, got, ref, n, NN_TOL, NULL);
+    if (B > 1) {
+        float *one = xmalloc(per * sizeof(float));
+        gn_run(gpu, 1, C, HW, groups, silu, x + (B - 1) * per, g, bt, one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (B - 1) * per, per, 0.0,
+                NULL);
+        free(one);
+    }
+    free(x);
+    free(g);
+    free(bt);
+    free(ref);
+    free(got);
+}
+
+/* --------------------------------------------------------------- linear */
+
+static void linear_run(dfx_backend *be, int B, int in, int out, int silu, const float *x,
+                       const float *w, const float *b, float *y)
+{
+    float *dx = up_f(be, x, (size_t)B * in), *dw = up_f(be, w, (size_t)out * in);
+    float *db = b ? up_f(be, b, (size_t)out) : NULL;
+    float *dy = junk_f(be, (size_t)B * out);
+    be->ops->linear(be, dy, dx, dw, db, B, in, out, silu);
+    down_f(be, y, dy, (size_t)B * out);
+    free_d(be, dx);
+    free_d(be, dw);
+    free_d(be, db);
+    free_d(be, dy);
+}
+
+static void test_linear(int B, int in, int out, int silu, int bias)
+{
+    float *x = xmalloc((size_t)B * in * sizeof(float)), *w = xmalloc((size_t)out * in * sizeof(float));
+    float *b = xmalloc((size_t)out * sizeof(float));
+    fill_normal(x, (size_t)B * in, 2.0f);
+    fill_normal(w, (size_t)out * in, (float)(1.0 / sqrt((double)in)));
+    fill_normal(b, (size_t)out, 0.2f);
+    const size_t n = (size_t)B * out;
+    float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    linear_run(cpu, B, in, out, silu, x, w, bias ? b : NULL, ref);
+    linear_run(gpu, B, in, out, silu, x, w, bias ? b : NULL, got);
+    char name[160];
+    snprintf(name, sizeof name, "linear B=%d %d -> %d%s%s", B, in, out, silu ? " silu_in" : "",
+             bias ? " bias" : "");
+    compare(name, got, ref, n, NN_TOL, NULL);
+    if (B > 1) {
+        float *one = xmalloc((size_t)out * sizeof(float));
+        linear_run(gpu, 1, in, out, silu, x + (size_t)(B - 1) * in, w, bias ? b : NULL, one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (size_t)(B - 1) * out,
+                (size_t)out, 0.0, NULL);
+        free(one);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(ref);
+    free(got);
+}
+
+/* ------------------------------------------------- elementwise layers */
+
+/* add_channel, add (in place and not), concat, upsample2x: exact ops,
+ * compared bit for bit. */
+static void elementwise_run(dfx_backend *be, int B, int C, int Cb, int H, int W, const float *a,
+                            const float *b, const float *e, float *o_addch, float *o_add,
+                            float *o_cat, float *o_up)
+{
+    const int HW = H * W;
+    const size_t n = (size_t)B * C * HW, nb = (size_t)B * Cb * HW;
+    float *da = up_f(be, a, n), *db = up_f(be, b, nb), *de = up_f(be, e, (size_t)B * C);
+    float *y = up_f(be, a, n);
+    be->ops->add_channel(be, y, de, B, C, HW);
+    down_f(be, o_addch, y, n);
+    float *bb = up_f(be, b, n); /* b's first n values */
+    be->ops->add(be, y, y, bb, n); /* in place: y = y + b */
+    float *z = junk_f(be, n);
+    be->ops->add(be, z, da, bb, n);
+    down_f(be, o_add, y, n);
+    down_f(be, o_add + n, z, n);
+    float *cat = junk_f(be, n + nb);
+    be->ops->concat(be, cat, da, C, db, Cb, B, HW);
+    down_f(be, o_cat, cat, n + nb);
+    float *upd = junk_f(be, 4 * n);
+    be->ops->upsample2x(be, upd, da, B, C, H, W);
+    down_f(be, o_up, upd, 4 * n);
+    free_d(be, da);
+    free_d(be, db);
+    free_d(be, de);
+    free_d(be, y);
+    free_d(be, bb);
+    free_d(be, z);
+    free_d(be, cat);
+    free_d(be, upd);
+}
+
+static void test_elementwise(int B, int C, int Cb, int H, int W)
+{
+    const size_t n = (size_t)B * C * H * W, nb = (size_t)B * Cb * H * W;
+    const size_t nbig = nb > n ? nb : n;
+    float *a = xmalloc(n * sizeof(float)), *b = xmalloc(nbig * sizeof(float)),
+          *e = xmalloc((size_t)B * C * sizeof(float));
+    fill_normal(a, n, 1.0f);
+    fill_normal(b, nbig, 1.0f);
+    fill_normal(e, (size_t)B * C, 1.0f);
+    float *r[4], *g[4];
+    const size_t sz[4] = {n, 2 * n, n + nb, 4 * n};
+    for (int i = 0; i < 4; i++) {
+        r[i] = xmalloc(sz[i] * sizeof(float));
+        g[i] = xmalloc(sz[i] * sizeof(float));
+    }
+    elementwise_run(cpu, B, C, Cb, H, W, a, b, e, r[0], r[1], r[2], r[3]);
+    elementwise_run(gpu, B, C, Cb, H, W, a, b, e, g[0], g[1], g[2], g[3]);
+    static const char *what[4] = {"add_channel", "add (in place, then out of place)",
+                                  "concat", "upsample2x"};
+    for (int i = 0; i < 4; i++) {
+        char name[160];
+        if (i == 2)
+            snprintf(name, sizeof name, "%s B=%d C=%d+%d %dx%d", what[i], B, C, Cb, H, W);
+        else
+            snprintf(name, sizeof name, "%s B=%d C=%d %dx%d", what[i], B, C, H, W);
+        size_t nbits = bits_differ(g[i], r[i], sz[i]);
+        char note[64];
+        snprintf(note, sizeof note, "%zu values differ in bits", nbits);
+        row(name, nbits ? 1.0 : 0.0, 0.0, note);
+        free(r[i]);
+        free(g[i]);
+    }
+    free(a);
+    free(b);
+    free(e);
+}
+
+/* ------------------------------------------------------------ attention */
+
+static void attention_run(dfx_backend *be, int B, int C, int HW, int heads, const float *qkv,
+                          float *out)
+{
+    const size_t n = (size_t)B * C * HW;
+    float *dq = up_f(be, qkv, 3 * n), *dy = junk_f(be, n);
+    size_t ns = be->ops->attention_scratch(be, B, HW, heads);
+    float *ds = ns ? dev_alloc(be, ns * sizeof(float)) : NULL;
+    be->ops->attention(be, dy, dq, B, C, HW, heads, ds);
+    down_f(be, out, dy, n);
+    free_d(be, dq);
+    free_d(be, dy);
+    free_d(be, ds);
+}
+
+static void test_attention(int B, int C, int HW, int heads, float scale)
+{
+    const size_t n = (size_t)B * C * HW, per = (size_t)C * HW;
+    float *qkv = xmalloc(3 * n * sizeof(float));
+    fill_normal(qkv, 3 * n, scale);
+    float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    attention_run(cpu, B, C, HW, heads, qkv, ref);
+    attention_run(gpu, B, C, HW, heads, qkv, got);
+    char name[160], extra[64];
+    snprintf(name, sizeof name, "attention B=%d C=%d HW=%d heads=%d (qkv x%g)", B, C, HW, heads,
+             scale);
+    snprintf(extra, sizeof extra, "scratch %.1f MiB",
+             (double)gpu->ops->attention_scratch(gpu, B, HW, heads) * 4.0 / 1048576.0);
+    compare(name, got, ref, n, NN_TOL, extra);
+    if (B > 1) {
+        float *one = xmalloc(per * sizeof(float));
+        attention_run(gpu, 1, C, HW, heads, qkv + (size_t)(B - 1) * 3 * per, one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (B - 1) * per, per,
+                BATCH_TOL, NULL);
+        free(one);
+    }
+    free(qkv);
+    free(ref);
+    free(got);
+}
+
+/* ------------------------------------------------ time_embed, embed_add */
+
+/* Two time embeddings in a row from one host array, overwritten with NaN
+ * right after each call (the op must have consumed it), then a class
+ * embedding added to the first with labels overwritten likewise. */
+static void embed_run(dfx_backend *be, int B, int dim, double scale, const double *t0,
+                      const double *t1, const float *table, int rows, const int *labels,
+                      float *out)
+{
+    const size_t n = (size_t)B * dim;
+    float *y0 = junk_f(be, n), *y1 = junk_f(be, n);
+    double *t = xmalloc((size_t)B * sizeof(double));
+    int *idx = xmalloc((size_t)B * sizeof(int));
+    memcpy(t, t0, (size_t)B * sizeof(double));
+    be->ops->time_embed(be, y0, t, B, dim, scale);
+    memcpy(t, t1, (size_t)B * sizeof(double));
+    be->ops->time_embed(be, y1, t, B, dim, scale);
+    for (int i = 0; i < B; i++) t[i] = NAN;
+    float *tab = up_f(be, table, (size_t)rows * dim);
+    memcpy(idx, labels, (size_t)B * sizeof(int));
+    be->ops->embed_add(be, y0, tab, idx, B, dim);
+    for (int i = 0; i < B; i++) idx[i] = (labels[i] + 1) % rows; /* valid, but wrong */
+    down_f(be, out, y0, n);
+    down_f(be, out + n, y1, n);
+    free_d(be, y0);
+    free_d(be, y1);
+    free_d(be, tab);
+    free(t);
+    free(idx);
+}
+
+static void test_embed(int B, int dim, double scale)
+{
+    const int rows = 11;
+    const size_t n = (size_t)B * dim;
+    double *t0 = xmalloc((size_t)B * sizeof(double)), *t1 = xmalloc((size_t)B * sizeof(double));
+    int *labels = xmalloc((size_t)B * sizeof(int));
+    for (int i = 0; i < B; i++) {
+        t0[i] = i == 0 ? 0.0 : i == 1 ? 1.0 : urand();
+        t1[i] = urand();
+        labels[i] = (int)(urand() * rows);
+    }
+    float *table = xmalloc((size_t)rows * dim * sizeof(float));
+    fill_normal(table, (size_t)rows * dim, 0.5f);
+    float *ref = xmalloc(2 * n * sizeof(float)), *got = xmalloc(2 * n * sizeof(float));
+    /* odd dims leave the last value alone: start both from the marker */
+    embed_run(cpu, B, dim, scale, t0, t1, table, rows, labels, ref);
+    embed_run(gpu, B, dim, scale, t0, t1, table, rows, labels, got);
+    char name[160];
+    snprintf(name, sizeof name, "time_embed + embed_add B=%d dim=%d scale=%g", B, dim, scale);
+    compare(name, got, ref, n, NN_TOL, NULL);
+    snprintf(name, sizeof name, "time_embed B=%d dim=%d (host t reused at once)", B, dim);
+    compare(name, got + n, ref + n, n, NN_TOL, NULL);
+    free(t0);
+    free(t1);
+    free(labels);
+    free(table);
+    free(ref);
+    free(got);
+}
+
+/* ------------------------------------------------------------ precision */
+
+/* Documented tolerances of the reduced precisions (normalised error against
+ * the FP32 CPU reference): TF32 keeps 10 mantissa bits (unit roundoff
+ * 2^-11 = 4.9e-4), BF16 7 (2^-8 = 3.9e-3); a product of length K
+ * accumulates in FP32, so its normalised error stays near the unit
+ * roundoff, and a whole network compounds a few dozen of them. */
+#define TF32_OP_TOL 5e-3
+#define BF16_OP_TOL 3e-2
+#define TF32_NET_TOL 2e-2
+#define BF16_NET_TOL 1e-1
+
+#ifdef DFX_TEST_DATA
+static void unet_precision(const char *name, const char *mode, double tol);
+#endif
+
+static void test_precision(void)
+{
+    dfx_error e1, e2;
+    int bad_mode = dfx_backend_set_precision(gpu, "fp16", &e1);
+    int not_cuda = dfx_backend_set_precision(cpu, "tf32", &e2);
+    row("set_precision refuses fp16, and tf32 on the CPU backend",
+        bad_mode == -1 && not_cuda == -1 && strstr(e1.msg, "fp16") && strstr(e2.msg, "cpu")
+            ? 0.0 : 1.0, 0.0, "");
+    static const struct { const char *mode; double op_tol, net_tol; } modes[] = {
+        {"tf32", TF32_OP_TOL, TF32_NET_TOL},
+        {"bf16", BF16_OP_TOL, BF16_NET_TOL},
+        {"fp32", NN_TOL, NN_TOL},
+    };
+    const conv_case c = {3, 64, 14, 14, 64, 3, 1, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, " %s", modes[i].mode);
+        if (dfx_backend_set_precision(gpu, modes[i].mode, &err)) {
+            row(tag, 1.0, 0.0, err.msg);
+            continue;
+        }
+        test_conv(&c, modes[i].op_tol, tag);
+        test_attention(3, 64, 49, 4, 2.0f); /* at the current precision */
+#ifdef DFX_TEST_DATA
+        unet_precision("unet_tiny", modes[i].mode, modes[i].net_tol);
+#endif
+    }
+}
+
+/* ------------------------------------------------------- whole network */
+
+#ifdef DFX_TEST_DATA
+static float *st_tensor(dfx_st_file *f, const char *name, size_t *n)
+{
+    const dfx_st_tensor *t = dfx_st_get(f, name, -1, NULL, &err);
+    if (!t) return NULL;
+    float *v = xmalloc(t->numel * sizeof *v);
+    dfx_st_to_f32(f, t, v);
+    *n = t->numel;
+    return v;
+}
+
+/* Evaluates the model on both backends and compares: the fixture's inputs
+ * (tests/fixtures/NAME.io.safetensors), a larger random batch with every
+ * label, each sample of it alone on the GPU, and classifier-free guidance
+ * (conditional models). */
+static void test_unet(const char *name, int B2)
+{
+    char mpath[600], iopath[600], title[160];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
+    snprintf(iopath, sizeof iopath, "%s/fixtures/%s.io.safetensors", DFX_TEST_DATA, name);
+    dfx_model *mc = dfx_model_load(mpath, cpu, &err);
+    if (!mc) die("dfx_model_load", cpu);
+    dfx_model *mg = dfx_model_load(mpath, gpu, &err);
+    if (!mg) {
+        snprintf(title, sizeof title, "U-Net %s loads on cuda", name);
+        row(title, 1.0, 0.0, err.msg);
+        dfx_model_free(mc);
+        return;
+    }
+    const size_t dim = mc->dim;
+    const int K = mc->info.num_classes;
+    dfx_st_file f;
+    if (dfx_st_open(&f, iopath, &err)) die("dfx_st_open", cpu);
+    size_t nx = 0, nt = 0, ny = 0;
+    float *fx = st_tensor(&f, "x", &nx), *ft = st_tensor(&f, "t", &nt), *fy = st_tensor(&f, "y", &ny);
+    if (!fx || !ft || !fy || nx != nt * dim || ny != nt) die("fixture tensors", cpu);
+    int B = (int)nt;
+    if (B2 < B) B2 = B;
+    /* rows 0..B-1: the fixture; then random inputs, labels cycling 0..K */
+    double *t = xmalloc((size_t)B2 * sizeof(double));
+    int *labels = xmalloc((size_t)B2 * sizeof(int));
+    float *x = xmalloc((size_t)B2 * dim * sizeof(float));
+    for (int r = 0; r < B2; r++) {
+        if (r < B) {
+            t[r] = ft[r];
+            labels[r] = (int)fy[r];
+            memcpy(x + (size_t)r * dim, fx + (size_t)r * dim, dim * sizeof(float));
+        } else {
+            t[r] = 0.01 + 0.98 * urand();
+            labels[r] = K > 0 ? r % (K + 1) : 0;
+            fill_normal(x + (size_t)r * dim, dim, 1.0f);
+        }
+    }
+    float *ref = xmalloc((size_t)B2 * dim * sizeof(float)), *got = xmalloc((size_t)B2 * dim * sizeof(float));
+    const dfx_pred p = mc->cfg.prediction;
+    for (int pass = 0; pass < 2; pass++) {
+        int rows = pass == 0 ? B : B2;
+        if (K > 0) {
+            dfx_unet_force_labels(mc, labels);
+            dfx_unet_force_labels(mg, labels);
+        }
+        if (dfx_model_eval_host(mc, t, x, rows, p, ref, &err)) die("eval", cpu);
+        if (dfx_model_eval_host(mg, t, x, rows, p, got, &err)) die("eval", gpu);
+        snprintf(title, sizeof title, "U-Net %s: %d %s (%zu values per sample)", name, rows,
+                 pass == 0 ? "fixture inputs" : "random inputs", dim);
+        compare(title, got, ref, (size_t)rows * dim, NN_TOL, NULL);
+    }
+    /* batch invariance on the GPU: each sample alone */
+    double worst = 0.0;
+    size_t nbits = 0;
+    float *one = xmalloc(dim * sizeof(float));
+    for (int r = 0; r < B2; r++) {
+        if (K > 0) dfx_unet_force_labels(mg, labels + r);
+        if (dfx_model_eval_host(mg, t + r, x + (size_t)r * dim, 1, p, one, &err)) die("eval", gpu);
+        double e = nerr_f(one, got + (size_t)r * dim, dim);
+        if (!(e <= worst)) worst = e;
+        nbits += bits_differ(one, got + (size_t)r * dim, dim);
+    }
+    snprintf(title, sizeof title, "  each of the %d samples alone vs in the batch (cuda)", B2);
+    char note[64];
+    snprintf(note, sizeof note, "%zu values differ in bits", nbits);
+    row(title, worst, BATCH_TOL, note);
+    free(one);
+    if (K > 0) { /* guidance w = 2 with classes cycling from sample 5 */
+        dfx_unet_force_labels(mc, NULL);
+        dfx_unet_force_labels(mg, NULL);
+        if (dfx_model_set_class(mc, DFX_CLASS_CYCLE, 2.0, &err)) die("set_class", cpu);
+        if (dfx_model_set_class(mg, DFX_CLASS_CYCLE, 2.0, &err)) die("set_class", gpu);
+        mc->first_index = mg->first_index = 5;
+        if (dfx_model_eval_host(mc, t, x, B2, p, ref, &err)) die("eval", cpu);
+        if (dfx_model_eval_host(mg, t, x, B2, p, got, &err)) die("eval", gpu);
+        snprintf(title, sizeof title, "U-Net %s: guidance 2, classes cycling, %d samples", name,
+                 B2);
+        /* 2 P_c - P_u: twice one evaluation's error plus another's */
+        compare(title, got, ref, (size_t)B2 * dim, 2 * NN_TOL, NULL);
+    }
+    free(fx);
+    free(ft);
+    free(fy);
+    free(t);
+    free(labels);
+    free(x);
+    free(ref);
+    free(got);
+    dfx_st_close(&f);
+    dfx_model_free(mc);
+    dfx_model_free(mg);
+}
+#endif
+
+#ifdef DFX_TEST_DATA
+/* The fixture's inputs through a whole U-Net with the GPU in the given
+ * precision, against the FP32 CPU reference. */
+static void unet_precision(const char *name, const char *mode, double tol)
+{
+    char mpath[600], iopath[600], title[160];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
+    snprintf(iopath, sizeof iopath, "%s/fixtures/%s.io.safetensors", DFX_TEST_DATA, name);
+    dfx_model *mc = dfx_model_load(mpath, cpu, &err);
+    if (!mc) die("dfx_model_load", cpu);
+    dfx_model *mg = dfx_model_load(mpath, gpu, &err);
+    if (!mg) die("dfx_model_load", gpu);
+    dfx_st_file f;
+    if (dfx_st_open(&f, iopath, &err)) die("dfx_st_open", cpu);
+    size_t nx = 0, nt = 0;
+    float *fx = st_tensor(&f, "x", &nx), *ft = st_tensor(&f, "t", &nt);
+    if (!fx || !ft || nx != nt * mc->dim) die("fixture tensors", cpu);
+    const int B = (int)nt;
+    double *t = xmalloc((size_t)B * sizeof(double));
+    for (int r = 0; r < B; r++) t[r] = ft[r];
+    float *ref = xmalloc(nx * sizeof(float)), *got = xmalloc(nx * sizeof(float));
+    const dfx_pred p = mc->cfg.prediction;
+    if (dfx_model_eval_host(mc, t, fx, B, p, ref, &err)) die("eval", cpu);
+    if (dfx_model_eval_host(mg, t, fx, B, p, got, &err)) die("eval", gpu);
+    snprintf(title, sizeof title, "U-Net %s, %s: fixture inputs", name, mode);
+    compare(title, got, ref, nx, tol, NULL);
+    free(fx);
+    free(ft);
+    free(t);
+    free(ref);
+    free(got);
+    dfx_st_close(&f);
+    dfx_model_free(mc);
+    dfx_model_free(mg);
+}
+#endif
+
+#ifdef DFX_TEST_DATA
+/* End to end: the same model, sampler and seed on both backends give the
+ * same samples (the noise is the same numbers; the rest is rounding), and
+ * samples 3.. drawn as a batch of their own on the GPU equal the same
+ * samples of the full batch. */
+static void sample_parity(const char *file, const char *sampler, int steps, int n, double tol)
+{
+    char path[600], title[160];
+    snprintf(path, sizeof path, "%s/%s", DFX_TEST_DATA, file);
+    dfx_model *mc = dfx_model_load(path, cpu, &err);
+    if (!mc) die("dfx_model_load", cpu);
+    dfx_model *mg = dfx_model_load(path, gpu, &err);
+    if (!mg) die("dfx_model_load", gpu);
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, mc);
+    o.sampler = sampler;
+    o.steps = steps;
+    o.seed = 1234;
+    dfx_sampler *sc = dfx_sampler_create(mc, &o, n, &err);
+    if (!sc) die("dfx_sampler_create", cpu);
+    dfx_sampler *sg = dfx_sampler_create(mg, &o, n, &err);
+    if (!sg) die("dfx_sampler_create", gpu);
+    const size_t dim = mc->dim, total = (size_t)n * dim;
+    float *ref = xmalloc(total * sizeof(float)), *got = xmalloc(total * sizeof(float));
+    dfx_sample_stats st;
+    if (dfx_sampler_run(sc, 0, n, ref, &st, &err)) die("dfx_sampler_run", cpu);
+    if (dfx_sampler_run(sg, 0, n, got, &st, &err)) die("dfx_sampler_run", gpu);
+    snprintf(title, sizeof title, "sample %s, %s %d steps, %d samples", file, sampler, steps, n);
+    compare(title, got, ref, total, tol, NULL);
+    if (dfx_sampler_run(sg, 3, n - 3, ref, &st, &err)) die("dfx_sampler_run", gpu);
+    snprintf(title, sizeof title, "  samples 3..%d as their own batch (cuda)", n - 1);
+    compare(title, ref, got + 3 * dim, (size_t)(n - 3) * dim, tol, NULL);
+    free(ref);
+    free(got);
+    dfx_sampler_free(sc);
+    dfx_sampler_free(sg);
+    dfx_model_free(mc);
+    dfx_model_free(mg);
+}
+#endif
+
+/* A network op that cannot run (conv2d without its scratch) must surface
+ * at the next sync, naming the op. */
+static void test_nn_error_path(void)
+{
+    dfx_backend *be = dfx_backend_cuda_create(&err);
+    if (!be) die("create", gpu);
+    float *x = dev_alloc(be, 64 * sizeof(float)), *w = dev_alloc(be, 9 * sizeof(float));
+    be->ops->conv2d(be, x, x, w, NULL, 1, 1, 8, 8, 1, 3, 1, 1, NULL);
+    dfx_error e;
+    e.msg[0] = 0;
+    int rc = be->ops->sync(be, &e);
+    int ok = rc != 0 && strstr(e.msg, "conv2d") != NULL;
+    row("error path: conv2d without scratch reported by sync", ok ? 0.0 : 1.0, 0.0,
+        rc ? e.msg : "sync returned 0");
+    be->ops->free(be, x);
+    be->ops->free(be, w);
+    dfx_backend_destroy(be);
+}
+
 #endif /* DFX_HAVE_CUDA */
 
 /* ----------------------------------------------------------------- main */
@@ -529,6 +1217,68 @@ int main(void)
     test_gmm(3, 4, 70000, 0); /* more rows than gridDim.y */
 
     test_error_path();
+
+    test_unary(100003, 1.0);
+    test_unary(5, 0.0);
+
+    static const conv_case cc[] = {
+        /* B Cin  H   W Cout k s p bias */
+        {3, 32, 28, 28, 32, 3, 1, 1, 1},  /* resblock conv */
+        {3, 32, 28, 28, 32, 3, 2, 1, 1},  /* downsample */
+        {3, 64, 7, 7, 64, 3, 1, 1, 1},
+        {3, 64, 7, 7, 32, 1, 1, 0, 1},    /* skip: no im2col */
+        {3, 32, 28, 28, 96, 1, 1, 0, 1},  /* qkv */
+        {2, 1, 28, 28, 32, 3, 1, 1, 1},   /* conv_in */
+        {3, 32, 28, 28, 1, 3, 1, 1, 1},   /* out.conv */
+        {3, 5, 9, 11, 7, 3, 2, 1, 0},     /* odd sizes, no bias */
+        {4, 3, 8, 8, 4, 5, 1, 2, 1},      /* k = 5 */
+        {2, 4, 6, 6, 3, 1, 2, 0, 1},      /* 1x1 with stride: im2col */
+        {80, 128, 28, 28, 8, 3, 1, 1, 1}, /* scratch in chunks of samples */
+    };
+    for (size_t i = 0; i < sizeof cc / sizeof cc[0]; i++) test_conv(&cc[i], NN_TOL, NULL);
+
+    test_group_norm(3, 32, 784, 8, 1, 0.0f);
+    test_group_norm(3, 64, 49, 8, 0, 0.0f);
+    test_group_norm(3, 32, 784, 32, 1, 100.0f); /* one channel per group, large mean */
+    test_group_norm(5, 256, 49, 1, 0, 3.0f);    /* one group of 12544 values */
+    test_group_norm(2, 6, 5, 3, 1, 0.0f);
+
+    test_linear(3, 32, 128, 0, 1);  /* temb.lin1 */
+    test_linear(3, 128, 128, 1, 1); /* temb.lin2 */
+    test_linear(17, 128, 64, 1, 1); /* a resblock's temb */
+    test_linear(2, 4096, 33, 1, 1);
+    test_linear(5, 7, 1, 0, 0);
+
+    test_elementwise(3, 32, 16, 28, 28);
+    test_elementwise(2, 3, 5, 5, 4);
+
+    test_attention(3, 32, 196, 1, 2.0f);
+    test_attention(3, 32, 196, 4, 2.0f);
+    test_attention(3, 64, 49, 4, 2.0f);
+    test_attention(2, 16, 144, 2, 1.0f);
+    test_attention(2, 8, 1, 2, 1.0f);
+    test_attention(110, 8, 784, 2, 1.0f); /* scratch in chunks of samples */
+
+    test_embed(5, 32, 1000.0);
+    test_embed(7, 128, 1000.0);
+    test_embed(3, 33, 1.0);
+
+    test_precision();
+
+#ifdef DFX_TEST_DATA
+    test_unet("unet_tiny", 9);
+    test_unet("unet_cond", 9);
+    /* sampling amplifies rounding a little over the steps */
+    sample_parity("../models/mnist-gmm.safetensors", "heun", 20, 16, 1e-4);
+    sample_parity("../models/mnist-gmm.safetensors", "em", 100, 16, 1e-4);
+    sample_parity("../models/mnist-dale-gmm.safetensors", "adls", 100, 8, 1e-4);
+    sample_parity("fixtures/unet_tiny.safetensors", "dpmpp_2m_sde", 20, 8, 1e-4);
+    sample_parity("fixtures/unet_cond.safetensors", "euler", 20, 8, 1e-4);
+#else
+    printf("(no DFX_TEST_DATA: whole-network checks skipped)\n");
+#endif
+
+    test_nn_error_path();
 
     printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     dfx_backend_destroy(gpu);

@@ -59,6 +59,8 @@ expect 1 "truncated" -- "$DFX" info --model "$TMP/truncated.safetensors"
 expect 2 "--steps must be at least 1" -- "$DFX" sample --model "$MODEL" --steps 0 --out "$TMP/x.png"
 expect 1 "unknown device 'tpu'" -- "$DFX" sample --device tpu
 expect 1 "(no CUDA backend|no CUDA device)" -- "$DFX" sample --device cuda --n 1 --out "$TMP/x.png"
+expect 1 "unknown precision 'fp16'" -- "$DFX" sample --precision fp16 --device cpu --n 1 --out "$TMP/x.png"
+expect 1 "the cpu backend computes in fp32 only" -- "$DFX" bench --precision bf16 --device cpu
 expect 1 "karras grid needs a finite noise level.*--t-noise" -- "$DFX" sample --n 2 --grid karras --out "$TMP/x.png"
 expect 1 "need --t-data > --t-noise" -- "$DFX" sample --n 2 --t-noise 0.9 --t-data 0.1 --out "$TMP/x.png"
 expect 1 "--noise diffusion is inf" -- "$DFX" sample --n 2 --sampler em --noise diffusion --out "$TMP/x.png"

@@ -33,7 +33,7 @@ typedef struct result {
 
 int cmd_bench(int argc, char **argv)
 {
-    const char *model = NULL, *sampler = "heun", *device = "auto", *batches = "1,8,64",
+    const char *model = NULL, *sampler = "heun", *device = "auto", *precision = "fp32", *batches = "1,8,64",
                *json = NULL;
     int steps = 10, threads = 0, warmup = 1, repeat = 3, profile = 0;
     double peak = 0.0;
@@ -43,6 +43,8 @@ int cmd_bench(int argc, char **argv)
         {"steps", OPT_INT, &steps, "N", "sampler steps per run (10)", 0},
         {"batch", OPT_STR, &batches, "LIST", "comma-separated batch sizes (1,8,64)", 0},
         {"device", OPT_STR, &device, "D", "cpu, cuda or auto (auto)", 0},
+        {"precision", OPT_STR, &precision, "P",
+         "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
         {"threads", OPT_INT, &threads, "T", "CPU threads (0 = all cores)", 0},
         {"warmup", OPT_INT, &warmup, "K", "untimed runs per batch size (1)", 0},
         {"repeat", OPT_INT, &repeat, "K", "timed runs per batch size (3)", 0},
@@ -77,6 +79,11 @@ int cmd_bench(int argc, char **argv)
     dfx_error err = {{0}};
     dfx_backend *be = dfx_backend_create(device, threads, &err);
     if (!be) return fprintf(stderr, "difflux bench: %s\n", err.msg), CLI_FAIL;
+    if (dfx_backend_set_precision(be, precision, &err)) {
+        fprintf(stderr, "difflux bench: %s\n", err.msg);
+        dfx_backend_destroy(be);
+        return CLI_FAIL;
+    }
     dfx_model *m = dfx_model_load(model, be, &err);
     result res[MAX_BATCHES];
     int nres = 0;
@@ -87,11 +94,12 @@ int cmd_bench(int argc, char **argv)
     size_t dim = (size_t)mi->channels * mi->height * mi->width;
     if (peak == 0.0) peak = dfx_backend_peak_gflops(be);
     printf("model     %s (%s, %.4g MFLOP per evaluation)\n", model, mi->kind, mi->flops / 1e6);
-    printf("device    %s: %s\n", dfx_backend_name(be), dfx_backend_device(be));
+    printf("device    %s: %s, %s matrix products\n", dfx_backend_name(be),
+           dfx_backend_device(be), dfx_backend_precision(be));
     printf("sampler   %s, %d steps; %d warm-up and %d timed runs per batch size\n", sampler, steps,
            warmup, repeat);
     printf("peak      %.1f GFLOP/s (%s)\n\n", peak,
-           cli_find(opts, nopts, "peak")->set ? "given" : "measured: large FP32 GEMM");
+           cli_find(opts, nopts, "peak")->set ? "given" : "measured: large GEMM at this precision");
     printf("%6s %10s %12s %12s %10s %8s %6s\n", "batch", "images/s", "evals/s", "ms/eval",
            "GFLOP/s", "%peak", "NFE");
     for (int bi = 0; bi < nb; bi++) {
@@ -164,6 +172,7 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(r, "flops_per_eval", mi->flops);
         cJSON_AddStringToObject(r, "backend", dfx_backend_name(be));
         cJSON_AddStringToObject(r, "device", dfx_backend_device(be));
+        cJSON_AddStringToObject(r, "precision", dfx_backend_precision(be));
         cJSON_AddStringToObject(r, "sampler", sampler);
         cJSON_AddNumberToObject(r, "steps", steps);
         cJSON_AddNumberToObject(r, "repeat", repeat);

@@ -43,7 +43,7 @@ static void on_progress(void *ctx, const dfx_progress *p)
 
 int cmd_sample(int argc, char **argv)
 {
-    const char *model = NULL, *sampler = "heun", *device = "auto", *out = "grid.png",
+    const char *model = NULL, *sampler = "heun", *device = "auto", *precision = "fp32", *out = "grid.png",
                *npy = NULL, *grid = "auto", *noise = NULL, *path = NULL, *cls = NULL,
                *recipe = "principled";
     int steps = 0, n = 64, corrector_steps = 1, inner = 0, path_start = 0, batch = 0, threads = 0, cols = 0, pad = 2, scale = 1,
@@ -60,6 +60,8 @@ int cmd_sample(int argc, char **argv)
         {"seed", OPT_U64, &seed, "S", "random seed (0)", 0},
         {"start-index", OPT_U64, &start, "I", "global index of the first sample (0)", 0},
         {"device", OPT_STR, &device, "D", "cpu, cuda or auto (auto)", 0},
+        {"precision", OPT_STR, &precision, "P",
+         "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
         {"threads", OPT_INT, &threads, "T", "CPU threads (0 = all cores)", 0},
         {"out", OPT_STR, &out, "FILE", "PNG grid to write (grid.png)", 0},
         {"no-png", OPT_FLAG, &no_png, NULL, "do not write a PNG grid", 0},
@@ -201,6 +203,11 @@ int cmd_sample(int argc, char **argv)
     progress_bar bar = {(!quiet && (progress || isatty(2))), n, 0, batch, cli_now(), 0};
     dfx_backend *be = dfx_backend_create(device, threads, &err);
     if (!be) return fprintf(stderr, "difflux sample: %s\n", err.msg), CLI_FAIL;
+    if (dfx_backend_set_precision(be, precision, &err)) {
+        fprintf(stderr, "difflux sample: %s\n", err.msg);
+        dfx_backend_destroy(be);
+        return CLI_FAIL;
+    }
     dfx_model *m = dfx_model_load(model, be, &err);
     dfx_sampler *s = NULL;
     float *images = NULL;
