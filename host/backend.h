@@ -97,13 +97,38 @@ typedef struct dfx_backend_ops {
     void (*embed_add)(dfx_backend *be, float *y, const float *table, const int *idx, int B,
                       int dim);
 
+    /* ---- tangents (forward-mode derivatives) of the nonlinear layers ----
+     * Each gives d/de layer(x + e dx) at e = 0 for the layer above with the
+     * same arguments; the linear layers (conv2d and linear without bias,
+     * add, concat, upsample2x) are their own tangents. */
+    /* dy = tangent of group_norm(x) (SiLU after if silu) along dx, same
+     * shapes; the group statistics of x are recomputed in double as
+     * group_norm does: with xh = (x - mean) inv, inv = 1 / sqrt(var + eps),
+     * dxh = inv (dx - mean(dx) - xh mean(xh dx)) and dy = gamma dxh, times
+     * SiLU'(v) at the forward's v = gamma xh + beta if silu. */
+    void (*group_norm_jvp)(dfx_backend *be, float *dy, const float *x, const float *dx,
+                           const float *gamma, const float *beta, int B, int C, int HW,
+                           int groups, float eps, int silu);
+    /* dout [B, C, HW] = tangent of attention(qkv) along dqkv [B, 3C, HW]:
+     * per head (q, k, v [d, HW]), with S = q^T k / sqrt(d), P =
+     * softmax_rows(S) as attention computes it, dS = (dq^T k + q^T dk) /
+     * sqrt(d), dP = P * (dS - rowsum(P * dS)) elementwise, and
+     * dout = dv P^T + v dP^T. scratch: attention_jvp_scratch() floats. */
+    void (*attention_jvp)(dfx_backend *be, float *dout, const float *qkv, const float *dqkv,
+                          int B, int C, int HW, int heads, float *scratch);
+    /* dy = SiLU'(x) dx elementwise, n values, SiLU'(x) = s (1 + x (1 - s)),
+     * s = sigmoid(x): the tangent of linear's silu_in (dy may alias dx). */
+    void (*silu_jvp)(dfx_backend *be, float *dy, const float *x, const float *dx, size_t n);
+
     /* Measured FP32 matrix-multiply rate of the device in GFLOP/s (a large
      * GEMM), the reference for "fraction of peak"; may be NULL. */
     double (*peak_gflops)(dfx_backend *be);
-    /* Scratch (floats) conv2d and attention need for a batch of B. */
+    /* Scratch (floats) conv2d, attention and attention_jvp need for a batch
+     * of B. */
     size_t (*conv_scratch)(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                            int pad);
     size_t (*attention_scratch)(dfx_backend *be, int B, int HW, int heads);
+    size_t (*attention_jvp_scratch)(dfx_backend *be, int B, int HW, int heads);
     /* Precision of the matrix products (DFX_PRECISION_*); NULL: FP32 only. */
     int (*set_precision)(dfx_backend *be, int mode, dfx_error *err);
 

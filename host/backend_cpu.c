@@ -250,9 +250,13 @@ static const dfx_backend_ops cpu_ops = {
     .attention = dfx_cpu_attention,
     .time_embed = dfx_cpu_time_embed,
     .embed_add = dfx_cpu_embed_add,
+    .group_norm_jvp = dfx_cpu_group_norm_jvp,
+    .attention_jvp = dfx_cpu_attention_jvp,
+    .silu_jvp = dfx_cpu_silu_jvp,
     .peak_gflops = cpu_peak_gflops,
     .conv_scratch = dfx_cpu_conv_scratch,
     .attention_scratch = dfx_cpu_attention_scratch,
+    .attention_jvp_scratch = dfx_cpu_attention_jvp_scratch,
     .destroy = cpu_destroy,
 };
 

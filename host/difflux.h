@@ -193,6 +193,117 @@ int dfx_gmm_save(const char *file, const dfx_path *path, int channels, int heigh
 int dfx_model_eval_host(dfx_model *m, const double *t, const float *x, int rows,
                         dfx_pred want, float *out, dfx_error *err);
 
+/* How dfx_model_jvp_host differentiates: forward-mode tangent propagation
+ * through every layer (exact up to rounding), or central differences
+ * (a cross-check). */
+typedef enum { DFX_JVP_EXACT = 0, DFX_JVP_FD = 1 } dfx_jvp_method;
+
+/* The field `want` at (t, x) into f and its Jacobian-vector product
+ * J v = d/de f(x + e v) at e = 0 into jv (host arrays [rows, C, H, W]), in
+ * the samplers' space (y = log x on the dale path). DFX_JVP_FD uses
+ * (f(x + e v) - f(x - e v)) / 2e with e = fd_step ||x|| / ||v|| per row. */
+int dfx_model_jvp_host(dfx_model *m, const double *t, const float *x, const float *v, int rows,
+                       dfx_pred want, dfx_jvp_method method, double fd_step, float *f,
+                       float *jv, dfx_error *err);
+
+/* ------------------------------- conservativeness (MATH.md section 4) */
+
+#define DFX_CONS_MAX_RADII 8
+
+typedef struct dfx_cons_opts {
+    dfx_pred field;        /* the field measured: score (default), velocity, eps, data */
+    dfx_jvp_method method; /* exact JVPs (default) or finite differences   */
+    double fd_step;        /* finite differences: relative step (1e-3)     */
+    int probes;            /* probe pairs per point for the asymmetry (16); 0 = skip */
+    int patch;             /* side of the centred pixel patch for the exact
+                              sub-Jacobian (4); 0 = skip                  */
+    int loop_nodes;        /* trapezoid nodes per loop (64; path dependence
+                              uses half as many Gauss-Legendre nodes); 0 = skip */
+    int nradii;            /* loop radii, relative to |x_t| (0.01 0.1 0.5) */
+    double radii[DFX_CONS_MAX_RADII];
+    uint64_t seed;         /* points' noise, probes and planes (0)           */
+    int batch;             /* rows per network evaluation (64)             */
+} dfx_cons_opts;
+
+typedef struct dfx_cons_result {
+    double t;
+    double asym, asym_se;   /* ||J - J^T||_F / ||J||_F by probes, pooled over points */
+    double jnorm;           /* ||J||_F (root mean square over points)       */
+    double patch, patch_se; /* exact patch ratio, mean over points          */
+    int nradii;
+    double radii[DFX_CONS_MAX_RADII];
+    double circ[DFX_CONS_MAX_RADII], circ_se[DFX_CONS_MAX_RADII];       /* mean |C| */
+    double pathdep[DFX_CONS_MAX_RADII], pathdep_se[DFX_CONS_MAX_RADII]; /* mean |P| */
+} dfx_cons_result;
+
+void dfx_cons_opts_default(dfx_cons_opts *o);
+
+/* Every metric at time t on the points x0 [npoints, C, H, W] (samplers'
+ * space: log x on the dale path) noised to t along the model's path. */
+int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, int npoints,
+                       double t, dfx_cons_result *res,
+                       void (*progress)(void *ctx, double frac), void *ctx, dfx_error *err);
+
+/* The pieces, for one point c (host arrays of C H W values):
+ * the loop integral of f . dx around c + r (cos th u + sin th v) (u, v
+ * orthonormal) with M trapezoid nodes, and the integral of |f| |dx|; */
+int dfx_loop_circulation(dfx_model *m, dfx_pred field, double t, const float *c, const float *u,
+                         const float *v, double r, int M, int batch, double *raw, double *scale,
+                         dfx_error *err);
+/* the integral from c - r u to c + r u along the segment minus along the
+ * half circle through c + r v (G Gauss-Legendre nodes each), and the mean
+ * of their integrals of |f| |dx|; */
+int dfx_path_dependence(dfx_model *m, dfx_pred field, double t, const float *c, const float *u,
+                        const float *v, double r, int G, int batch, double *raw, double *scale,
+                        dfx_error *err);
+/* ||J_PP - J_PP^T||_F / ||J_PP||_F for the coordinates P (p of them), and
+ * ||J_PP||_F; */
+int dfx_patch_asymmetry(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
+                        const int *coords, int p, double *ratio, double *jnorm,
+                        dfx_error *err);
+/* K probe pairs (Philox indices first .. first + 2K - 1) at x, added to a
+ * ratio-of-means accumulator (num (u.Jv - v.Ju)^2, den ((u.Jv)^2 + (v.Ju)^2) / 2). */
+typedef struct dfx_ratio {
+    long n;
+    double sn, sd, snn, sdd, snd;
+} dfx_ratio;
+int dfx_asymmetry_probes(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
+                         int K, uint64_t first, dfx_ratio *acc, dfx_error *err);
+void dfx_ratio_add(dfx_ratio *q, double num, double den);
+/* sqrt(mean num / mean den) and its delta-method standard error */
+void dfx_ratio_sqrt(const dfx_ratio *q, double *est, double *se);
+typedef struct dfx_mean {
+    long n;
+    double s, ss;
+} dfx_mean;
+void dfx_mean_add(dfx_mean *q, double x);
+void dfx_mean_get(const dfx_mean *q, double *mean, double *se);
+
+/* ------------------------------------------------------------------ plots */
+
+typedef struct dfx_plot_series {
+    const char *label; /* legend entry (NULL: none)                        */
+    int n;
+    const double *x, *y;
+    const double *err; /* +- error bars (may be NULL)                       */
+    int dashed;
+    int color;         /* palette index (-1: by position)                   */
+} dfx_plot_series;
+
+typedef struct dfx_plot_panel {
+    const char *title, *xlabel, *ylabel;
+    int logx, logy;    /* non-positive values are left out on log axes     */
+    int nseries;
+    const dfx_plot_series *series;
+} dfx_plot_panel;
+
+/* 1 when this build can draw PNG plots (PLplot). */
+int dfx_have_plots(void);
+/* Panels in a grid of ncols columns, width x height pixels, written to a
+ * temporary name and renamed into place. */
+int dfx_plot_png(const char *file, int ncols, int npanels, const dfx_plot_panel *panels,
+                 int width, int height, dfx_error *err);
+
 /* -------------------------------------------------------------- samplers */
 
 typedef enum {
@@ -322,6 +433,8 @@ int dfx_write_png_grid(const char *file, const float *images, int n, int channel
                        int width, double lo, double hi, const dfx_grid_layout *layout,
                        dfx_error *err);
 /* float32 .npy array of the given shape, written atomically. */
+/* A text file, written to a temporary name and renamed into place. */
+int dfx_write_text(const char *file, const char *text, dfx_error *err);
 int dfx_write_npy(const char *file, const float *data, int ndim, const int64_t *shape,
                   dfx_error *err);
 

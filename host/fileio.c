@@ -62,3 +62,14 @@ void dfx_atomic_abort(dfx_atomic *a)
     a->fp = NULL;
     if (a->tmp[0]) unlink(a->tmp);
 }
+
+int dfx_write_text(const char *file, const char *text, dfx_error *err)
+{
+    dfx_atomic a;
+    if (dfx_atomic_open(&a, file, err)) return -1;
+    if (fputs(text, a.fp) < 0) {
+        dfx_atomic_abort(&a);
+        return dfx_fail(err, "%s: write failed", file);
+    }
+    return dfx_atomic_commit(&a, err);
+}

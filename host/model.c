@@ -83,6 +83,7 @@ void dfx_model_free(dfx_model *m)
     if (m->vt && m->vt->destroy) m->vt->destroy(m);
     if (m->pred) m->be->ops->free(m->be, m->pred);
     if (m->xbuf) m->be->ops->free(m->be, m->xbuf);
+    if (m->jbuf) m->be->ops->free(m->be, m->jbuf);
     free(m->coef);
     dfx_config_free(&m->cfg);
     free(m);
@@ -287,5 +288,116 @@ int dfx_model_eval_host(dfx_model *m, const double *t, const float *x, int rows,
         rc = be->ops->download(be, out, dy, bytes, err);
     if (dx) be->ops->free(be, dx);
     if (dy) be->ops->free(be, dy);
+    return rc;
+}
+
+/* ------------------------------------------------------------ derivatives */
+
+static int jvp_reserve(dfx_model *m, int rows, dfx_error *err)
+{
+    if (dfx_model_reserve(m, rows, err)) return -1;
+    if (rows <= m->jcap_rows) return 0;
+    float *b = dfx_be_alloc(m->be, 3 * (size_t)rows * m->dim * sizeof(float), "tangent buffers",
+                            err);
+    if (!b) return -1;
+    if (m->jbuf) m->be->ops->free(m->be, m->jbuf);
+    m->jbuf = b;
+    m->jcap_rows = rows;
+    return 0;
+}
+
+int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v, dfx_pred want,
+                  float *f, float *jv, int rows, dfx_error *err)
+{
+    if (!m->vt->jvp)
+        return dfx_fail(err, "%s: the %s model has no exact Jacobian-vector product (use finite "
+                        "differences)", m->file[0] ? m->file : "model", m->cfg.kind);
+    if (jvp_reserve(m, rows, err)) return -1;
+    dfx_backend *be = m->be;
+    const size_t n = (size_t)rows * m->dim;
+    float *P = m->pred, *dP = m->jbuf;
+    if (!m->logspace || m->analytic) {
+        if (m->vt->jvp(m, t, x, v, P, dP, rows, err)) return -1;
+    } else {
+        /* the network sees xb = exp(y), tangent xv = xb v; it predicts the
+         * ambient score s, and the score in y is xb s + 1, whose tangent
+         * is xv s + xb ds */
+        float *xb = m->xbuf, *xv = m->jbuf + n, *tmp = m->jbuf + 2 * n;
+        be->ops->unary(be, xb, x, n, DFX_FN_EXP);
+        be->ops->mul_add(be, xv, xb, v, 0.0, n);
+        if (m->vt->jvp(m, t, xb, xv, P, dP, rows, err)) return -1;
+        be->ops->mul_add(be, tmp, xv, P, 0.0, n);
+        be->ops->mul_add(be, dP, xb, dP, 0.0, n);
+        be->ops->add(be, dP, dP, tmp, n);
+        be->ops->mul_add(be, P, xb, P, 1.0, n);
+    }
+    double *A = m->coef, *B = m->coef + rows, *C = m->coef + 2 * rows;
+    if (dfx_model_convert_coefs(m, t, rows, m->native, want, A, B, C, err)) return -1;
+    const float *xs[2] = {x, P}, *vs[2] = {v, dP};
+    be->ops->lincomb(be, f, 2, xs, m->coef, C, rows, m->dim);
+    be->ops->lincomb(be, jv, 2, vs, m->coef, NULL, rows, m->dim);
+    return 0;
+}
+
+static double row_norm(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return sqrt(s);
+}
+
+int dfx_model_jvp_host(dfx_model *m, const double *t, const float *x, const float *v, int rows,
+                       dfx_pred want, dfx_jvp_method method, double fd_step, float *f,
+                       float *jv, dfx_error *err)
+{
+    dfx_backend *be = m->be;
+    const size_t D = m->dim, n = (size_t)rows * D;
+    if (method == DFX_JVP_EXACT) {
+        const size_t bytes = n * sizeof(float);
+        float *buf = dfx_be_alloc(be, 4 * bytes, "jvp buffers", err);
+        if (!buf) return -1;
+        float *dx = buf, *dv = buf + n, *df = buf + 2 * n, *dj = buf + 3 * n;
+        int rc = -1;
+        if (be->ops->upload(be, dx, x, bytes, err) == 0 &&
+            be->ops->upload(be, dv, v, bytes, err) == 0 &&
+            dfx_model_jvp(m, t, dx, dv, want, df, dj, rows, err) == 0 &&
+            be->ops->download(be, f, df, bytes, err) == 0)
+            rc = be->ops->download(be, jv, dj, bytes, err);
+        be->ops->free(be, buf);
+        return rc;
+    }
+    if (!(fd_step > 0.0) || !isfinite(fd_step))
+        return dfx_fail(err, "finite differences need a positive step, got %g", fd_step);
+    /* rows 0..rows-1: x + e v, then x - e v, one batch */
+    float *xp = dfx_alloc(2 * n, sizeof(float), "finite differences", err);
+    float *fp = xp ? dfx_alloc(2 * n, sizeof(float), "finite differences", err) : NULL;
+    double *t2 = fp ? dfx_alloc(2 * (size_t)rows, sizeof(double), "finite differences", err)
+                    : NULL;
+    double *e = t2 ? dfx_alloc((size_t)rows, sizeof(double), "finite differences", err) : NULL;
+    int rc = -1;
+    if (!e) goto done;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * D, *vr = v + (size_t)r * D;
+        double nx = row_norm(xr, D), nv = row_norm(vr, D);
+        e[r] = nv > 0 ? fd_step * (nx > 0 ? nx : 1.0) / nv : 0.0;
+        for (size_t j = 0; j < D; j++) {
+            xp[(size_t)r * D + j] = (float)(xr[j] + e[r] * vr[j]);
+            xp[n + (size_t)r * D + j] = (float)(xr[j] - e[r] * vr[j]);
+        }
+        t2[r] = t2[rows + r] = t[r];
+    }
+    if (dfx_model_eval_host(m, t2, xp, 2 * rows, want, fp, err)) goto done;
+    if (dfx_model_eval_host(m, t, x, rows, want, f, err)) goto done;
+    for (int r = 0; r < rows; r++)
+        for (size_t j = 0; j < D; j++) {
+            const size_t i = (size_t)r * D + j;
+            jv[i] = e[r] > 0 ? (float)(((double)fp[i] - fp[n + i]) / (2.0 * e[r])) : 0.0f;
+        }
+    rc = 0;
+done:
+    free(xp);
+    free(fp);
+    free(t2);
+    free(e);
     return rc;
 }

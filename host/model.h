@@ -50,6 +50,16 @@ typedef struct dfx_model_vt {
     /* Per-op-kind timing (may be NULL): see dfx_model_profile. */
     int (*profile)(dfx_model *m, int enable, const dfx_profile_entry **list);
     void (*destroy)(dfx_model *m);
+    /* (last, so positional initialisers may leave it out)
+     * Forward-mode derivative (may be NULL: dfx_model_jvp then refuses the
+     * exact method): out = the native prediction at (t, x), exactly as
+     * predict gives it, and dout = its derivative along v, d/de P(x + e v)
+     * at e = 0, by tangent propagation through every layer (no finite
+     * differences). x, v, out, dout are backend arrays [rows, dim]; for a
+     * network on the dale path x is ambient (predict's input), as for
+     * predict. */
+    int (*jvp)(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+               float *dout, int rows, dfx_error *err);
 } dfx_model_vt;
 
 struct dfx_model {
@@ -73,6 +83,8 @@ struct dfx_model {
     float *pred;     /* backend [cap_rows, dim] */
     double *coef;    /* host [3 * cap_rows] */
     float *xbuf;     /* backend [cap_rows, dim]: exp(y) for log-space models */
+    int jcap_rows;   /* tangents for dfx_model_jvp, sized on first use */
+    float *jbuf;     /* backend [3, jcap_rows, dim] */
 };
 
 /* Allocates what evaluation needs for batches of up to `rows`. */
@@ -90,6 +102,10 @@ int dfx_model_convert(dfx_model *m, const double *t, const float *x, const float
 /* The prediction `want` at (t, x): one network evaluation plus a conversion. */
 int dfx_model_eval(dfx_model *m, const double *t, const float *x, dfx_pred want, float *out,
                    int rows, dfx_error *err);
+/* f = the prediction `want` at (t, x) and jv = its derivative along v
+ * (backend arrays), exact: the kind's jvp plus the (linear) conversion. */
+int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v, dfx_pred want,
+                  float *f, float *jv, int rows, dfx_error *err);
 /* Per-row conversion coefficients (to = A x + B P + C) into A, B, C [rows]. */
 int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
                             dfx_pred to, double *A, double *B, double *C, dfx_error *err);

@@ -27,6 +27,16 @@ static int affine_predict(dfx_model *m, const double *t, const float *x, float *
     return 0;
 }
 
+/* The Jacobian is A: dout = A v. */
+static int affine_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+                      float *dout, int rows, dfx_error *err)
+{
+    affine_impl *a = m->impl;
+    if (affine_predict(m, t, x, out, rows, err)) return -1;
+    m->be->ops->linear(m->be, dout, v, a->A, NULL, rows, (int)m->dim, (int)m->dim, 0);
+    return 0;
+}
+
 static int affine_describe(const dfx_model *m, char *buf, size_t cap)
 {
     return snprintf(buf, cap, "field        f(x) = A x + b, %zu x %zu, read as a %s prediction\n",
@@ -43,8 +53,12 @@ static void affine_destroy(dfx_model *m)
     m->impl = NULL;
 }
 
-static const dfx_model_vt affine_vt = {affine_predict, NULL, NULL, affine_describe, NULL,
-                                       affine_destroy};
+static const dfx_model_vt affine_vt = {
+    .predict = affine_predict,
+    .describe = affine_describe,
+    .destroy = affine_destroy,
+    .jvp = affine_jvp,
+};
 
 int dfx_affine_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
 {

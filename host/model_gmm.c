@@ -20,13 +20,12 @@ typedef struct gmm_impl {
     float *means;    /* host copies for exact sampling */
     double *c2, *cum; /* variances and cumulative weights */
     double *asm_;    /* host scratch: a, s, m per row */
+    double *logw;    /* host log weights */
     int cap;
 } gmm_impl;
 
-static int gmm_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
-                       dfx_error *err)
+static int gmm_coefs(dfx_model *m, gmm_impl *g, const double *t, int rows, dfx_error *err)
 {
-    gmm_impl *g = m->impl;
     if (rows > g->cap) {
         double *p = dfx_alloc((size_t)rows * 3, sizeof *p, "gmm scratch", err);
         if (!p) return -1;
@@ -44,8 +43,81 @@ static int gmm_predict(dfx_model *m, const double *t, const float *x, float *out
         s[r] = c.s;
         mm[r] = c.m;
     }
+    return 0;
+}
+
+static int gmm_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                       dfx_error *err)
+{
+    gmm_impl *g = m->impl;
+    if (gmm_coefs(m, g, t, rows, err)) return -1;
+    const double *a = g->asm_, *s = a + rows, *mm = s + rows;
     m->be->ops->gmm_denoise(m->be, out, x, rows, &g->dev, a, s, mm);
     return 0;
+}
+
+/* The exact derivative of the denoiser along v, on the host in double.
+ * With sigma_k^2 = a^2 c_k^2 + s^2, r_k = x - a mu_k - m, g_k = a c_k^2 /
+ * sigma_k^2 and responsibilities w_k(x) = softmax(log pi_k - |r_k|^2 /
+ * (2 sigma_k^2) - D/2 log sigma_k^2), x_hat = sum_k w_k (mu_k + g_k r_k), so
+ *   d x_hat . v = (sum_k w_k g_k) v + sum_k w_k (l_k - sum_j w_j l_j) x_hat_k,
+ * l_k = -r_k . v / sigma_k^2 (the derivative of w_k's logit). */
+static int gmm_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+                   float *dout, int rows, dfx_error *err)
+{
+    gmm_impl *g = m->impl;
+    if (gmm_predict(m, t, x, out, rows, err)) return -1;
+    const size_t D = m->dim, n = (size_t)rows * D;
+    const int K = g->dev.K;
+    float *hx = dfx_alloc(3 * n, sizeof(float), "gmm jvp", err);
+    double *lg = hx ? dfx_alloc(3 * (size_t)K + D, sizeof(double), "gmm jvp", err) : NULL;
+    int rc = -1;
+    if (!lg) goto done;
+    float *hv = hx + n, *hd = hv + n;
+    if (m->be->ops->download(m->be, hx, x, n * sizeof(float), err) ||
+        m->be->ops->download(m->be, hv, v, n * sizeof(float), err))
+        goto done;
+    double *w = lg, *l = lg + K, *sig2 = l + K, *acc = sig2 + K;
+    const double *a = g->asm_, *s = a + rows, *mm = s + rows;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = hx + (size_t)r * D, *vr = hv + (size_t)r * D;
+        double wmax = -INFINITY;
+        for (int k = 0; k < K; k++) {
+            sig2[k] = a[r] * a[r] * g->c2[k] + s[r] * s[r];
+            const float *mu = g->means + (size_t)k * D;
+            double rr = 0, rv = 0;
+            for (size_t j = 0; j < D; j++) {
+                double rj = xr[j] - a[r] * mu[j] - mm[r];
+                rr += rj * rj;
+                rv += rj * vr[j];
+            }
+            w[k] = g->logw[k] - 0.5 * rr / sig2[k] - 0.5 * (double)D * log(sig2[k]);
+            l[k] = -rv / sig2[k];
+            if (w[k] > wmax) wmax = w[k];
+        }
+        double z = 0, lbar = 0, gbar = 0;
+        for (int k = 0; k < K; k++) z += (w[k] = exp(w[k] - wmax));
+        for (int k = 0; k < K; k++) {
+            w[k] /= z;
+            lbar += w[k] * l[k];
+            gbar += w[k] * a[r] * g->c2[k] / sig2[k];
+        }
+        for (size_t j = 0; j < D; j++) acc[j] = gbar * vr[j];
+        for (int k = 0; k < K; k++) {
+            const double c = w[k] * (l[k] - lbar);
+            if (c == 0.0) continue;
+            const double gk = a[r] * g->c2[k] / sig2[k];
+            const float *mu = g->means + (size_t)k * D;
+            for (size_t j = 0; j < D; j++)
+                acc[j] += c * (mu[j] + gk * (xr[j] - a[r] * mu[j] - mm[r]));
+        }
+        for (size_t j = 0; j < D; j++) hd[(size_t)r * D + j] = (float)acc[j];
+    }
+    rc = m->be->ops->upload(m->be, dout, hd, n * sizeof(float), err);
+done:
+    free(hx);
+    free(lg);
+    return rc;
 }
 
 /* Exact samples of p_t = sum_k w_k N(a mu_k + m, (a^2 c_k^2 + s^2) I): the
@@ -96,6 +168,7 @@ static void gmm_destroy(dfx_model *m)
     if (g->dev.c2) be->ops->free(be, (void *)g->dev.c2);
     if (g->dev.logw) be->ops->free(be, (void *)g->dev.logw);
     free(g->asm_);
+    free(g->logw);
     free(g->means);
     free(g->c2);
     free(g->cum);
@@ -103,8 +176,13 @@ static void gmm_destroy(dfx_model *m)
     m->impl = NULL;
 }
 
-static const dfx_model_vt gmm_vt = {gmm_predict, NULL, gmm_sample_marginal, gmm_describe,
-                                    NULL, gmm_destroy};
+static const dfx_model_vt gmm_vt = {
+    .predict = gmm_predict,
+    .sample_marginal = gmm_sample_marginal,
+    .describe = gmm_describe,
+    .destroy = gmm_destroy,
+    .jvp = gmm_jvp,
+};
 
 static int upload_floats(dfx_backend *be, const float *src, size_t n, const float **dst,
                          const char *what, dfx_error *err)
@@ -159,7 +237,8 @@ static int gmm_init(dfx_model *m, int K, const float *means, const float *stds,
     g->means = rc ? NULL : dfx_alloc((size_t)K * m->dim, sizeof(float), "gmm", err);
     g->c2 = g->means ? dfx_alloc((size_t)K, sizeof(double), "gmm", err) : NULL;
     g->cum = g->c2 ? dfx_alloc((size_t)K, sizeof(double), "gmm", err) : NULL;
-    if (!rc && !g->cum) rc = -1;
+    g->logw = g->cum ? dfx_alloc((size_t)K, sizeof(double), "gmm", err) : NULL;
+    if (!rc && !g->logw) rc = -1;
     if (!rc) {
         memcpy(g->means, means, (size_t)K * m->dim * sizeof(float));
         double acc = 0.0;
@@ -167,6 +246,7 @@ static int gmm_init(dfx_model *m, int K, const float *means, const float *stds,
             g->c2[k] = (double)stds[k] * stds[k];
             acc += weights[k] / wsum;
             g->cum[k] = acc;
+            g->logw[k] = weights[k] > 0.0f ? log(weights[k] / wsum) : -INFINITY;
         }
     }
     m->info.n_params = (size_t)K * (m->dim + 2);

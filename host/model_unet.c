@@ -3,7 +3,9 @@
  * list of backend operations over numbered buffers; for a batch size the
  * buffers get offsets in one arena (planned once, reused while they do not
  * overlap in time), so evaluation allocates nothing. The same list gives
- * the FLOP count and, later, per-op timing and tangents.
+ * the FLOP count, per-op timing and the tangents of unet_jvp: forward-mode
+ * derivatives pushed through the same list, each op's tangent next to the
+ * op, in a second arena laid out like the first.
  */
 #include "error.h"
 #include "model.h"
@@ -38,6 +40,7 @@ typedef struct uop {
     const float *w, *b;    /* weights on the backend */
     int cin, cout, h, w_, k, stride, pad, groups, silu, heads, c1;
     double flops; /* per sample */
+    unsigned char tan0, tan1; /* in0, in1 have nonzero tangents here (mark_tangents) */
 } uop;
 
 typedef struct ubuf {
@@ -68,6 +71,15 @@ typedef struct unet_impl {
     /* profiling: time per op kind (dfx_model_profile) */
     int prof;
     dfx_profile_entry prof_e[U_KINDS];
+    /* tangents (unet_jvp): dep[i] = buffer i depends on x; the others (the
+     * time and class embeddings) have zero tangents, never computed */
+    unsigned char *dep;
+    /* jvp plan for batches of up to jplan_B: the tangent arena has the
+     * activation arena's layout (buffer i's tangent lives exactly as long
+     * as buffer i), so the offsets are reused as they are */
+    int jplan_B;
+    float *tarena, *jscratch, *duncond;
+    double *jcoef; /* host [2 jplan_B]: the guidance weights */
 } unet_impl;
 
 /* ----------------------------------------------------------- config */
@@ -512,6 +524,70 @@ static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
     return 0;
 }
 
+/* Which buffers depend on x: the op list is in execution order, so one
+ * pass propagates it, noting for each op which inputs have a tangent at
+ * that point (an in-place op may give its buffer one it did not have). */
+static int mark_tangents(unet_impl *u, dfx_error *err)
+{
+    u->dep = dfx_alloc((size_t)(u->nbufs > 0 ? u->nbufs : 1), 1, "U-Net tangent map", err);
+    if (!u->dep) return -1;
+    for (int i = 0; i < u->nops; i++) {
+        uop *op = &u->ops[i];
+        op->tan0 = op->in0 == BUF_X || (op->in0 >= 0 && u->dep[op->in0]);
+        op->tan1 = op->in1 == BUF_X || (op->in1 >= 0 && u->dep[op->in1]);
+        if (op->out >= 0) u->dep[op->out] |= op->tan0 | op->tan1;
+    }
+    return 0;
+}
+
+static void free_jplan(dfx_model *m, unet_impl *u)
+{
+    dfx_backend *be = m->be;
+    if (u->tarena) be->ops->free(be, u->tarena);
+    if (u->jscratch) be->ops->free(be, u->jscratch);
+    if (u->duncond) be->ops->free(be, u->duncond);
+    free(u->jcoef);
+    u->tarena = u->jscratch = u->duncond = NULL;
+    u->jcoef = NULL;
+    u->jplan_B = 0;
+}
+
+/* What unet_jvp needs beyond plan(): the tangent arena, scratch for the
+ * attention tangents and the SiLU tangent of linear layers, and the
+ * unconditional tangent for guidance. Planned once per batch size, like
+ * plan(); the convolutions of tangents use plan()'s scratch. */
+static int plan_jvp(dfx_model *m, unet_impl *u, int B, dfx_error *err)
+{
+    if (B <= u->jplan_B) return 0;
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    if (!o->group_norm_jvp || !o->attention_jvp || !o->attention_jvp_scratch || !o->silu_jvp)
+        return dfx_fail(err, "%s: the %s backend has no U-Net tangent ops (group_norm_jvp, "
+                        "attention_jvp, silu_jvp)", m->file, be->name);
+    free_jplan(m, u);
+    size_t scratch = 0;
+    for (int i = 0; i < u->nops; i++) {
+        const uop *op = &u->ops[i];
+        size_t s = 0;
+        if (!op->tan0 && !op->tan1) continue;
+        if (op->kind == U_ATTN) s = o->attention_jvp_scratch(be, B, op->h * op->w_, op->heads);
+        if (op->kind == U_LINEAR && op->silu) s = (size_t)B * op->cin;
+        if (s > scratch) scratch = s;
+    }
+    u->tarena = dfx_be_alloc(be, u->arena_per_sample * B * sizeof(float), "U-Net tangents", err);
+    u->jscratch =
+        dfx_be_alloc(be, (scratch ? scratch : 1) * sizeof(float), "U-Net tangent scratch", err);
+    if (u->c.classes > 0)
+        u->duncond = dfx_be_alloc(be, m->dim * B * sizeof(float), "guidance tangent", err);
+    u->jcoef = dfx_alloc((size_t)B * 2, sizeof(double), "guidance weights", err);
+    if (!u->tarena || !u->jscratch || (u->c.classes > 0 && !u->duncond) || !u->jcoef) {
+        free_jplan(m, u);
+        return -1;
+    }
+    u->jplan_B = B;
+    return 0;
+}
+
 /* ---------------------------------------------------------- running */
 
 static float *ptr(unet_impl *u, int id, int B, const float *x, float *out)
@@ -519,6 +595,53 @@ static float *ptr(unet_impl *u, int id, int B, const float *x, float *out)
     if (id == BUF_X) return (float *)x;
     if (id == BUF_OUT) return out;
     return u->arena + u->bufs[id].off * (size_t)B;
+}
+
+/* Op `op` of the list on a batch of B. */
+static void run_op(dfx_model *m, unet_impl *u, const uop *op, const double *t, const float *x,
+                   float *out, int B)
+{
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    float *y = ptr(u, op->out, B, x, out);
+    const float *a = op->in0 != -1 ? ptr(u, op->in0, B, x, out) : NULL;
+    const float *b = op->in1 != -1 ? ptr(u, op->in1, B, x, out) : NULL;
+    int hw = op->h * op->w_;
+    switch (op->kind) {
+    case U_CONV:
+        o->conv2d(be, y, a, op->w, op->b, B, op->cin, op->h, op->w_, op->cout, op->k,
+                  op->stride, op->pad, u->scratch);
+        break;
+    case U_GN:
+        o->group_norm(be, y, a, op->w, op->b, B, op->cin, hw, op->groups, u->c.eps, op->silu);
+        break;
+    case U_LINEAR:
+        o->linear(be, y, a, op->w, op->b, B, op->cin, op->cout, op->silu);
+        break;
+    case U_ADDCH:
+        o->add_channel(be, y, a, B, op->cin, hw);
+        break;
+    case U_ADD:
+        o->add(be, y, a, b, (size_t)B * op->cin);
+        break;
+    case U_CONCAT:
+        o->concat(be, y, a, op->cin, b, op->c1, B, hw);
+        break;
+    case U_UP:
+        o->upsample2x(be, y, a, B, op->cin, op->h, op->w_);
+        break;
+    case U_ATTN:
+        o->attention(be, y, a, B, op->cin, hw, op->heads, u->scratch);
+        break;
+    case U_TEMB:
+        o->time_embed(be, y, t, B, op->cin, u->c.time_scale);
+        break;
+    case U_CLASS:
+        o->embed_add(be, y, op->w, u->labels, B, op->cin);
+        break;
+    default:
+        break;
+    }
 }
 
 static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x, float *out,
@@ -533,45 +656,7 @@ static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x,
             o->sync(be, NULL);
             t0 = dfx_seconds();
         }
-        float *y = ptr(u, op->out, B, x, out);
-        const float *a = op->in0 != -1 ? ptr(u, op->in0, B, x, out) : NULL;
-        const float *b = op->in1 != -1 ? ptr(u, op->in1, B, x, out) : NULL;
-        int hw = op->h * op->w_;
-        switch (op->kind) {
-        case U_CONV:
-            o->conv2d(be, y, a, op->w, op->b, B, op->cin, op->h, op->w_, op->cout, op->k,
-                      op->stride, op->pad, u->scratch);
-            break;
-        case U_GN:
-            o->group_norm(be, y, a, op->w, op->b, B, op->cin, hw, op->groups, u->c.eps, op->silu);
-            break;
-        case U_LINEAR:
-            o->linear(be, y, a, op->w, op->b, B, op->cin, op->cout, op->silu);
-            break;
-        case U_ADDCH:
-            o->add_channel(be, y, a, B, op->cin, hw);
-            break;
-        case U_ADD:
-            o->add(be, y, a, b, (size_t)B * op->cin);
-            break;
-        case U_CONCAT:
-            o->concat(be, y, a, op->cin, b, op->c1, B, hw);
-            break;
-        case U_UP:
-            o->upsample2x(be, y, a, B, op->cin, op->h, op->w_);
-            break;
-        case U_ATTN:
-            o->attention(be, y, a, B, op->cin, hw, op->heads, u->scratch);
-            break;
-        case U_TEMB:
-            o->time_embed(be, y, t, B, op->cin, u->c.time_scale);
-            break;
-        case U_CLASS:
-            o->embed_add(be, y, op->w, u->labels, B, op->cin);
-            break;
-        default:
-            break;
-        }
+        run_op(m, u, op, t, x, out, B);
         if (u->prof) {
             o->sync(be, NULL);
             dfx_profile_entry *e = &u->prof_e[op->kind];
@@ -579,6 +664,114 @@ static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x,
             e->seconds += dfx_seconds() - t0;
             e->flops += op->flops * B;
         }
+    }
+}
+
+/* ---------------------------------------------------------- tangents */
+
+/* Floats per sample of buffer id. */
+static size_t buf_size(const dfx_model *m, const unet_impl *u, int id)
+{
+    return id >= 0 ? u->bufs[id].size : m->dim;
+}
+
+/* The tangent of buffer id: v for x, dout for the output, else its slot in
+ * the tangent arena. */
+static float *tptr(unet_impl *u, int id, int B, const float *v, float *dout)
+{
+    if (id == BUF_X) return (float *)v;
+    if (id == BUF_OUT) return dout;
+    return u->tarena + u->bufs[id].off * (size_t)B;
+}
+
+/* Zeroes a tangent slot (lincomb of no terms, c0 = NULL, writes 0). */
+static void tzero(dfx_model *m, float *p, int B, size_t per)
+{
+    m->be->ops->lincomb(m->be, p, 0, NULL, NULL, NULL, B, per);
+}
+
+/* The tangent of input id of an op that reads it whole (nonzero: has a
+ * tangent there): one with a zero tangent gets its slot zeroed first (free
+ * to write: the slot is the buffer's own while the buffer is alive, and it
+ * is alive at this op). */
+static const float *tin(dfx_model *m, unet_impl *u, int id, int nonzero, int B, const float *v,
+                        float *dout)
+{
+    float *p = tptr(u, id, B, v, dout);
+    if (!nonzero) tzero(m, p, B, buf_size(m, u, id));
+    return p;
+}
+
+/* The tangent of op `op`, after the op has run (its inputs are still
+ * alive: an op's output never shares memory with its inputs except in the
+ * in-place add_channel and class_embed, which add a constant). */
+static void tangent_op(dfx_model *m, unet_impl *u, const uop *op, const float *x,
+                       const float *v, float *out, float *dout, int B)
+{
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    const int d0 = op->tan0, d1 = op->tan1;
+    float *dy = tptr(u, op->out, B, v, dout);
+    if (!d0 && !d1) { /* a constant: only the network's output needs writing */
+        if (op->out == BUF_OUT) tzero(m, dy, B, m->dim);
+        return;
+    }
+    const float *a = op->in0 != -1 ? ptr(u, op->in0, B, x, out) : NULL;
+    int hw = op->h * op->w_;
+    switch (op->kind) {
+    case U_CONV: /* linear in x: the same convolution without the bias */
+        o->conv2d(be, dy, tin(m, u, op->in0, d0, B, v, dout), op->w, NULL, B, op->cin, op->h,
+                  op->w_, op->cout, op->k, op->stride, op->pad, u->scratch);
+        break;
+    case U_GN:
+        o->group_norm_jvp(be, dy, a, tin(m, u, op->in0, d0, B, v, dout), op->w, op->b, B, op->cin,
+                          hw, op->groups, u->c.eps, op->silu);
+        break;
+    case U_LINEAR:
+        if (op->silu) { /* W (SiLU'(x) dx) */
+            o->silu_jvp(be, u->jscratch, a, tin(m, u, op->in0, d0, B, v, dout),
+                        (size_t)B * op->cin);
+            o->linear(be, dy, u->jscratch, op->w, NULL, B, op->cin, op->cout, 0);
+        } else {
+            o->linear(be, dy, tin(m, u, op->in0, d0, B, v, dout), op->w, NULL, B, op->cin, op->cout,
+                      0);
+        }
+        break;
+    case U_ADDCH: /* in place on in1 (= out): its tangent plus the embedding's */
+        if (!d1) tzero(m, dy, B, (size_t)op->cin * hw);
+        if (d0) o->add_channel(be, dy, tptr(u, op->in0, B, v, dout), B, op->cin, hw);
+        break;
+    case U_ADD:
+        o->add(be, dy, tin(m, u, op->in0, d0, B, v, dout), tin(m, u, op->in1, d1, B, v, dout),
+               (size_t)B * op->cin);
+        break;
+    case U_CONCAT:
+        o->concat(be, dy, tin(m, u, op->in0, d0, B, v, dout), op->cin,
+                  tin(m, u, op->in1, d1, B, v, dout), op->c1, B, hw);
+        break;
+    case U_UP:
+        o->upsample2x(be, dy, tin(m, u, op->in0, d0, B, v, dout), B, op->cin, op->h, op->w_);
+        break;
+    case U_ATTN:
+        o->attention_jvp(be, dy, a, tin(m, u, op->in0, d0, B, v, dout), B, op->cin, hw, op->heads,
+                         u->jscratch);
+        break;
+    case U_CLASS: /* in place, adds a constant: the tangent is unchanged */
+    case U_TEMB:  /* no inputs */
+    default:
+        break;
+    }
+}
+
+/* The network and its tangent along v: each op, then its tangent. The
+ * forward ops are predict's, on the same buffers, so out is bit for bit
+ * what forward() gives. Not profiled. */
+static void forward_jvp(dfx_model *m, unet_impl *u, const double *t, const float *x,
+                        const float *v, float *out, float *dout, int B)
+{
+    for (int i = 0; i < u->nops; i++) {
+        run_op(m, u, &u->ops[i], t, x, out, B);
+        tangent_op(m, u, &u->ops[i], x, v, out, dout, B);
     }
 }
 
@@ -634,6 +827,33 @@ static int unet_predict(dfx_model *m, const double *t, const float *x, float *ou
     return 0;
 }
 
+/* Forward-mode derivative along v: the time and class embeddings do not
+ * depend on x (zero tangents); guidance P_u + w (P_c - P_u) is a fixed
+ * combination of two evaluations, so its tangent is the same combination
+ * of theirs. */
+static int unet_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+                    float *dout, int rows, dfx_error *err)
+{
+    unet_impl *u = m->impl;
+    if (plan(m, u, rows, err) || plan_jvp(m, u, rows, err)) return -1;
+    int conditional = u->c.classes > 0 && (u->cls != DFX_CLASS_NONE || u->forced);
+    set_labels(m, u, rows, conditional);
+    forward_jvp(m, u, t, x, v, out, dout, rows);
+    if (conditional && u->guidance != 1.0) {
+        set_labels(m, u, rows, 0);
+        forward_jvp(m, u, t, x, v, u->uncond, u->duncond, rows);
+        double *cf = u->jcoef;
+        for (int r = 0; r < rows; r++) {
+            cf[r] = u->guidance;
+            cf[rows + r] = 1.0 - u->guidance;
+        }
+        const float *xs[2] = {out, u->uncond}, *ts[2] = {dout, u->duncond};
+        m->be->ops->lincomb(m->be, out, 2, xs, cf, NULL, rows, m->dim);
+        m->be->ops->lincomb(m->be, dout, 2, ts, cf, NULL, rows, m->dim);
+    }
+    return 0;
+}
+
 static int unet_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const unet_impl *u = m->impl;
@@ -660,6 +880,8 @@ static void unet_destroy(dfx_model *m)
     unet_impl *u = m->impl;
     if (!u) return;
     free_plan(m, u);
+    free_jplan(m, u);
+    free(u->dep);
     for (int i = 0; i < u->nweights; i++) m->be->ops->free(m->be, u->weights[i]);
     free(u->weights);
     free(u->ops);
@@ -673,8 +895,14 @@ static int unet_reserve(dfx_model *m, int rows, dfx_error *err)
     return plan(m, m->impl, rows, err);
 }
 
-static const dfx_model_vt unet_vt = {unet_predict, unet_reserve, NULL, unet_describe,
-                                     unet_profile, unet_destroy};
+static const dfx_model_vt unet_vt = {
+    .predict = unet_predict,
+    .jvp = unet_jvp,
+    .reserve = unet_reserve,
+    .describe = unet_describe,
+    .profile = unet_profile,
+    .destroy = unet_destroy,
+};
 
 int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
 {
@@ -692,6 +920,7 @@ int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
     builder bd = {m, u, f, err, 0};
     if (build(&bd)) return -1;
     u->arena_per_sample = plan_offsets(u);
+    if (mark_tangents(u, err)) return -1;
     m->info.n_params = u->params;
     m->info.flops = u->flops;
     m->info.num_classes = u->c.classes;

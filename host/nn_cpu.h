@@ -22,8 +22,15 @@ void dfx_cpu_time_embed(dfx_backend *be, float *y, const double *t, int B, int d
                         double scale);
 void dfx_cpu_embed_add(dfx_backend *be, float *y, const float *table, const int *idx, int B,
                        int dim);
+void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const float *dx,
+                            const float *gamma, const float *beta, int B, int C, int HW,
+                            int groups, float eps, int silu);
+void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const float *dqkv,
+                           int B, int C, int HW, int heads, float *scratch);
+void dfx_cpu_silu_jvp(dfx_backend *be, float *dy, const float *x, const float *dx, size_t n);
 size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                             int pad);
 size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads);
+size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads);
 
 #endif

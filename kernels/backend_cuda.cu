@@ -25,8 +25,10 @@
  *    so results do not depend on the batch size, like the CPU backend.
  *
  * Network layers (conv2d, group_norm, linear, attention, ...; see
- * models/UNET.md and their CPU twins in host/nn_cpu.c) follow the same
- * model. Matrix products go to cuBLAS (one handle per backend, bound to the
+ * models/UNET.md and their CPU twins in host/nn_cpu.c) and the tangents of
+ * the nonlinear ones (group_norm_jvp, attention_jvp, silu_jvp: forward-mode
+ * derivatives for the U-Net's jvp) follow the same model. Matrix products
+ * go to cuBLAS (one handle per backend, bound to the
  * backend's stream, created on first use) in strict FP32 by default;
  * set_precision (dfx_backend_set_precision) switches them to TF32 or BF16
  * tensor-core math: inputs rounded to 10 or 7 mantissa bits, products
@@ -769,6 +771,13 @@ static __device__ __forceinline__ float silu_f(float v)
     return v / (1.0f + expf(-v));
 }
 
+/* SiLU'(v) = s (1 + v (1 - s)), s = sigmoid(v), as nn_cpu.c's dsilu. */
+static __device__ __forceinline__ float dsilu_f(float v)
+{
+    const float s = 1.0f / (1.0f + expf(-v));
+    return s * (1.0f + v * (1.0f - s));
+}
+
 /* Grid for a grid-strided loop over n elements, one per thread. */
 static unsigned elem_blocks(size_t n)
 {
@@ -1019,6 +1028,79 @@ static void cu_group_norm(dfx_backend *be, float *y, const float *x, const float
         nn_failed(cu, &e, y, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
 }
 
+/* One block per (sample, group), like k_group_norm: the same statistics,
+ * then mean(dx) and mean(xh dx) (block sums in double), then
+ * dy = gamma inv (dx - mean(dx) - xh mean(xh dx)) per value, times SiLU' at
+ * the forward's v (recomputed with the forward's roundings) if act. */
+static __global__ void k_group_norm_jvp(float *dy, const float *x, const float *dx,
+                                        const float *gamma, const float *beta, int B, int C,
+                                        int HW, int groups, float eps, int act)
+{
+    __shared__ double sh[DFX_CUDA_BLOCK / 32];
+    const int cg = C / groups;
+    const size_t n = (size_t)cg * HW;
+    const size_t BG = (size_t)B * groups;
+    for (size_t bg = blockIdx.x; bg < BG; bg += gridDim.x) {
+        const size_t b = bg / groups, g = bg % groups;
+        const size_t off = (b * C + g * cg) * HW;
+        const float *xs = x + off, *ds = dx + off;
+        float *ys = dy + off;
+        double s = 0.0;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += xs[i];
+        const double mean = block_sum(s, sh) / (double)n;
+        double s2 = 0.0;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const double d = xs[i] - mean;
+            s2 += d * d;
+        }
+        s2 = block_sum(s2, sh);
+        const double inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
+        double sd = 0.0, sxd = 0.0;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            sd += ds[i];
+            sxd += (xs[i] - mean) * (double)ds[i];
+        }
+        const double dmean = block_sum(sd, sh) / (double)n;
+        const double cxd = block_sum(sxd, sh) * inv / (double)n;
+        const double mi = __dmul_rn(mean, inv);
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const size_t ch = g * cg + i / (size_t)HW;
+            const double gm = (double)gamma[ch];
+            const double xh = (xs[i] - mean) * inv;
+            double dv = gm * inv * ((double)ds[i] - dmean - xh * cxd);
+            if (act) {
+                const float sc = (float)__dmul_rn(inv, gm);
+                const float sf = (float)__dsub_rn((double)beta[ch], __dmul_rn(mi, gm));
+                dv *= dsilu_f(__fadd_rn(__fmul_rn(xs[i], sc), sf));
+            }
+            ys[i] = (float)dv;
+        }
+    }
+}
+
+/* CPU twin: dfx_cpu_group_norm_jvp. */
+static void cu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const float *dx,
+                              const float *gamma, const float *beta, int B, int C, int HW,
+                              int groups, float eps, int silu)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0) return;
+    dfx_error e;
+    if (groups < 1 || C < 1 || C % groups) {
+        dfx_fail(&e, "cuda group_norm_jvp: %d groups do not divide %d channels", groups, C);
+        nn_failed(cu, &e, dy, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
+        return;
+    }
+    if (HW < 1) return;
+    k_group_norm_jvp<<<blocks_for((size_t)B * groups, 1), DFX_CUDA_BLOCK, 0, cu->stream>>>(
+        dy, x, dx, gamma, beta, B, C, HW, groups, eps, silu);
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        cu_fail(&e, "group_norm_jvp", "k_group_norm_jvp<<<>>>", ce, __LINE__);
+        nn_failed(cu, &e, dy, (size_t)B * C * HW);
+    }
+}
+
 /* --------------------------------------------------------------- linear */
 
 /* One warp per output y[r, o] = b[o] + sum_i W[o, i] act(x[r, i]), summed in
@@ -1057,6 +1139,29 @@ static void cu_linear(dfx_backend *be, float *y, const float *x, const float *w,
         dfx_error e;
         cu_fail(&e, "linear", "k_linear<<<>>>", ce, __LINE__);
         nn_failed(cu, &e, y, (size_t)B * out);
+    }
+}
+
+/* dy = SiLU'(x) dx; each element read and written by one thread (dy may
+ * alias dx). */
+static __global__ void k_silu_jvp(float *dy, const float *x, const float *dx, size_t n)
+{
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (size_t)gridDim.x * blockDim.x)
+        dy[p] = dsilu_f(x[p]) * dx[p];
+}
+
+/* CPU twin: dfx_cpu_silu_jvp. */
+static void cu_silu_jvp(dfx_backend *be, float *dy, const float *x, const float *dx, size_t n)
+{
+    cu_impl *cu = impl_of(be);
+    if (n == 0) return;
+    k_silu_jvp<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(dy, x, dx, n);
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, "silu_jvp", "k_silu_jvp<<<>>>", ce, __LINE__);
+        nn_failed(cu, &e, dy, n);
     }
 }
 
@@ -1246,6 +1351,108 @@ static void cu_attention(dfx_backend *be, float *o, const float *qkv, int B, int
         nn_failed(cu, &e, o, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
 }
 
+/* CPU twin: dfx_cpu_attention_jvp_scratch. P and dP of one head per sample
+ * of a chunk: the chunk's P matrices, then its dP matrices. */
+static size_t cu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads)
+{
+    (void)be;
+    (void)heads;
+    if (HW <= 0) return 0;
+    const size_t per = 2 * (size_t)HW * HW;
+    return (size_t)chunk_of(per, B) * per;
+}
+
+/* D [rows, n] <- P (D - rowsum(P D)) in place, one warp per row, the row
+ * sum in double (the softmax's Jacobian applied to each row of dS). */
+static __global__ void k_softmax_jvp_rows(const float *P, float *D, size_t rows, int n)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    for (size_t r = warp; r < rows; r += nwarps) { /* warp-uniform loop */
+        const float *p = P + r * (size_t)n;
+        float *d = D + r * (size_t)n;
+        double dot = 0.0;
+        for (int j = lane; j < n; j += 32) dot += (double)p[j] * (double)d[j];
+        dot = warp_sum_all(dot);
+        for (int j = lane; j < n; j += 32) /* this lane's own elements */
+            d[j] = (float)((double)p[j] * ((double)d[j] - dot));
+    }
+}
+
+/* The tangent of attention_queue's computation, per head and chunk of
+ * samples, with the same column-major reading of the row-major matrices:
+ *   P = softmax(scale q^T k) exactly as attention_queue computes S;
+ *   D = scale dq^T k + scale q^T dk: two gemm(N, T) into D (the second
+ *     with beta = 1), as S is formed;
+ *   D <- P (D - rowsum(P D)) (k_softmax_jvp_rows);
+ *   dout = dv P^T + v D^T: two gemm(T, N), as o is formed. */
+static int attention_jvp_queue(cu_impl *cu, float *dout, const float *qkv, const float *dqkv,
+                               int B, int C, int HW, int heads, float *scratch, dfx_error *err)
+{
+    const char *op = "attention_jvp";
+    if (heads < 1 || C < 1 || C % heads)
+        return dfx_fail(err, "cuda attention_jvp: %d heads do not divide %d channels", heads, C);
+    if (HW < 1) return 0;
+    if (!fits_int(HW)) return dfx_fail(err, "cuda attention_jvp: %d positions", HW);
+    if (!scratch)
+        return dfx_fail(err,
+                        "cuda attention_jvp: no scratch (attention_jvp_scratch asks for %zu "
+                        "floats)",
+                        cu_attention_jvp_scratch(NULL, B, HW, heads));
+    cublasHandle_t h;
+    if (blas_handle(cu, &h, op, err)) return -1;
+    const int d = C / heads;
+    const float scale = 1.0f / sqrtf((float)d), one = 1.0f, zero = 0.0f;
+    const long long sQKV = 3LL * C * HW, sS = (long long)HW * HW, sO = (long long)C * HW;
+    const int nb = chunk_of(2 * (size_t)HW * HW, B);
+    float *P = scratch, *D = scratch + (size_t)nb * HW * HW;
+    for (int b0 = 0; b0 < B; b0 += nb) {
+        const int n = B - b0 < nb ? B - b0 : nb;
+        for (int hd = 0; hd < heads; hd++) {
+            const size_t o0 = (size_t)b0 * 3 * C * HW + (size_t)hd * d * HW;
+            const float *q = qkv + o0, *k = q + (size_t)C * HW, *v = q + 2 * (size_t)C * HW;
+            const float *dq = dqkv + o0, *dk = dq + (size_t)C * HW,
+                        *dv = dq + 2 * (size_t)C * HW;
+            float *o = dout + ((size_t)b0 * C + (size_t)hd * d) * HW;
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, d, &scale, k, HW, sQKV, q, HW,
+                           sQKV, &zero, P, HW, sS, n));
+            const size_t rows = (size_t)n * HW;
+            k_softmax_rows<<<blocks_for(rows, DFX_CUDA_BLOCK / 32), DFX_CUDA_BLOCK, 0,
+                             cu->stream>>>(P, rows, HW);
+            CU_TRY(op, err, cudaGetLastError());
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, d, &scale, k, HW, sQKV, dq,
+                           HW, sQKV, &zero, D, HW, sS, n));
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, d, &scale, dk, HW, sQKV, q,
+                           HW, sQKV, &one, D, HW, sS, n));
+            k_softmax_jvp_rows<<<blocks_for(rows, DFX_CUDA_BLOCK / 32), DFX_CUDA_BLOCK, 0,
+                                 cu->stream>>>(P, D, rows, HW);
+            CU_TRY(op, err, cudaGetLastError());
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_T, CUBLAS_OP_N, HW, d, HW, &one, P, HW, sS, dv, HW,
+                           sQKV, &zero, o, HW, sO, n));
+            CB_TRY(op, err,
+                   gemm_sb(cu, h, CUBLAS_OP_T, CUBLAS_OP_N, HW, d, HW, &one, D, HW, sS, v, HW,
+                           sQKV, &one, o, HW, sO, n));
+        }
+    }
+    return 0;
+}
+
+/* CPU twin: dfx_cpu_attention_jvp. */
+static void cu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const float *dqkv,
+                             int B, int C, int HW, int heads, float *scratch)
+{
+    cu_impl *cu = impl_of(be);
+    if (B <= 0) return;
+    dfx_error e;
+    if (attention_jvp_queue(cu, dout, qkv, dqkv, B, C, HW, heads, scratch, &e))
+        nn_failed(cu, &e, dout, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
+}
+
 /* ------------------------------------------------ time_embed, embed_add */
 
 /* ln(10000), correctly rounded: what glibc's log(10000.0) (or gcc's constant
@@ -1382,8 +1589,12 @@ static void cu_fill_ops(dfx_backend_ops *o)
     o->attention = cu_attention;
     o->time_embed = cu_time_embed;
     o->embed_add = cu_embed_add;
+    o->group_norm_jvp = cu_group_norm_jvp;
+    o->attention_jvp = cu_attention_jvp;
+    o->silu_jvp = cu_silu_jvp;
     o->conv_scratch = cu_conv_scratch;
     o->attention_scratch = cu_attention_scratch;
+    o->attention_jvp_scratch = cu_attention_jvp_scratch;
     o->set_precision = cu_set_precision;
     o->peak_gflops = cu_peak_gflops;
     o->destroy = cu_destroy;

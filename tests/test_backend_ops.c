@@ -6,7 +6,9 @@
  * are compared by the normalised error ||gpu - cpu|| / ||cpu||. The
  * network layers are also checked for batch invariance on the GPU (a
  * sample alone against the same sample in a batch), and whole U-Nets
- * (tests/fixtures) are evaluated on both backends.
+ * (tests/fixtures) are evaluated on both backends, with their exact
+ * Jacobian-vector products (the tangent ops group_norm_jvp, attention_jvp,
+ * silu_jvp are compared on their own too).
  *
  * Exit status: 0 all passed, 1 a comparison failed, 77 skipped (no CUDA in
  * this build, or no device).
@@ -897,6 +899,148 @@ static void test_embed(int B, int dim, double scale)
     free(got);
 }
 
+/* ------------------------------------------------------------- tangents */
+
+/* Tangents (group_norm_jvp, attention_jvp, silu_jvp): group_norm_jvp and
+ * silu_jvp work in double / elementwise, so they agree to float rounding
+ * like the forward ops. attention_jvp goes through the forward's products
+ * (P) and then its own, with the difference dS - rowsum(P dS) cancelling
+ * in between: allow ten times the forward's tolerance. A sample alone on
+ * the GPU may take other cuBLAS kernels, likewise. */
+#define JVP_TOL (10 * NN_TOL)
+#define JVP_BATCH_TOL (10 * BATCH_TOL)
+
+static void gn_jvp_run(dfx_backend *be, int B, int C, int HW, int groups, int silu,
+                       const float *x, const float *dx, const float *g, const float *bt,
+                       float *out)
+{
+    const size_t n = (size_t)B * C * HW;
+    float *d_x = up_f(be, x, n), *d_dx = up_f(be, dx, n), *dg = up_f(be, g, (size_t)C),
+          *db = up_f(be, bt, (size_t)C);
+    float *dy = junk_f(be, n);
+    be->ops->group_norm_jvp(be, dy, d_x, d_dx, dg, db, B, C, HW, groups, 1e-5f, silu);
+    down_f(be, out, dy, n);
+    free_d(be, d_x);
+    free_d(be, d_dx);
+    free_d(be, dg);
+    free_d(be, db);
+    free_d(be, dy);
+}
+
+static void test_group_norm_jvp(int B, int C, int HW, int groups, int silu, float offset)
+{
+    const size_t n = (size_t)B * C * HW, per = (size_t)C * HW;
+    float *x = xmalloc(n * sizeof(float)), *dx = xmalloc(n * sizeof(float)),
+          *g = xmalloc((size_t)C * sizeof(float)), *bt = xmalloc((size_t)C * sizeof(float));
+    fill_normal(x, n, 2.0f);
+    for (size_t i = 0; i < n; i++) x[i] += offset;
+    fill_normal(dx, n, 1.0f);
+    fill_normal(g, (size_t)C, 0.25f);
+    for (int i = 0; i < C; i++) g[i] += 1.0f;
+    fill_normal(bt, (size_t)C, 0.2f);
+    float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    gn_jvp_run(cpu, B, C, HW, groups, silu, x, dx, g, bt, ref);
+    gn_jvp_run(gpu, B, C, HW, groups, silu, x, dx, g, bt, got);
+    char name[160];
+    snprintf(name, sizeof name, "group_norm_jvp B=%d C=%d HW=%d groups=%d%s offset=%g", B, C,
+             HW, groups, silu ? " silu" : "", offset);
+    compare(name, got, ref, n, NN_TOL, NULL);
+    if (B > 1) {
+        float *one = xmalloc(per * sizeof(float));
+        gn_jvp_run(gpu, 1, C, HW, groups, silu, x + (B - 1) * per, dx + (B - 1) * per, g, bt,
+                   one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (B - 1) * per, per, 0.0,
+                NULL);
+        free(one);
+    }
+    free(x);
+    free(dx);
+    free(g);
+    free(bt);
+    free(ref);
+    free(got);
+}
+
+/* silu_jvp out of place, then in place (dy = dx). */
+static void silu_jvp_run(dfx_backend *be, const float *x, const float *dx, size_t n, float *out)
+{
+    float *d_x = up_f(be, x, n), *d_dx = up_f(be, dx, n), *dy = junk_f(be, n);
+    be->ops->silu_jvp(be, dy, d_x, d_dx, n);
+    be->ops->silu_jvp(be, d_dx, d_x, d_dx, n);
+    down_f(be, out, dy, n);
+    down_f(be, out + n, d_dx, n);
+    free_d(be, d_x);
+    free_d(be, d_dx);
+    free_d(be, dy);
+}
+
+static void test_silu_jvp(size_t n)
+{
+    float *x = xmalloc(n * sizeof(float)), *dx = xmalloc(n * sizeof(float));
+    fill_normal(x, n, 4.0f);
+    fill_normal(dx, n, 1.0f);
+    if (n >= 4) { /* the far ends, where SiLU' is 0 and 1 */
+        x[0] = -1e4f;
+        x[1] = -100.0f;
+        x[2] = 100.0f;
+        x[3] = 1e4f;
+    }
+    float *ref = xmalloc(2 * n * sizeof(float)), *got = xmalloc(2 * n * sizeof(float));
+    silu_jvp_run(cpu, x, dx, n, ref);
+    silu_jvp_run(gpu, x, dx, n, got);
+    char name[160];
+    snprintf(name, sizeof name, "silu_jvp n=%zu (then in place)", n);
+    compare(name, got, ref, 2 * n, 1e-6, NULL);
+    free(x);
+    free(dx);
+    free(ref);
+    free(got);
+}
+
+static void attention_jvp_run(dfx_backend *be, int B, int C, int HW, int heads,
+                              const float *qkv, const float *dqkv, float *out)
+{
+    const size_t n = (size_t)B * C * HW;
+    float *dq = up_f(be, qkv, 3 * n), *ddq = up_f(be, dqkv, 3 * n), *dy = junk_f(be, n);
+    size_t ns = be->ops->attention_jvp_scratch(be, B, HW, heads);
+    float *ds = ns ? dev_alloc(be, ns * sizeof(float)) : NULL;
+    be->ops->attention_jvp(be, dy, dq, ddq, B, C, HW, heads, ds);
+    down_f(be, out, dy, n);
+    free_d(be, dq);
+    free_d(be, ddq);
+    free_d(be, dy);
+    free_d(be, ds);
+}
+
+static void test_attention_jvp(int B, int C, int HW, int heads, float scale)
+{
+    const size_t n = (size_t)B * C * HW, per = (size_t)C * HW;
+    float *qkv = xmalloc(3 * n * sizeof(float)), *dqkv = xmalloc(3 * n * sizeof(float));
+    fill_normal(qkv, 3 * n, scale);
+    fill_normal(dqkv, 3 * n, 1.0f);
+    float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    attention_jvp_run(cpu, B, C, HW, heads, qkv, dqkv, ref);
+    attention_jvp_run(gpu, B, C, HW, heads, qkv, dqkv, got);
+    char name[160], extra[64];
+    snprintf(name, sizeof name, "attention_jvp B=%d C=%d HW=%d heads=%d (qkv x%g)", B, C, HW,
+             heads, scale);
+    snprintf(extra, sizeof extra, "scratch %.1f MiB",
+             (double)gpu->ops->attention_jvp_scratch(gpu, B, HW, heads) * 4.0 / 1048576.0);
+    compare(name, got, ref, n, JVP_TOL, extra);
+    if (B > 1) {
+        float *one = xmalloc(per * sizeof(float));
+        attention_jvp_run(gpu, 1, C, HW, heads, qkv + (size_t)(B - 1) * 3 * per,
+                          dqkv + (size_t)(B - 1) * 3 * per, one);
+        compare("  last sample alone vs in the batch (cuda)", one, got + (B - 1) * per, per,
+                JVP_BATCH_TOL, NULL);
+        free(one);
+    }
+    free(qkv);
+    free(dqkv);
+    free(ref);
+    free(got);
+}
+
 /* ------------------------------------------------------------ precision */
 
 /* Documented tolerances of the reduced precisions (normalised error against
@@ -1048,6 +1192,109 @@ static void test_unet(const char *name, int B2)
     free(x);
     free(ref);
     free(got);
+    dfx_st_close(&f);
+    dfx_model_free(mc);
+    dfx_model_free(mg);
+}
+#endif
+
+#ifdef DFX_TEST_DATA
+/* The U-Net's exact jvp (model_unet.c) on both backends, on the inputs and
+ * direction of tests/fixtures/NAME.jvp.safetensors (conditional models:
+ * per-row labels, then guidance 2 with class 1): out and the tangent are
+ * compared, and on the GPU jvp's out must be its predict's, bit for bit. */
+static void unet_jvp_run(dfx_model *m, const double *t, const float *x, const float *v, int B,
+                         float *out, float *jv, float *pred)
+{
+    dfx_backend *be = m->be;
+    const size_t n = (size_t)B * m->dim;
+    float *dx = up_f(be, x, n), *dv = up_f(be, v, n), *dout = junk_f(be, n),
+          *djv = junk_f(be, n), *dp = junk_f(be, n);
+    if (dfx_model_reserve(m, B, &err)) die("dfx_model_reserve", be);
+    if (m->vt->jvp(m, t, dx, dv, dout, djv, B, &err)) die("jvp", be);
+    if (m->vt->predict(m, t, dx, dp, B, &err)) die("predict", be);
+    down_f(be, out, dout, n);
+    down_f(be, jv, djv, n);
+    down_f(be, pred, dp, n);
+    free_d(be, dx);
+    free_d(be, dv);
+    free_d(be, dout);
+    free_d(be, djv);
+    free_d(be, dp);
+}
+
+static void test_unet_jvp(const char *name)
+{
+    char mpath[600], jpath[600], title[160];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
+    snprintf(jpath, sizeof jpath, "%s/fixtures/%s.jvp.safetensors", DFX_TEST_DATA, name);
+    dfx_model *mc = dfx_model_load(mpath, cpu, &err);
+    if (!mc) die("dfx_model_load", cpu);
+    dfx_model *mg = dfx_model_load(mpath, gpu, &err);
+    if (!mg) die("dfx_model_load", gpu);
+    if (!mc->vt->jvp || !mg->vt->jvp) {
+        snprintf(title, sizeof title, "U-Net %s has a jvp", name);
+        row(title, 1.0, 0.0, "");
+        dfx_model_free(mc);
+        dfx_model_free(mg);
+        return;
+    }
+    const size_t dim = mc->dim;
+    const int K = mc->info.num_classes;
+    dfx_st_file f;
+    if (dfx_st_open(&f, jpath, &err)) die("dfx_st_open", cpu);
+    size_t nx = 0, nt = 0, ny = 0, nv = 0;
+    float *fx = st_tensor(&f, "x", &nx), *ft = st_tensor(&f, "t", &nt),
+          *fy = st_tensor(&f, "y", &ny), *fv = st_tensor(&f, "v", &nv);
+    if (!fx || !ft || !fy || !fv || nx != nt * dim || nv != nx || ny != nt)
+        die("fixture tensors", cpu);
+    const int B = (int)nt;
+    const size_t n = (size_t)B * dim;
+    double *t = xmalloc((size_t)B * sizeof(double));
+    int *labels = xmalloc((size_t)B * sizeof(int));
+    for (int r = 0; r < B; r++) {
+        t[r] = ft[r];
+        labels[r] = (int)fy[r];
+    }
+    float *ro = xmalloc(n * sizeof(float)), *rj = xmalloc(n * sizeof(float)),
+          *rp = xmalloc(n * sizeof(float)), *go = xmalloc(n * sizeof(float)),
+          *gj = xmalloc(n * sizeof(float)), *gp = xmalloc(n * sizeof(float));
+    for (int guided = 0; guided <= (K > 0); guided++) {
+        const char *tag = guided ? ", guidance 2" : "";
+        if (guided) {
+            dfx_unet_force_labels(mc, NULL);
+            dfx_unet_force_labels(mg, NULL);
+            if (dfx_model_set_class(mc, 1, 2.0, &err)) die("set_class", cpu);
+            if (dfx_model_set_class(mg, 1, 2.0, &err)) die("set_class", gpu);
+        } else if (K > 0) {
+            dfx_unet_force_labels(mc, labels);
+            dfx_unet_force_labels(mg, labels);
+        }
+        unet_jvp_run(mc, t, fx, fv, B, ro, rj, rp);
+        unet_jvp_run(mg, t, fx, fv, B, go, gj, gp);
+        /* guided: 2 P_c - P_u, twice one evaluation's error plus another's */
+        const double k = guided ? 3.0 : 1.0;
+        snprintf(title, sizeof title, "U-Net %s jvp%s: out", name, tag);
+        compare(title, go, ro, n, k * NN_TOL, NULL);
+        snprintf(title, sizeof title, "U-Net %s jvp%s: tangent", name, tag);
+        compare(title, gj, rj, n, k * JVP_TOL, NULL);
+        snprintf(title, sizeof title, "  jvp's out is predict's (cuda)%s", tag);
+        compare(title, go, gp, n, 0.0, NULL);
+    }
+    dfx_unet_force_labels(mc, NULL);
+    dfx_unet_force_labels(mg, NULL);
+    free(fx);
+    free(ft);
+    free(fy);
+    free(fv);
+    free(t);
+    free(labels);
+    free(ro);
+    free(rj);
+    free(rp);
+    free(go);
+    free(gj);
+    free(gp);
     dfx_st_close(&f);
     dfx_model_free(mc);
     dfx_model_free(mg);
@@ -1263,11 +1510,28 @@ int main(void)
     test_embed(7, 128, 1000.0);
     test_embed(3, 33, 1.0);
 
+    test_group_norm_jvp(3, 32, 784, 8, 1, 0.0f);
+    test_group_norm_jvp(3, 64, 49, 8, 0, 0.0f);
+    test_group_norm_jvp(3, 32, 784, 32, 1, 100.0f); /* one channel per group, large mean */
+    test_group_norm_jvp(5, 256, 49, 1, 0, 3.0f);    /* one group of 12544 values */
+    test_group_norm_jvp(2, 6, 5, 3, 1, 0.0f);
+    test_silu_jvp(100003);
+    test_silu_jvp(5);
+    test_attention_jvp(3, 32, 196, 1, 2.0f);
+    test_attention_jvp(3, 32, 196, 4, 2.0f);
+    test_attention_jvp(3, 64, 49, 4, 2.0f);
+    test_attention_jvp(2, 16, 144, 2, 1.0f);
+    test_attention_jvp(2, 8, 1, 2, 1.0f);
+    test_attention_jvp(110, 8, 784, 2, 1.0f); /* scratch in chunks of samples */
+
     test_precision();
 
 #ifdef DFX_TEST_DATA
     test_unet("unet_tiny", 9);
     test_unet("unet_cond", 9);
+    test_unet_jvp("unet_tiny");
+    test_unet_jvp("unet_cond");
+    test_unet_jvp("unet_rgb");
     /* sampling amplifies rounding a little over the steps */
     sample_parity("../models/mnist-gmm.safetensors", "heun", 20, 16, 1e-4);
     sample_parity("../models/mnist-gmm.safetensors", "em", 100, 16, 1e-4);

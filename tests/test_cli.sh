@@ -127,6 +127,24 @@ grep -q '"images_per_s"' "$TMP/b.json" && grep -q '"profile"' "$TMP/b.json" || {
 expect 2 "--batch expects sizes like 1,8,64" -- "$DFX" bench --batch 1,x
 expect 2 "need --steps >= 1" -- "$DFX" bench --repeat 0
 
+# conservativity: errors, then a small run on the exact mixture (no timing,
+# the numbers themselves are checked by test_conservativity)
+expect 2 "unknown --field 'banana'" -- "$DFX" conservativity --field banana
+expect 2 "unknown --method 'guess'" -- "$DFX" conservativity --method guess
+expect 2 "--radii expects up to 8 numbers" -- "$DFX" conservativity --radii 0.1,x
+expect 2 "--radii must be positive" -- "$DFX" conservativity --radii 0.1,-1
+expect 2 "every metric is switched off" -- "$DFX" conservativity --probes 0 --patch 0 --loop-nodes 0
+expect 2 "--t: 2 is outside" -- "$DFX" conservativity --model "$MODEL" --t 0.5,2 --quiet
+expect 1 "no-such.safetensors" -- "$DFX" conservativity --model "$TMP/no-such.safetensors"
+expect 1 "--data .*fewer than --points" -- "$DFX" conservativity --model "$MODEL" --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --points 20000 --quiet
+expect 0 "asymmetry \+- se" -- "$DFX" conservativity --model "$MODEL" --baseline "$MODEL" --points 1 --t 0.5 --probes 2 --patch 2 --loop-nodes 8 --radii 0.1 --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --csv "$TMP/c.csv" --json "$TMP/c.json" --quiet
+[ "$(wc -l <"$TMP/c.csv")" -eq 3 ] && grep -q '"asymmetry"' "$TMP/c.json" || { echo "FAIL: conservativity CSV/JSON"; fails=$((fails + 1)); }
+if "$DFX" conservativity --help >/dev/null && "$DFX" conservativity --model "$MODEL" --points 1 --t 0.5 --probes 2 --patch 0 --loop-nodes 0 --plot "$TMP/c.png" --quiet >/dev/null 2>"$TMP/plot.err"; then
+    [ "$(head -c 4 "$TMP/c.png" | od -An -c | tr -d ' ')" = "211PNG" ] || { echo "FAIL: the plot is not a PNG"; fails=$((fails + 1)); }
+else
+    grep -q "no plotting" "$TMP/plot.err" || { echo "FAIL: --plot: $(cat "$TMP/plot.err")"; fails=$((fails + 1)); }
+fi
+
 if [ $fails -ne 0 ]; then
     echo "test_cli: $fails check(s) failed"
     exit 1

@@ -7,6 +7,7 @@ int cmd_info(int argc, char **argv);
 int cmd_samplers(int argc, char **argv);
 int cmd_make_gmm(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_conservativity(int argc, char **argv);
 
 /* The shipped default model: $DIFFLUX_MODEL, else models/mnist-gmm.safetensors
  * under the current directory, else the one in the source tree. */

@@ -194,13 +194,10 @@ int cmd_bench(int argc, char **argv)
         prof = NULL;
         char *text = cJSON_Print(r);
         cJSON_Delete(r);
-        FILE *f = text ? fopen(json, "w") : NULL;
-        if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
-            snprintf(err.msg, sizeof err.msg, "cannot write '%s'", json);
-            free(text);
-            goto done;
-        }
+        int wrc = text ? dfx_write_text(json, text, &err) : -1;
+        if (!text) snprintf(err.msg, sizeof err.msg, "%s: out of memory", json);
         free(text);
+        if (wrc) goto done;
     }
     cJSON_Delete(prof);
     rc = CLI_OK;

@@ -40,7 +40,8 @@ static void usage(FILE *f)
             "  info        describe a model file\n"
             "  samplers    list the samplers\n"
             "  make-gmm    build an exact Gaussian-mixture model from IDX images\n"
-            "  bench       measure sampling throughput\n\n"
+            "  bench       measure sampling throughput\n"
+            "  conservativity  measure whether the field is a gradient\n\n"
             "`difflux COMMAND --help` describes each command's options.\n"
             "`difflux sample` alone samples the shipped demo model into grid.png.\n");
 }
@@ -57,6 +58,7 @@ int main(int argc, char **argv)
     if (strcmp(c, "samplers") == 0) return cmd_samplers(argc - 2, argv + 2);
     if (strcmp(c, "make-gmm") == 0) return cmd_make_gmm(argc - 2, argv + 2);
     if (strcmp(c, "bench") == 0) return cmd_bench(argc - 2, argv + 2);
+    if (strcmp(c, "conservativity") == 0) return cmd_conservativity(argc - 2, argv + 2);
     if (strcmp(c, "--help") == 0 || strcmp(c, "-h") == 0 || strcmp(c, "help") == 0) {
         usage(stdout);
         return CLI_OK;

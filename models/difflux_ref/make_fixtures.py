@@ -9,7 +9,18 @@ For each case NAME it writes
                          the network output evaluated in float64 from the
                          weights as stored in NAME.safetensors (after F16/BF16
                          rounding), then rounded to float32.
+and, for the cases of JVP_CASES,
+    NAME.jvp.safetensors F32 tensors x, t, y (those of NAME.io.safetensors), a
+                         direction v [B,C,H,W] and the output `out` and its
+                         Jacobian-vector product `jvp` = d/de net(x + e v, t, y)
+                         at e = 0, both in float64 (torch.func.jvp of the
+                         UNet module, checked against double-backward
+                         autograd of selftest.reference_forward), rounded to
+                         float32; conditional cases add the same for
+                         classifier-free guidance (`out_guided`, `jvp_guided`).
 and then runs the self-check (selftest.py) on everything it wrote.
+`--jvp-only` writes just the .jvp files, from the model and io files already
+in the folder (so those are left exactly as they are).
 Output is deterministic: fixed seeds, explicit torch.Generator draws in a
 fixed order, one CPU thread.
 """
@@ -22,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from . import selftest
-from .modelfile import load_model, save_model, save_tensors
+from .selftest import func_jvp
+from .modelfile import load_model, load_tensors, save_model, save_tensors
 from .unet import UNet, config_json
 
 B = 3
@@ -53,6 +65,13 @@ CASES = {
     "unet_bf16": (5, (1, 8, 8), TINY, "linear", "velocity", "BF16",
                   "unet_tiny's architecture, other weights, stored as BF16"),
 }
+
+# Cases that also get NAME.jvp.safetensors: attention at several heads
+# (unet_tiny, unet_cond: 2 heads), a conditional model, 3 channels.
+JVP_CASES = ("unet_tiny", "unet_cond", "unet_rgb")
+# Conditional cases: the guided prediction P_u + w (P_c - P_u) with every
+# row given class JVP_CLASS (what dfx_model_set_class(m, 1, 2.0) asks for).
+JVP_GUIDANCE, JVP_CLASS = 2.0, 1
 
 # Random weights with O(1) activations where every parameter matters:
 # weights N(0, gain^2 / fan_in), biases N(0, 0.2^2), GroupNorm gamma
@@ -111,10 +130,66 @@ def make_case(folder: str, name: str) -> None:
                                  "float64 from the stored weights, rounded to float32"})
 
 
+def make_jvp_case(folder: str, name: str) -> None:
+    """NAME.jvp.safetensors from NAME.safetensors and NAME.io.safetensors."""
+    seed = CASES[name][0]
+    mpath = os.path.join(folder, name + ".safetensors")
+    tensors, cfg = load_model(mpath)
+    io, _ = load_tensors(os.path.join(folder, name + ".io.safetensors"))
+    x, t, yf = io["x"], io["t"], io["y"]
+    K = cfg["unet"]["num_classes"]
+    y = yf.round().long() if K > 0 else None
+    # the direction: its own generator, so the other files do not move
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1000 + seed))
+    net64 = UNet.from_config(cfg).double()
+    net64.load_state_dict({k: w.double() for k, w in tensors.items()}, strict=True)
+    x64, t64, v64 = x.double(), t.double(), v.double()
+
+    def check(f, f_ref, what):
+        """Forward-mode jvp of f, and the same by double-backward autograd of
+        f_ref (an independent implementation and method): they must agree."""
+        out, jv = func_jvp(f, (x64,), (v64,))
+        out2, jv2 = torch.autograd.functional.jvp(f_ref, x64, v64)
+        e_out = float((out - out2).abs().max())
+        e_jv = float((jv - jv2).abs().max()) / max(float(jv.abs().max()), 1.0)
+        if e_out > 1e-10 or e_jv > 1e-10:
+            raise RuntimeError(f"{name} {what}: torch.func.jvp and autograd disagree "
+                               f"(out {e_out:.3g}, jvp {e_jv:.3g})")
+        return out.detach(), jv.detach()
+
+    P = {k: w.double() for k, w in tensors.items()}
+    out, jv = check(lambda z: net64(z, t64, y),
+                    lambda z: selftest.reference_forward(P, cfg, z, t64, y), "jvp")
+    if not torch.equal(out.float(), io["out"]):
+        raise RuntimeError(f"{name}: out differs from {name}.io.safetensors")
+    res = {"x": x, "t": t, "y": yf, "v": v, "out": out.float(), "jvp": jv.float()}
+    meta = {"model": name + ".safetensors",
+            "description": f"{name}: out = network(x, t, y) and jvp = d/de network(x + e v, t, y) "
+                           "at e = 0, float64 (torch.func.jvp), rounded to float32"}
+    if K > 0:
+        B = x.shape[0]
+        yc = torch.full((B,), JVP_CLASS, dtype=torch.long)
+        yu = torch.full((B,), K, dtype=torch.long)
+        w = JVP_GUIDANCE
+
+        def guided(f):
+            return lambda z: f(z, yu) + w * (f(z, yc) - f(z, yu))
+        og, jg = check(guided(lambda z, yy: net64(z, t64, yy)),
+                       guided(lambda z, yy: selftest.reference_forward(P, cfg, z, t64, yy)),
+                       "guided jvp")
+        res.update(out_guided=og.float(), jvp_guided=jg.float())
+        meta.update(guidance=repr(w), guided_class=str(JVP_CLASS),
+                    guided=f"out_guided = P_u + {w} (P_c - P_u), P_c with class {JVP_CLASS} "
+                           f"for every row, P_u with label {K} (no class); jvp_guided its jvp")
+    save_tensors(os.path.join(folder, name + ".jvp.safetensors"), res, meta)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write the U-Net test fixtures.")
     ap.add_argument("--out", default="tests/fixtures", help="output folder")
     ap.add_argument("--no-check", action="store_true", help="skip the self-check")
+    ap.add_argument("--jvp-only", action="store_true",
+                    help="write only NAME.jvp.safetensors, from the files already there")
     ap.add_argument("cases", nargs="*", help=f"cases (default: all of {' '.join(CASES)})")
     a = ap.parse_args(argv)
     for c in a.cases:
@@ -124,8 +199,14 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     names = a.cases or list(CASES)
     for name in names:
-        make_case(a.out, name)
-        for suffix in (".safetensors", ".io.safetensors"):
+        suffixes = []
+        if not a.jvp_only:
+            make_case(a.out, name)
+            suffixes += [".safetensors", ".io.safetensors"]
+        if name in JVP_CASES:
+            make_jvp_case(a.out, name)
+            suffixes.append(".jvp.safetensors")
+        for suffix in suffixes:
             p = os.path.join(a.out, name + suffix)
             print(f"wrote {p} ({os.path.getsize(p)} bytes)")
     if a.no_check:

@@ -15,7 +15,10 @@ For each fixture NAME (NAME.safetensors + NAME.io.safetensors) it
    checks that too;
 4. checks that every parameter influences the output (non-zero gradient);
 5. reports how far a float32 evaluation lands from "out" (a guide for the C
-   engine's test tolerances).
+   engine's test tolerances);
+6. where NAME.jvp.safetensors exists: checks that its x, t, y are those of
+   the io file and recomputes its `out` and `jvp` (and `out_guided`,
+   `jvp_guided`) in float64 with torch.func.jvp.
 Exit status 0 when every check passes.
 """
 
@@ -26,6 +29,11 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+try:  # PyTorch >= 2.0
+    from torch.func import jvp as func_jvp
+except ImportError:  # PyTorch 1.13 ships the same function in functorch
+    from functorch import jvp as func_jvp
 
 from .modelfile import file_dtypes, load_model, load_tensors
 from .unet import UNet, check_config
@@ -285,6 +293,46 @@ def check_case(folder: str, name: str, log=print) -> bool:
     return ok
 
 
+def check_jvp_case(folder: str, name: str, log=print) -> bool:
+    """NAME.jvp.safetensors against a float64 recomputation."""
+    tensors, config = load_model(os.path.join(folder, name + ".safetensors"))
+    io, _ = load_tensors(os.path.join(folder, name + ".io.safetensors"))
+    jf, meta = load_tensors(os.path.join(folder, name + ".jvp.safetensors"))
+    ok = True
+
+    def check(cond, msg):
+        nonlocal ok
+        if not cond:
+            ok = False
+            log(f"  FAIL {name}.jvp: {msg}")
+
+    check(meta.get("format") == "difflux-fixture", "jvp file format is not difflux-fixture")
+    for k in ("x", "t", "y"):
+        check(torch.equal(jf[k], io[k]), f"{k} differs from the io file")
+    check(jf["v"].shape == jf["x"].shape, "v has the wrong shape")
+    net64 = UNet.from_config(config).double()
+    net64.load_state_dict({k: v.double() for k, v in tensors.items()})
+    x, t, v = jf["x"].double(), jf["t"].double(), jf["v"].double()
+    y = _labels(jf, config)
+    pairs = [("out", "jvp", lambda z: net64(z, t, y))]
+    if "out_guided" in jf:
+        K, w, c = config["unet"]["num_classes"], float(meta["guidance"]), int(meta["guided_class"])
+        yc = torch.full(y.shape, c, dtype=torch.long)
+        yu = torch.full(y.shape, K, dtype=torch.long)
+        pairs.append(("out_guided", "jvp_guided",
+                      lambda z: net64(z, t, yu) + w * (net64(z, t, yc) - net64(z, t, yu))))
+    worst = []
+    for ko, kj, f in pairs:
+        out, jv = func_jvp(f, (x,), (v,))
+        for key, val in ((ko, out), (kj, jv)):
+            scale = float(val.abs().max())
+            e = float((val - jf[key].double()).abs().max())
+            check(e <= 2.0 ** -23 * scale + 1e-12, f"{key} differs by {e:.3g} (scale {scale:.3g})")
+            worst.append(f"{key} {e:.1e}/{scale:.2f}")
+    log(f"  {name + '.jvp':14s} {'ok  ' if ok else 'FAIL'} " + ", ".join(worst))
+    return ok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="tests/fixtures", help="fixture folder")
@@ -295,6 +343,8 @@ def main(argv=None) -> int:
     for name in a.cases or CASES:
         try:
             ok &= check_case(a.dir, name)
+            if os.path.exists(os.path.join(a.dir, name + ".jvp.safetensors")):
+                ok &= check_jvp_case(a.dir, name)
         except Exception as e:  # report and carry on with the other cases
             print(f"  FAIL {name}: {type(e).__name__}: {e}")
             ok = False
