@@ -260,6 +260,36 @@ static const dfx_backend_ops cpu_ops = {
     .destroy = cpu_destroy,
 };
 
+const char *dfx_blas_core(void)
+{
+    return openblas_get_corename();
+}
+
+/* OpenBLAS picks its kernels from the CPU model at load time; versions that
+ * do not know a model (0.3.21, Debian bookworm, and Sapphire/Emerald Rapids)
+ * fall back to SSE3 "Prescott" kernels, an order of magnitude slower than
+ * the CPU can go. Its OPENBLAS_CORETYPE variable, read at load, overrides
+ * the choice: this names the best kernel set the CPU's features allow when
+ * OpenBLAS chose a pre-AVX2 one, else NULL. */
+const char *dfx_blas_better_core(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static const char *const old[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                      "Atom", "Sandybridge", "Katmai", "Northwood", "Banias"};
+    const char *cur = openblas_get_corename();
+    int is_old = 0;
+    for (size_t i = 0; cur && i < sizeof old / sizeof old[0]; i++)
+        if (strcmp(cur, old[i]) == 0) is_old = 1;
+    if (!is_old) return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+    return NULL;
+}
+
 dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
 {
     dfx_backend *be = dfx_alloc(1, sizeof *be, "CPU backend", err);
@@ -282,8 +312,8 @@ dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
         if (strncmp(line, "model name", 10) == 0 && strchr(line, ':')) {
             const char *v = strchr(line, ':') + 1;
             while (*v == ' ') v++;
-            snprintf(be->device, sizeof be->device, "%.*s, %d threads",
-                     (int)strcspn(v, "\n"), v, threads);
+            snprintf(be->device, sizeof be->device, "%.*s, %d threads, OpenBLAS %s kernels",
+                     (int)strcspn(v, "\n"), v, threads, dfx_blas_core());
             break;
         }
     if (f) fclose(f);

@@ -65,6 +65,13 @@ enum { DFX_PRECISION_FP32 = 0, DFX_PRECISION_TF32 = 1, DFX_PRECISION_BF16 = 2 };
 int dfx_backend_set_precision(dfx_backend *be, const char *mode, dfx_error *err);
 /* "fp32", "tf32" or "bf16". */
 const char *dfx_backend_precision(const dfx_backend *be);
+/* The OpenBLAS kernel set in use ("SkylakeX", "Haswell", ...), and a
+ * faster one this CPU supports when OpenBLAS fell back to pre-AVX2
+ * kernels on a CPU model it does not know (NULL otherwise). OpenBLAS reads
+ * OPENBLAS_CORETYPE once, when it is loaded: set it to that name before
+ * the program starts (the CLI re-executes itself with it). */
+const char *dfx_blas_core(void);
+const char *dfx_blas_better_core(void);
 /* 1 when the library was built with the CUDA backend. */
 int dfx_have_cuda(void);
 

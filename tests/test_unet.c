@@ -273,6 +273,58 @@ static void affine(void)
     rmdir(dir);
 }
 
+/* The CPU convolution (im2col + GEMM) against the definition, summed in
+ * double, over the shapes whose edges im2col treats specially: strides,
+ * paddings wider or narrower than the kernel, odd sizes, 1x1. */
+static void conv_direct(void)
+{
+    static const int cases[][7] = {
+        /* Cin H  W  Cout k stride pad */
+        {3, 7, 9, 4, 3, 1, 1}, {2, 8, 8, 3, 3, 2, 1}, {2, 9, 7, 2, 3, 2, 1},
+        {1, 6, 5, 2, 5, 1, 2}, {2, 6, 6, 2, 5, 3, 3}, {3, 5, 5, 2, 1, 1, 0},
+        {2, 6, 7, 3, 1, 2, 0}, {1, 4, 4, 1, 3, 1, 0}, {2, 3, 3, 2, 3, 1, 2},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int Cin = cases[c][0], H = cases[c][1], W = cases[c][2], Cout = cases[c][3],
+                  k = cases[c][4], st = cases[c][5], pad = cases[c][6], B = 3;
+        const int Ho = (H + 2 * pad - k) / st + 1, Wo = (W + 2 * pad - k) / st + 1;
+        const size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * k * k,
+                     ny = (size_t)B * Cout * Ho * Wo;
+        float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
+        float *bias = malloc((size_t)Cout * sizeof(float)), *y = malloc(ny * sizeof(float));
+        float *scratch = malloc((be->ops->conv_scratch(be, B, Cin, H, W, k, st, pad) + 1) *
+                                sizeof(float));
+        for (size_t i = 0; i < nx; i++) x[i] = (float)sin(0.7 * i + c);
+        for (size_t i = 0; i < nw; i++) w[i] = (float)cos(1.3 * i);
+        for (int o = 0; o < Cout; o++) bias[o] = 0.1f * o;
+        be->ops->conv2d(be, y, x, w, bias, B, Cin, H, W, Cout, k, st, pad, scratch);
+        double worst = 0;
+        for (int b = 0; b < B; b++)
+            for (int o = 0; o < Cout; o++)
+                for (int oy = 0; oy < Ho; oy++)
+                    for (int ox = 0; ox < Wo; ox++) {
+                        double acc = bias[o];
+                        for (int ci = 0; ci < Cin; ci++)
+                            for (int ky = 0; ky < k; ky++)
+                                for (int kx = 0; kx < k; kx++) {
+                                    int iy = oy * st - pad + ky, ix = ox * st - pad + kx;
+                                    if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                    acc += (double)w[((o * Cin + ci) * k + ky) * k + kx] *
+                                           x[(((size_t)b * Cin + ci) * H + iy) * W + ix];
+                                }
+                        double e = fabs(acc - y[(((size_t)b * Cout + o) * Ho + oy) * Wo + ox]);
+                        if (e > worst) worst = e;
+                    }
+        CHECK(worst < 1e-5, "conv %dx%d k%d stride %d pad %d: max error %.3g", H, W, k, st, pad,
+              worst);
+        free(x);
+        free(w);
+        free(bias);
+        free(y);
+        free(scratch);
+    }
+}
+
 int main(void)
 {
     dfx_error err;
@@ -282,6 +334,7 @@ int main(void)
         double e = parity(cases[i]);
         CHECK(e <= 1e-4, "%s: max error %.3g exceeds 1e-4", cases[i], e);
     }
+    conv_direct();
     guidance();
     samplers_run();
     malformed();

@@ -46,8 +46,21 @@ static void usage(FILE *f)
             "`difflux sample` alone samples the shipped demo model into grid.png.\n");
 }
 
+/* OpenBLAS falls back to slow SSE3 kernels on CPU models it does not know
+ * (dfx_blas_better_core): start again with OPENBLAS_CORETYPE naming the
+ * right ones. OPENBLAS_CORETYPE set by the user is left alone. */
+static void blas_kernels(char **argv)
+{
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char *core = dfx_blas_better_core();
+    if (!core || setenv("OPENBLAS_CORETYPE", core, 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE"); /* no /proc: carry on with what we have */
+}
+
 int main(int argc, char **argv)
 {
+    blas_kernels(argv);
     if (argc < 2) {
         usage(stderr);
         return CLI_USAGE;
