@@ -29,6 +29,13 @@ static int nthreads(const dfx_backend *be, int B)
     return B < be->threads ? (B > 0 ? B : 1) : be->threads;
 }
 
+/* The same for a loop of `tasks` over `work` values in all: waking a thread
+ * costs more than a few tens of thousands of values take. */
+static int nthreads_work(const dfx_backend *be, int tasks, size_t work)
+{
+    return work < ((size_t)1 << 16) ? 1 : nthreads(be, tasks);
+}
+
 static size_t conv_col(int Cin, int H, int W, int k, int stride, int pad)
 {
     if (k == 1 && stride == 1 && pad == 0) return 0;
@@ -55,13 +62,47 @@ size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads)
     return (size_t)nthreads(be, B) * 2 * (size_t)HW * HW;
 }
 
-/* col [Cin k k, Ho Wo]: the receptive fields of x [Cin, H, W] as columns.
+/* col [Cin k k, Ho Wo]: the receptive fields of x [Cin, H, W] as columns,
+ * the rows of channels c0 .. Cin - 1.
  * Each output row is a run of in-bounds input (a memcpy at stride 1)
  * between zero padding. */
-static void im2col(float *col, const float *x, int Cin, int H, int W, int k, int stride, int pad,
-                   int Ho, int Wo)
+static void im2col(float *col, const float *x, int c0, int Cin, int H, int W, int k, int stride,
+                   int pad, int Ho, int Wo)
 {
-    for (int c = 0; c < Cin; c++)
+    if (stride == 1 && Ho == H && Wo == W) {
+        /* "same" convolution: each row block is the plane shifted by (dy,
+         * dx): one contiguous copy of the rows that exist, then zeros in
+         * the dx columns that wrapped around from the neighbouring row */
+        const size_t HW = (size_t)H * W;
+        for (int c = c0; c < Cin; c++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *row = col + ((size_t)(c * k + ky) * k + kx) * HW;
+                    const float *xc = x + (size_t)c * HW;
+                    const int dy = ky - pad, dx = kx - pad;
+                    int oy0 = dy < 0 ? -dy : 0, oy1 = dy > 0 ? H - dy : H;
+                    if (oy0 > H) oy0 = H;
+                    if (oy1 < oy0) oy1 = oy0;
+                    memset(row, 0, (size_t)oy0 * W * sizeof(float));
+                    memset(row + (size_t)oy1 * W, 0, (size_t)(H - oy1) * W * sizeof(float));
+                    long d0 = (long)oy0 * W, d1 = (long)oy1 * W; /* destination span */
+                    long s0 = d0 + (long)dy * W + dx;           /* its source */
+                    if (s0 < 0) d0 -= s0, s0 = 0;
+                    if (s0 + (d1 - d0) > (long)HW) d1 = d0 + ((long)HW - s0);
+                    if (d1 > d0) memcpy(row + d0, xc + s0, (size_t)(d1 - d0) * sizeof(float));
+                    for (int oy = oy0; oy < oy1; oy++) {
+                        float *r = row + (size_t)oy * W;
+                        if (dx > 0)
+                            for (int ox = W - dx; ox < W; ox++) r[ox] = 0.0f;
+                        else
+                            for (int ox = 0; ox < -dx && ox < W; ox++) r[ox] = 0.0f;
+                    }
+                    /* positions the clipped copy did not reach are boundary
+                     * columns, zeroed just above */
+                }
+        return;
+    }
+    for (int c = c0; c < Cin; c++)
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++) {
                 float *row = col + ((size_t)(c * k + ky) * k + kx) * Ho * Wo;
@@ -93,14 +134,57 @@ static void im2col(float *col, const float *x, int Cin, int H, int W, int k, int
             }
 }
 
+/* A sample's Ho Wo output columns go through the matrix product in nearly
+ * equal chunks of at most 256, the same whatever the batch or the number
+ * of threads, so a sample's result never depends on them; a lone sample
+ * spreads its chunks over the threads. */
+static int col_chunks(int N)
+{
+    return (N + 255) / 256;
+}
+
+static void conv_chunk(float *yb, const float *col, const float *w, const float *bias, int Cout,
+                       int N, int K, int j, int nch)
+{
+    const int n0 = (int)((long)N * j / nch), n1 = (int)((long)N * (j + 1) / nch);
+    for (int o = 0; o < Cout; o++) {
+        const float bv = bias ? bias[o] : 0.0f;
+        float *r = yb + (size_t)o * N;
+        for (int i = n0; i < n1; i++) r[i] = bv;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, n1 - n0, K, 1.0f, w, K, col + n0,
+                N, 1.0f, yb + n0, N);
+}
+
 void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                     int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
                     float *scratch)
 {
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    const int N = Ho * Wo, K = Cin * k * k;
+    const int N = Ho * Wo, K = Cin * k * k, nch = col_chunks(N);
     const size_t per = conv_col(Cin, H, W, k, stride, pad);
     int nt = nthreads(be, B);
+    if (B < be->threads && nch > 1) {
+        /* few samples: one at a time, its im2col by channels and its
+         * chunks in parallel */
+        nt = be->threads < nch ? be->threads : nch;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * Cin * H * W;
+            float *yb = y + (size_t)b * Cout * N;
+            const float *col = per ? scratch : xb;
+#pragma omp parallel num_threads(nt)
+            {
+                if (per) {
+#pragma omp for schedule(static)
+                    for (int c = 0; c < Cin; c++)
+                        im2col(scratch, xb, c, c + 1, H, W, k, stride, pad, Ho, Wo);
+                }
+#pragma omp for schedule(static)
+                for (int j = 0; j < nch; j++) conv_chunk(yb, col, w, bias, Cout, N, K, j, nch);
+            }
+        }
+        return;
+    }
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int b = 0; b < B; b++) {
@@ -109,15 +193,10 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
         const float *col = xb;
         if (per) {
             float *c = scratch + (size_t)tid() * per;
-            im2col(c, xb, Cin, H, W, k, stride, pad, Ho, Wo);
+            im2col(c, xb, 0, Cin, H, W, k, stride, pad, Ho, Wo);
             col = c;
         }
-        for (int o = 0; o < Cout; o++) {
-            float bv = bias ? bias[o] : 0.0f;
-            for (int i = 0; i < N; i++) yb[(size_t)o * N + i] = bv;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, N, K, 1.0f, w, K, col, N,
-                    1.0f, yb, N);
+        for (int j = 0; j < nch; j++) conv_chunk(yb, col, w, bias, Cout, N, K, j, nch);
     }
 }
 
@@ -209,7 +288,7 @@ void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *
 {
     const int cg = C / groups;
     const size_t n = (size_t)cg * HW;
-    int nt = nthreads(be, B * groups);
+    int nt = nthreads_work(be, B * groups, (size_t)B * C * HW);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int bg = 0; bg < B * groups; bg++) {
@@ -234,7 +313,7 @@ void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const fl
 {
     const int cg = C / groups;
     const size_t n = (size_t)cg * HW;
-    int nt = nthreads(be, B * groups);
+    int nt = nthreads_work(be, B * groups, (size_t)B * C * HW);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int bg = 0; bg < B * groups; bg++) {

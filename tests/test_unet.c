@@ -283,6 +283,9 @@ static void conv_direct(void)
         {3, 7, 9, 4, 3, 1, 1}, {2, 8, 8, 3, 3, 2, 1}, {2, 9, 7, 2, 3, 2, 1},
         {1, 6, 5, 2, 5, 1, 2}, {2, 6, 6, 2, 5, 3, 3}, {3, 5, 5, 2, 1, 1, 0},
         {2, 6, 7, 3, 1, 2, 0}, {1, 4, 4, 1, 3, 1, 0}, {2, 3, 3, 2, 3, 1, 2},
+        /* "same" convolutions, also narrower than the kernel */
+        {2, 28, 28, 3, 3, 1, 1}, {1, 2, 2, 2, 5, 1, 2}, {1, 1, 3, 1, 5, 1, 2},
+        {2, 3, 1, 2, 7, 1, 3}, {1, 5, 4, 1, 3, 1, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int Cin = cases[c][0], H = cases[c][1], W = cases[c][2], Cout = cases[c][3],
