@@ -18,6 +18,9 @@
 
 enum { DFX_FN_EXP = 0, DFX_FN_LOG = 1 };
 
+/* A recorded sequence of ops (see graph_begin below); the backend's own. */
+typedef struct dfx_graph dfx_graph;
+
 /* A Gaussian mixture resident on a backend (see model_gmm.c). */
 typedef struct dfx_gmm_dev {
     int K;
@@ -133,6 +136,44 @@ typedef struct dfx_backend_ops {
     int (*set_precision)(dfx_backend *be, int mode, dfx_error *err);
 
     void (*destroy)(dfx_backend *be);
+
+    /* (after destroy, so positional initialisers may leave these out) */
+    /* dst = src, `bytes` bytes of backend memory, queued in order with the
+     * compute ops (dst and src do not overlap). */
+    void (*copy)(dfx_backend *be, void *dst, const void *src, size_t bytes);
+
+    /* ---- graphs: a fixed sequence of compute ops recorded once and
+     * replayed (CUDA graphs). Optional: all NULL where the backend has none
+     * (the CPU backend). The recorded sequence must be the same calls with
+     * the same pointers, shapes and scalars every time; only the contents of
+     * the host arrays the ops take (lincomb's coefficients, time_embed's
+     * times, embed_add's labels, gmm_denoise's a, s, m) may change between
+     * replays. Recording takes three steps, each a pass of that sequence:
+     *
+     *   g = graph_begin(be)   measure pass: the ops run nothing and note the
+     *                         host data they stage;
+     *   graph_capture(be, g)  capture pass: the ops are recorded, not run;
+     *                         their host data goes to g's own staging memory;
+     *   graph_end(be, g)      g is ready (nothing has run yet);
+     *
+     * and each replay: graph_refill(be, g), a refill pass (the ops run
+     * nothing and write their current host data into g's staging memory,
+     * in the same order), then graph_launch(be, g), which queues the
+     * recorded work on that data (if an op of the refill pass failed, it
+     * launches nothing and reports that). graph_launch also runs g right
+     * after graph_end, on the capture pass's data. Passes are made from one
+     * thread, one at a time; ops that wait for the device (upload, download,
+     * sync, err_norm, count_nonfinite) fail inside a pass, and compute ops
+     * that fail there report to the pass, not to the sticky error: a failed
+     * graph_begin, graph_capture or graph_end leaves the backend as it was
+     * once the caller has called graph_free, so the caller may run the
+     * same ops eagerly instead. graph_free also ends a pass in progress. */
+    dfx_graph *(*graph_begin)(dfx_backend *be, dfx_error *err);
+    int (*graph_capture)(dfx_backend *be, dfx_graph *g, dfx_error *err);
+    int (*graph_end)(dfx_backend *be, dfx_graph *g, dfx_error *err);
+    int (*graph_refill)(dfx_backend *be, dfx_graph *g, dfx_error *err);
+    int (*graph_launch)(dfx_backend *be, dfx_graph *g, dfx_error *err);
+    void (*graph_free)(dfx_backend *be, dfx_graph *g);
 } dfx_backend_ops;
 
 struct dfx_backend {

@@ -44,6 +44,12 @@ static int cpu_copy(dfx_backend *be, void *dst, const void *src, size_t bytes, d
     return 0;
 }
 
+static void cpu_copy_dev(dfx_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+
 static int cpu_sync(dfx_backend *be, dfx_error *err)
 {
     (void)be;
@@ -258,6 +264,8 @@ static const dfx_backend_ops cpu_ops = {
     .attention_scratch = dfx_cpu_attention_scratch,
     .attention_jvp_scratch = dfx_cpu_attention_jvp_scratch,
     .destroy = cpu_destroy,
+    .copy = cpu_copy_dev,
+    /* no graphs: graph_begin .. graph_free stay NULL */
 };
 
 const char *dfx_blas_core(void)

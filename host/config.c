@@ -134,6 +134,25 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
     if (cJSON_IsObject(prov)) {
         get_str(prov, "dataset", c->dataset, sizeof c->dataset);
         get_str(prov, "description", c->description, sizeof c->description);
+        /* optional numbers written by the training recipes' exporter */
+        const cJSON *tr = cJSON_GetObjectItemCaseSensitive(prov, "training");
+        const cJSON *steps_j = cJSON_GetObjectItemCaseSensitive(tr, "steps"),
+                    *bs = cJSON_GetObjectItemCaseSensitive(tr, "batch"),
+                    *mn = cJSON_GetObjectItemCaseSensitive(tr, "minutes"),
+                    *ls = cJSON_GetObjectItemCaseSensitive(tr, "final_loss"),
+                    *hw = cJSON_GetObjectItemCaseSensitive(tr, "hardware");
+        if (cJSON_IsNumber(steps_j) && cJSON_IsNumber(bs)) {
+            size_t n = 0, cap = sizeof c->training;
+            char *o = c->training;
+            n += (size_t)snprintf(o, cap, "%.0f steps of batch %.0f", steps_j->valuedouble,
+                                  bs->valuedouble);
+            if (cJSON_IsNumber(mn) && n < cap)
+                n += (size_t)snprintf(o + n, cap - n, ", %.0f min", mn->valuedouble);
+            if (cJSON_IsString(hw) && n < cap)
+                n += (size_t)snprintf(o + n, cap - n, " on %s", hw->valuestring);
+            if (cJSON_IsNumber(ls) && n < cap)
+                snprintf(o + n, cap - n, ", final loss %.4g", ls->valuedouble);
+        }
     }
     return 0;
 bad:

@@ -146,6 +146,7 @@ typedef struct dfx_model_info {
     double range_lo, range_hi; /* data-space values shown as black and white  */
     const char *dataset;     /* provenance, may be ""                         */
     const char *description;
+    const char *training;    /* steps, batch, time, hardware, loss; may be "" */
     size_t n_params;         /* stored numbers                                */
     int num_classes;         /* class-conditional models: K (labels 0..K-1), else 0 */
     double flops;            /* floating-point operations per evaluation of one sample */

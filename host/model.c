@@ -29,6 +29,7 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
     i->range_hi = cfg->range_hi;
     i->dataset = m->cfg.dataset;
     i->description = m->cfg.description;
+    i->training = m->cfg.training;
     return m;
 }
 
@@ -164,12 +165,14 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
                      "parameters   %zu\n"
                      "FLOPs/eval   %.4g per sample\n"
                      "dataset      %s\n"
-                     "description  %s\n",
+                     "description  %s\n"
+                     "training     %s\n",
                      m->file[0] ? m->file : "(in memory)", i->kind, i->channels, i->height,
                      i->width, i->range_lo, i->range_hi, pd, dfx_path_data_at_one(&i->path), tn,
                      td, dfx_pred_name(i->prediction), i->n_params, i->flops,
                      i->dataset[0] ? i->dataset : "-",
-                     i->description[0] ? i->description : "-");
+                     i->description[0] ? i->description : "-",
+                     i->training[0] ? i->training : "-");
     if (n < 0 || (size_t)n >= cap) return n;
     if (m->vt && m->vt->describe) n += m->vt->describe(m, buf + n, cap - (size_t)n);
     return n;

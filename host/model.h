@@ -22,6 +22,7 @@ typedef struct dfx_model_config {
     int has_start;          /* "start": fitted N(mean, std^2) at the noise end, */
     double start_mean, start_std; /* per value, in the samplers' space       */
     char dataset[128];
+    char training[256];     /* provenance.training, in words ("" if absent) */
     char description[512];
     cJSON *root; /* the whole config, for the kind's own section */
 } dfx_model_config;
@@ -121,6 +122,12 @@ int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
 /* Tests: per-row labels (0..K, K = no class) for the next evaluations, NULL
  * to go back to dfx_model_set_class. The array must outlive them. */
 int dfx_unet_force_labels(dfx_model *m, const int *labels);
+/* Tests: a U-Net's use of backend graphs since it was loaded: graphs
+ * captured, graph launches (the first after each capture included), failed
+ * captures (each turns graphs off for the model: eager from then) and why
+ * the last one failed ("" if none). Any pointer may be NULL. */
+void dfx_unet_graph_stats(const dfx_model *m, long *captures, long *launches, long *failed,
+                          const char **why);
 int dfx_affine_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 
 #endif

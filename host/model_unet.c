@@ -6,6 +6,14 @@
  * the FLOP count, per-op timing and the tangents of unet_jvp: forward-mode
  * derivatives pushed through the same list, each op's tangent next to the
  * op, in a second arena laid out like the first.
+ *
+ * On a backend with graphs (CUDA), one evaluation — both passes of
+ * classifier-free guidance and their combination included — is recorded
+ * once per (batch size, guidance on/off, matrix precision) and replayed
+ * with one graph launch; see predict_graph. DIFFLUX_CUDA_GRAPHS=0 in the
+ * environment when a model is loaded turns that off for the model (every
+ * evaluation then runs op by op, "eagerly"); results are the same bit for
+ * bit either way.
  */
 #include "error.h"
 #include "model.h"
@@ -33,6 +41,20 @@ static const char *const ukind_names[U_KINDS] = {
     "concat", "upsample", "attention", "time_embed", "class_embed"};
 
 enum { BUF_X = -2, BUF_OUT = -3 };
+
+/* Graphs kept per model, and shapes remembered as evaluated once eagerly. */
+#define UNET_GRAPHS 4
+
+/* A recorded evaluation and what it was recorded for. */
+typedef struct ugraph {
+    dfx_graph *g;  /* NULL: unused */
+    int rows, guided, precision;
+    unsigned long used; /* last launch, for least-recently-used eviction */
+} ugraph;
+
+typedef struct ushape {
+    int rows, guided, precision; /* rows 0: none */
+} ushape;
 
 typedef struct uop {
     ukind kind;
@@ -80,6 +102,18 @@ typedef struct unet_impl {
     int jplan_B;
     float *tarena, *jscratch, *duncond;
     double *jcoef; /* host [2 jplan_B]: the guidance weights */
+    /* graphs (predict_graph): allowed (the backend has them, DIFFLUX_CUDA_GRAPHS
+     * is not 0, no capture has failed); their fixed input and output
+     * [plan_B, dim] on the backend, allocated at the first capture; the
+     * graphs of this plan; shapes evaluated eagerly once; counts */
+    int graphs;
+    float *gx, *gout;
+    ugraph graph[UNET_GRAPHS];
+    ushape warm[UNET_GRAPHS];
+    int nwarm, wnext;
+    unsigned long gclock;
+    long gcaptures, glaunches, gfailed;
+    char gwhy[256]; /* why the last capture failed (dfx_unet_graph_stats) */
 } unet_impl;
 
 /* ----------------------------------------------------------- config */
@@ -484,9 +518,23 @@ static size_t plan_offsets(unet_impl *u)
     return peak;
 }
 
+/* The graphs bake in the plan's buffers: they go with it. */
+static void free_graphs(dfx_model *m, unet_impl *u)
+{
+    dfx_backend *be = m->be;
+    for (int i = 0; i < UNET_GRAPHS; i++) {
+        if (u->graph[i].g) be->ops->graph_free(be, u->graph[i].g);
+        u->graph[i].g = NULL;
+    }
+    if (u->gx) be->ops->free(be, u->gx);
+    if (u->gout) be->ops->free(be, u->gout);
+    u->gx = u->gout = NULL;
+}
+
 static void free_plan(dfx_model *m, unet_impl *u)
 {
     dfx_backend *be = m->be;
+    free_graphs(m, u);
     if (u->arena) be->ops->free(be, u->arena);
     if (u->scratch) be->ops->free(be, u->scratch);
     if (u->uncond) be->ops->free(be, u->uncond);
@@ -800,31 +848,160 @@ static void set_labels(dfx_model *m, unet_impl *u, int B, int cond)
     }
 }
 
+/* One evaluation as the backend sees it: the network with this call's
+ * labels, and with guidance (classifier-free: P = P_u + w (P_c - P_u)) the
+ * network again without class and out = w out + (1 - w) P_u, cf [2 rows]
+ * holding the weights. Eager or as a graph pass, the same op calls. */
+static void evaluate(dfx_model *m, unet_impl *u, const double *t, const float *x, float *out,
+                     int rows, int conditional, int guided, const double *cf)
+{
+    set_labels(m, u, rows, conditional);
+    forward(m, u, t, x, out, rows);
+    if (guided) {
+        set_labels(m, u, rows, 0);
+        forward(m, u, t, x, u->uncond, rows);
+        const float *xs[2] = {out, u->uncond};
+        m->be->ops->lincomb(m->be, out, 2, xs, cf, NULL, rows, m->dim);
+    }
+}
+
+static int same_shape(int r0, int g0, int p0, int r1, int g1, int p1)
+{
+    return r0 == r1 && g0 == g1 && p0 == p1;
+}
+
+/* Records the graph of one evaluation of this shape (a measure pass, then
+ * the capture pass, on the graph's fixed buffers gx -> gout and this call's
+ * host data) into the least recently used cache entry. Any failure turns
+ * graphs off for this model and returns NULL, reporting nothing: the
+ * caller evaluates eagerly, which reports whatever fails again. */
+static ugraph *capture_graph(dfx_model *m, unet_impl *u, const double *t, int rows,
+                             int conditional, int guided, const double *cf)
+{
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    dfx_error e; /* not the caller's: eager evaluation follows */
+    e.msg[0] = 0;
+    dfx_graph *g = NULL;
+    ugraph *slot = NULL; /* an unused entry, else the least recently used */
+    for (int i = 0; i < UNET_GRAPHS; i++) {
+        ugraph *c = &u->graph[i];
+        if (!c->g) {
+            slot = c;
+            break;
+        }
+        if (!slot || c->used < slot->used) slot = c;
+    }
+    if (slot->g) {
+        o->graph_free(be, slot->g);
+        slot->g = NULL;
+    }
+    const size_t bytes = (size_t)u->plan_B * m->dim * sizeof(float);
+    if (!u->gx) u->gx = dfx_be_alloc(be, bytes, "graph input", &e);
+    if (u->gx && !u->gout) u->gout = dfx_be_alloc(be, bytes, "graph output", &e);
+    if (!u->gout) goto fail;
+    g = o->graph_begin(be, &e);
+    if (!g) goto fail;
+    evaluate(m, u, t, u->gx, u->gout, rows, conditional, guided, cf); /* measure */
+    if (o->graph_capture(be, g, &e)) goto fail;
+    evaluate(m, u, t, u->gx, u->gout, rows, conditional, guided, cf); /* capture */
+    if (o->graph_end(be, g, &e)) goto fail;
+    *slot = (ugraph){g, rows, guided, be->precision, 0};
+    u->gcaptures++;
+    return slot;
+fail:
+    if (g) o->graph_free(be, g); /* also ends a pass or capture in progress */
+    u->graphs = 0;
+    u->gfailed++;
+    snprintf(u->gwhy, sizeof u->gwhy, "%s", e.msg);
+    return NULL;
+}
+
+/* An evaluation through a graph. The graph reads and writes fixed buffers
+ * (the arena, scratch, the guidance buffer, gx, gout: pointers are baked
+ * in), so x is copied into gx first and the result out of gout after
+ * (device-to-device, outside the graph). The host data of the ops (times,
+ * labels, guidance weights) is not baked in: a refill pass writes this
+ * call's into the graph's staging memory before the launch. So class,
+ * labels, first_index and the guidance weight may change between replays;
+ * what changes the recorded ops — the batch size, guidance on or off (one
+ * pass or two), the matrix precision — selects another graph, and a new
+ * plan (a larger batch: another arena) frees them all. A shape is
+ * evaluated eagerly the first time it is seen (a warm-up: lazy loading of
+ * kernels, cuBLAS's first calls) and recorded the second time; up to
+ * UNET_GRAPHS graphs are kept, least recently used evicted. So samplers,
+ * whose every evaluation in a batch has the same number of rows (dopri5
+ * included: finished rows are still evaluated), record once per batch size
+ * and replay every step after the first two. */
+static int predict_graph(dfx_model *m, unet_impl *u, const double *t, const float *x,
+                         float *out, int rows, int conditional, int guided, const double *cf,
+                         dfx_error *err)
+{
+    dfx_backend *be = m->be;
+    const dfx_backend_ops *o = be->ops;
+    const int prec = be->precision;
+    ugraph *gr = NULL;
+    for (int i = 0; i < UNET_GRAPHS && !gr; i++)
+        if (u->graph[i].g &&
+            same_shape(u->graph[i].rows, u->graph[i].guided, u->graph[i].precision, rows, guided,
+                       prec))
+            gr = &u->graph[i];
+    const size_t bytes = (size_t)rows * m->dim * sizeof(float);
+    if (gr) {
+        o->copy(be, u->gx, x, bytes);
+        if (o->graph_refill(be, gr->g, err)) return -1;
+        evaluate(m, u, t, u->gx, u->gout, rows, conditional, guided, cf); /* refill */
+    } else {
+        int seen = 0;
+        for (int i = 0; i < u->nwarm && !seen; i++)
+            seen = same_shape(u->warm[i].rows, u->warm[i].guided, u->warm[i].precision, rows,
+                              guided, prec);
+        if (!seen) {
+            u->warm[u->wnext] = (ushape){rows, guided, prec};
+            u->wnext = (u->wnext + 1) % UNET_GRAPHS;
+            if (u->nwarm < UNET_GRAPHS) u->nwarm++;
+            evaluate(m, u, t, x, out, rows, conditional, guided, cf);
+            return 0;
+        }
+        gr = capture_graph(m, u, t, rows, conditional, guided, cf);
+        if (!gr) {
+            evaluate(m, u, t, x, out, rows, conditional, guided, cf);
+            return 0;
+        }
+        o->copy(be, u->gx, x, bytes); /* the capture ran nothing */
+    }
+    gr->used = ++u->gclock;
+    if (o->graph_launch(be, gr->g, err)) return -1;
+    u->glaunches++;
+    o->copy(be, out, u->gout, bytes);
+    return 0;
+}
+
 static int unet_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
                         dfx_error *err)
 {
     unet_impl *u = m->impl;
     if (plan(m, u, rows, err)) return -1;
     int conditional = u->c.classes > 0 && (u->cls != DFX_CLASS_NONE || u->forced);
-    set_labels(m, u, rows, conditional);
-    forward(m, u, t, x, out, rows);
-    if (conditional && u->guidance != 1.0) {
-        /* classifier-free guidance: P = P_u + w (P_c - P_u) */
-        set_labels(m, u, rows, 0);
-        forward(m, u, t, x, u->uncond, rows);
-        double *cf = m->coef; /* reserved by the caller's dfx_model_reserve */
-        double *local = NULL;
-        if (!cf || m->cap_rows < rows) cf = local = dfx_alloc((size_t)rows * 2, sizeof *cf, "cfg", err);
+    int guided = conditional && u->guidance != 1.0;
+    double *cf = NULL, *local = NULL;
+    if (guided) {
+        cf = m->coef; /* reserved by the caller's dfx_model_reserve */
+        if (!cf || m->cap_rows < rows)
+            cf = local = dfx_alloc((size_t)rows * 2, sizeof *cf, "cfg", err);
         if (!cf) return -1;
         for (int r = 0; r < rows; r++) {
             cf[r] = u->guidance;
             cf[rows + r] = 1.0 - u->guidance;
         }
-        const float *xs[2] = {out, u->uncond};
-        m->be->ops->lincomb(m->be, out, 2, xs, cf, NULL, rows, m->dim);
-        free(local);
     }
-    return 0;
+    int rc = 0;
+    if (u->graphs && !u->prof) /* profiling times each op: eager */
+        rc = predict_graph(m, u, t, x, out, rows, conditional, guided, cf, err);
+    else
+        evaluate(m, u, t, x, out, rows, conditional, guided, cf);
+    free(local);
+    return rc;
 }
 
 /* Forward-mode derivative along v: the time and class embeddings do not
@@ -924,6 +1101,11 @@ int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
     m->info.n_params = u->params;
     m->info.flops = u->flops;
     m->info.num_classes = u->c.classes;
+    /* Graphs where the backend has them, unless DIFFLUX_CUDA_GRAPHS=0: the
+     * switch for comparing against (or falling back to) op-by-op evaluation. */
+    const char *env = getenv("DIFFLUX_CUDA_GRAPHS");
+    u->graphs = o->graph_begin && o->graph_capture && o->graph_end && o->graph_refill &&
+                o->graph_launch && o->graph_free && o->copy && !(env && strcmp(env, "0") == 0);
     return 0;
 }
 
@@ -948,4 +1130,14 @@ int dfx_unet_force_labels(dfx_model *m, const int *labels)
     unet_impl *u = m->impl;
     u->forced = labels;
     return 0;
+}
+
+void dfx_unet_graph_stats(const dfx_model *m, long *captures, long *launches, long *failed,
+                          const char **why)
+{
+    const unet_impl *u = m->impl;
+    if (captures) *captures = u->gcaptures;
+    if (launches) *launches = u->glaunches;
+    if (failed) *failed = u->gfailed;
+    if (why) *why = u->gwhy;
 }

@@ -115,10 +115,24 @@ static int panel_range(const dfx_plot_panel *p, double *x0, double *x1, double *
     return 1;
 }
 
+/* Labels of a log axis drawn as a linear axis of log10 values: 10^k. */
+static void log_label(PLINT axis, PLFLT value, char *label, PLINT length, PLPointer data)
+{
+    (void)axis;
+    (void)data;
+    snprintf(label, (size_t)length, "10#u%d#d", (int)lround(value));
+}
+
 static void draw_panel(const dfx_plot_panel *p)
 {
     pladv(0);
-    plvpor(0.14, 0.95, 0.14, 0.88);
+    /* the legend goes above the axes, so it never hides a curve */
+    int nleg = 0;
+    for (int si = 0; si < p->nseries; si++) nleg += p->series[si].label != NULL;
+    const int legrows = (nleg + 1) / 2;
+    double top = 0.86 - 0.045 * legrows;
+    if (top < 0.45) top = 0.45;
+    plvpor(0.14, 0.95, 0.14, top);
     double x0, x1, y0, y1;
     int any = panel_range(p, &x0, &x1, &y0, &y1);
     if (!any) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
@@ -127,8 +141,18 @@ static void draw_panel(const dfx_plot_panel *p)
     plwidth(1.0);
     pllsty(1);
     plschr(0, 0.9);
-    plbox(p->logx ? "bcnstl" : "bcnst", 0, 0, p->logy ? "bcnstvl" : "bcnstv", 0, 0);
-    pllab(p->xlabel ? p->xlabel : "", p->ylabel ? p->ylabel : "", p->title ? p->title : "");
+    /* on a log axis, at most about 8 labelled decades */
+    double ytick = 0;
+    int nysub = 0;
+    if (p->logy) { /* whole decades, at most about 8 labelled */
+        ytick = y1 - y0 > 8 ? ceil((y1 - y0) / 8) : 1;
+        nysub = 1;
+    }
+    if (p->logy) plslabelfunc(log_label, NULL);
+    plbox(p->logx ? "bcnstl" : "bcnst", 0, 0, p->logy ? "bcnstvo" : "bcnstv", ytick, nysub);
+    if (p->logy) plslabelfunc(NULL, NULL);
+    pllab(p->xlabel ? p->xlabel : "", p->ylabel ? p->ylabel : "", "");
+    if (p->title) plmtex("t", 1.5 + 1.9 * legrows + (legrows ? 1.0 : 0.0), 0.5, 0.5, p->title);
     if (!any) {
         plptex(0.5, 0.5, 1, 0, 0.5, "no finite values");
         return;
@@ -194,10 +218,9 @@ static void draw_panel(const dfx_plot_panel *p)
         int tcol[16];
         for (int i = 0; i < nl; i++) tcol[i] = 1;
         plschr(0, 0.75);
-        pllegend(&lw, &lh, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
-                 PL_POSITION_INSIDE | PL_POSITION_TOP | PL_POSITION_RIGHT, 0.01, 0.01, 0.08, 0,
-                 1, 1, 0, 0, nl, opts, 0.6, 0.8, 1.6, 0.0, tcol, text, NULL, NULL, NULL, NULL,
-                 colors, styles, widths, symcol, symscale, syms, symbols);
+        pllegend(&lw, &lh, 0, PL_POSITION_OUTSIDE | PL_POSITION_TOP, 0.0, 0.03, 0.06, 0, 1, 1,
+                 (nl + 1) / 2, nl > 1 ? 2 : 1, nl, opts, 0.6, 0.75, 1.6, 0.0, tcol, text, NULL,
+                 NULL, NULL, NULL, colors, styles, widths, symcol, symscale, syms, symbols);
         plschr(0, 0.9);
     }
 }

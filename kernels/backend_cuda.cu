@@ -38,6 +38,33 @@
  * floating-point rounding (cuBLAS may pick another kernel for another batch
  * count).
  *
+ * The cuBLAS handle works in a workspace of its own (DFX_CUDA_BLAS_WORKSPACE,
+ * cublasSetWorkspace), so that cuBLAS allocates nothing while a graph is
+ * captured and picks the same algorithms eagerly and in a graph.
+ *
+ * CUDA graphs (graph_begin .. graph_free in backend.h): a fixed sequence of
+ * ops (one U-Net evaluation, host/model_unet.c) is captured once with
+ * cudaStreamBeginCapture and replayed with one cudaGraphLaunch. The kernels
+ * of a graph read their host data (coefficients, times, labels) from one
+ * device block of the graph's own: in the measure pass each op that stages
+ * host data notes its region of the block (instead of taking a staging
+ * slot), the capture pass writes the data into a host copy of the block and
+ * records the kernels on the block's device half, and a refill pass writes
+ * the next call's data into the same regions, in the same order. Nothing of
+ * this is captured: graph_launch copies the host copy to the device block
+ * through a staging slot (the same ring and events as above, so the host
+ * copy may be rewritten as soon as graph_launch returns, and a launch never
+ * overwrites the block before the previous launch, queued earlier on the
+ * stream, has finished reading it), then launches the graph. All memory a
+ * graph needs (its block, the cuBLAS workspace, staging slots as large as
+ * its block) is allocated before the capture begins, so replays allocate
+ * nothing. During a pass the compute ops report failures to the graph
+ * (graph_capture / graph_end / graph_launch return them) instead of the
+ * sticky error, and poison nothing; the caller then frees the graph and
+ * runs the same ops eagerly. The environment variable DIFFLUX_CUDA_GRAPHS=0
+ * turns graphs off: the U-Net reads it when a model is loaded and then
+ * never calls graph_begin.
+ *
  * Error handling follows llm.c's checked-call style, but as values: the
  * CU_TRY macro turns a failing cudaError_t into a dfx_error naming the op,
  * the CUDA call and cudaGetErrorString, and returns -1 (CB_TRY: the same
@@ -66,6 +93,8 @@ extern "C" {
 
 #define DFX_CUDA_BLOCK 256     /* threads per block; a multiple of 32       */
 #define DFX_CUDA_SLOTS 4       /* coefficient staging slots in flight       */
+#define DFX_CUDA_BLAS_WORKSPACE ((size_t)32 << 20) /* cuBLAS workspace, bytes
+                                    * (NVIDIA's recommendation for Hopper) */
 #ifndef DFX_CUDA_MAX_GRID
 #define DFX_CUDA_MAX_GRID 65535u /* grid-stride beyond this many blocks (a
                                     * smaller value tests the striding) */
@@ -120,6 +149,28 @@ typedef struct stage_slot {
     cudaEvent_t done;  /* recorded behind the last copy out of `host` */
 } stage_slot;
 
+/* Graph passes (backend.h): none (eager), or which pass of cu->graph. */
+enum { GM_NONE = 0, GM_MEASURE, GM_CAPTURE, GM_REFILL };
+
+typedef struct graph_region {
+    size_t off, bytes; /* in the graph's staging block */
+} graph_region;
+
+/* A captured graph and its staging block (the regions the ops of the
+ * sequence stage their host data in, in order). */
+struct dfx_graph {
+    graph_region *reg;
+    int nreg, capreg;
+    int next;            /* regions staged so far in the current pass */
+    size_t total;        /* bytes of the block */
+    unsigned char *host; /* [total] plain host memory: the data for the next launch */
+    unsigned char *dev;  /* [total] device: what the recorded kernels read */
+    cudaGraphExec_t exec;
+    int capturing;       /* between cudaStreamBeginCapture and cudaStreamEndCapture */
+    int failed;          /* an op of the current pass failed */
+    dfx_error err;       /* ... the first such failure */
+};
+
 typedef struct cu_impl {
     cudaStream_t stream;
     stage_slot slot[DFX_CUDA_SLOTS];
@@ -128,6 +179,9 @@ typedef struct cu_impl {
     size_t work_cap;   /* bytes */
     unsigned long long *counter; /* device: count_nonfinite */
     cublasHandle_t blas; /* created on first use, bound to `stream` */
+    void *blas_ws;       /* its workspace, DFX_CUDA_BLAS_WORKSPACE bytes    */
+    int gmode;           /* GM_*: the graph pass in progress                */
+    dfx_graph *graph;    /* ... and its graph (NULL when GM_NONE)           */
     int precision;       /* DFX_PRECISION_* (set_precision)                 */
     double peak[3];      /* measured GEMM rate per precision, GFLOP/s       */
     dfx_backend_ops ops; /* this backend's table (be->ops points here) */
@@ -140,9 +194,30 @@ static cu_impl *impl_of(dfx_backend *be)
     return (cu_impl *)be->impl;
 }
 
-/* Keeps the first error of a void op for later ops to report. */
+/* Keeps the first failure of an op of a graph pass for the pass to report. */
+static void graph_note(dfx_graph *g, const dfx_error *e)
+{
+    if (g->failed) return;
+    g->failed = 1;
+    memcpy(&g->err, e, sizeof g->err);
+    g->err.msg[sizeof g->err.msg - 1] = 0;
+}
+
+/* Ops queue no work in the measure and refill passes of a graph: they only
+ * stage their host data (or nothing). */
+static int cu_dry(const cu_impl *cu)
+{
+    return cu->gmode == GM_MEASURE || cu->gmode == GM_REFILL;
+}
+
+/* Keeps the first error of a void op for later ops to report (inside a
+ * graph pass: for the pass to report). */
 static void cu_record(cu_impl *cu, const dfx_error *e)
 {
+    if (cu->gmode != GM_NONE && cu->graph) {
+        graph_note(cu->graph, e);
+        return;
+    }
     if (cu->failed) return;
     cu->failed = 1;
     memcpy(&cu->pending, e, sizeof cu->pending);
@@ -157,9 +232,23 @@ static int cu_check_pending(cu_impl *cu, dfx_error *err)
     return dfx_fail_prefix(err, "an earlier CUDA operation failed");
 }
 
-/* Best effort: mark a result as invalid after a failed launch. */
+/* Ops that wait for the device (or hand results to the host) cannot be
+ * part of a graph: inside a pass they fail, and fail the pass. */
+static int cu_outside_graph(cu_impl *cu, const char *op, dfx_error *err)
+{
+    if (cu->gmode == GM_NONE) return 0;
+    dfx_error e;
+    dfx_fail(&e, "cuda %s: not allowed while a graph is recorded or refilled", op);
+    if (cu->graph) graph_note(cu->graph, &e);
+    if (err) *err = e;
+    return -1;
+}
+
+/* Best effort: mark a result as invalid after a failed launch (not inside
+ * a graph pass: the graph is discarded, or nothing runs). */
 static void cu_poison(cu_impl *cu, float *out, size_t n)
 {
+    if (cu->gmode != GM_NONE) return;
     if (out && n) (void)cudaMemsetAsync(out, 0xFF, n * sizeof(float), cu->stream); /* NaN */
 }
 
@@ -198,6 +287,28 @@ static int work_reserve(cu_impl *cu, size_t bytes, const char *op, dfx_error *er
     return 0;
 }
 
+/* Grows slot sl to hold at least `doubles` values. */
+static int slot_reserve(cu_impl *cu, stage_slot *sl, size_t doubles, const char *op,
+                        dfx_error *err)
+{
+    if (sl->cap >= doubles) return 0;
+    size_t cap = sl->cap * 2 > doubles ? sl->cap * 2 : doubles;
+    if (cap < 1024) cap = 1024;
+    /* The copy out of the pinned half, and queued kernels that may still
+     * read the device half, must have finished. */
+    CU_TRY(op, err, cudaEventSynchronize(sl->done));
+    CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
+    if (sl->host) CU_TRY(op, err, cudaFreeHost(sl->host));
+    if (sl->dev) CU_TRY(op, err, cudaFree(sl->dev));
+    sl->host = NULL;
+    sl->dev = NULL;
+    sl->cap = 0;
+    CU_TRY(op, err, cudaMallocHost((void **)&sl->host, cap * sizeof(double)));
+    CU_TRY(op, err, cudaMalloc((void **)&sl->dev, cap * sizeof(double)));
+    sl->cap = cap;
+    return 0;
+}
+
 /* The next staging slot, holding at least `doubles` values and free to be
  * refilled (the copy out of it queued last time has completed). */
 static int slot_acquire(cu_impl *cu, size_t doubles, stage_slot **out, const char *op,
@@ -207,21 +318,43 @@ static int slot_acquire(cu_impl *cu, size_t doubles, stage_slot **out, const cha
     cu->next_slot = (cu->next_slot + 1) % DFX_CUDA_SLOTS;
     /* The previous copy out of this pinned buffer must have finished. */
     CU_TRY(op, err, cudaEventSynchronize(sl->done));
-    if (sl->cap < doubles) {
-        size_t cap = sl->cap * 2 > doubles ? sl->cap * 2 : doubles;
-        if (cap < 1024) cap = 1024;
-        /* A queued kernel may still read the device half. */
-        CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
-        if (sl->host) CU_TRY(op, err, cudaFreeHost(sl->host));
-        if (sl->dev) CU_TRY(op, err, cudaFree(sl->dev));
-        sl->host = NULL;
-        sl->dev = NULL;
-        sl->cap = 0;
-        CU_TRY(op, err, cudaMallocHost((void **)&sl->host, cap * sizeof(double)));
-        CU_TRY(op, err, cudaMalloc((void **)&sl->dev, cap * sizeof(double)));
-        sl->cap = cap;
-    }
+    if (slot_reserve(cu, sl, doubles, op, err)) return -1;
     *out = sl;
+    return 0;
+}
+
+/* Staging inside a graph pass: the next region of the graph's block, of
+ * `bytes` bytes. The measure pass notes it (*host = *dev = NULL); the
+ * capture and refill passes get the region noted at the same place in the
+ * measure pass, which must be of the same size. */
+static int graph_take(cu_impl *cu, size_t bytes, unsigned char **host, unsigned char **dev,
+                        const char *op, dfx_error *err)
+{
+    dfx_graph *g = cu->graph;
+    *host = *dev = NULL;
+    if (cu->gmode == GM_MEASURE) {
+        if (g->nreg == g->capreg) {
+            int cap = g->capreg ? 2 * g->capreg : 16;
+            graph_region *r = (graph_region *)realloc(g->reg, (size_t)cap * sizeof *r);
+            if (!r) return dfx_fail(err, "cuda %s: graph: out of host memory", op);
+            g->reg = r;
+            g->capreg = cap;
+        }
+        const size_t off = (g->total + 15) & ~(size_t)15;
+        g->reg[g->nreg].off = off;
+        g->reg[g->nreg].bytes = bytes;
+        g->nreg++;
+        g->total = off + bytes;
+        return 0;
+    }
+    if (g->next >= g->nreg || g->reg[g->next].bytes != bytes)
+        return dfx_fail(err,
+                        "cuda %s: graph: staging %d (%zu bytes) differs from the measured "
+                        "pass (%d stagings)",
+                        op, g->next + 1, bytes, g->nreg);
+    const size_t off = g->reg[g->next++].off;
+    *host = g->host + off;
+    *dev = g->dev + off;
     return 0;
 }
 
@@ -246,6 +379,18 @@ static int stage(cu_impl *cu, int nparts, const double *const *src, const size_t
         if (src[i]) total += n[i];
     }
     if (total == 0) return 0;
+    if (cu->gmode != GM_NONE) { /* into the graph's block */
+        unsigned char *h, *d;
+        if (graph_take(cu, total * sizeof(double), &h, &d, op, err)) return -1;
+        size_t off = 0;
+        for (int i = 0; i < nparts; i++) {
+            if (!src[i]) continue;
+            if (h) memcpy(h + off * sizeof(double), src[i], n[i] * sizeof(double));
+            dev[i] = d ? (const double *)(d + off * sizeof(double)) : NULL;
+            off += n[i];
+        }
+        return 0;
+    }
     stage_slot *sl;
     if (slot_acquire(cu, total, &sl, op, err)) return -1;
     size_t off = 0;
@@ -265,6 +410,13 @@ static int stage_ints(cu_impl *cu, const int *src, size_t n, const int **dev, co
     *dev = NULL;
     if (n == 0) return 0;
     const size_t bytes = n * sizeof(int);
+    if (cu->gmode != GM_NONE) { /* into the graph's block */
+        unsigned char *h, *d;
+        if (graph_take(cu, bytes, &h, &d, op, err)) return -1;
+        if (h) memcpy(h, src, bytes);
+        *dev = (const int *)d;
+        return 0;
+    }
     stage_slot *sl;
     if (slot_acquire(cu, (bytes + sizeof(double) - 1) / sizeof(double), &sl, op, err))
         return -1;
@@ -358,7 +510,7 @@ static void cu_free(dfx_backend *be, void *p)
 static int cu_upload(dfx_backend *be, void *dst, const void *src, size_t bytes, dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
-    if (cu_check_pending(cu, err)) return -1;
+    if (cu_outside_graph(cu, "upload", err) || cu_check_pending(cu, err)) return -1;
     if (!bytes) return 0;
     CU_TRY("upload", err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu->stream));
     CU_TRY("upload", err, cudaStreamSynchronize(cu->stream));
@@ -370,7 +522,7 @@ static int cu_download(dfx_backend *be, void *dst, const void *src, size_t bytes
                        dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
-    if (cu_check_pending(cu, err)) return -1;
+    if (cu_outside_graph(cu, "download", err) || cu_check_pending(cu, err)) return -1;
     if (!bytes) return 0;
     CU_TRY("download", err,
            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
@@ -382,6 +534,7 @@ static int cu_download(dfx_backend *be, void *dst, const void *src, size_t bytes
 static int cu_sync(dfx_backend *be, dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
+    if (cu_outside_graph(cu, "sync", err)) return -1;
     CU_TRY("sync", err, cudaStreamSynchronize(cu->stream));
     CU_TRY("sync", err, cudaGetLastError());
     return cu_check_pending(cu, err);
@@ -432,6 +585,7 @@ static int lincomb_queue(cu_impl *cu, float *out, int k, const float *const *x,
     const size_t n[2] = {(size_t)k * (size_t)rows, (size_t)rows};
     const double *dev[2];
     if (stage(cu, 2, src, n, dev, "lincomb", err)) return -1;
+    if (cu_dry(cu)) return 0;
     p.out = out;
     for (int i = 0; i < k; i++) p.x[i] = x[i];
     p.coef = dev[0];
@@ -481,7 +635,7 @@ static void cu_normal(dfx_backend *be, float *out, uint64_t seed, uint64_t first
                       int rows, size_t cols, uint32_t draw, uint32_t stream)
 {
     cu_impl *cu = impl_of(be);
-    if (rows <= 0 || cols == 0) return;
+    if (rows <= 0 || cols == 0 || cu_dry(cu)) return;
     k_normal<<<rows_grid(rows, (cols + 3) / 4), DFX_CUDA_BLOCK, 0, cu->stream>>>(
         out, seed, first_index, rows, cols, draw, stream);
     cudaError_t ce = cudaGetLastError();
@@ -519,7 +673,7 @@ static int cu_err_norm(dfx_backend *be, const float *e, const float *x0, const f
                        dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
-    if (cu_check_pending(cu, err)) return -1;
+    if (cu_outside_graph(cu, "err_norm", err) || cu_check_pending(cu, err)) return -1;
     if (rows <= 0) return 0;
     if (work_reserve(cu, (size_t)rows * sizeof(double), "err_norm", err)) return -1;
     double *dres = (double *)cu->work;
@@ -553,8 +707,8 @@ static int cu_count_nonfinite(dfx_backend *be, const float *x, size_t n, size_t 
                               dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
-    if (cu_check_pending(cu, err)) return -1;
     *count = 0;
+    if (cu_outside_graph(cu, "count_nonfinite", err) || cu_check_pending(cu, err)) return -1;
     if (n == 0) return 0;
     unsigned long long host = 0;
     CU_TRY("count_nonfinite", err,
@@ -586,7 +740,7 @@ static __global__ void k_unary(float *y, const float *x, size_t n, int fn)
 static void cu_unary(dfx_backend *be, float *y, const float *x, size_t n, int fn)
 {
     cu_impl *cu = impl_of(be);
-    if (n == 0) return;
+    if (n == 0 || cu_dry(cu)) return;
     if (fn != DFX_FN_EXP && fn != DFX_FN_LOG) {
         dfx_error e;
         dfx_fail(&e, "cuda unary: unknown function %d", fn);
@@ -617,7 +771,7 @@ static void cu_mul_add(dfx_backend *be, float *y, const float *a, const float *b
                        size_t n)
 {
     cu_impl *cu = impl_of(be);
-    if (n == 0) return;
+    if (n == 0 || cu_dry(cu)) return;
     k_mul_add<<<blocks_for(n, DFX_CUDA_BLOCK), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, b, c, n);
     cudaError_t ce = cudaGetLastError();
     if (ce != cudaSuccess) {
@@ -719,6 +873,7 @@ static int gmm_queue(cu_impl *cu, float *out, const float *x, int rows, const df
     const size_t n[3] = {R, R, R};
     const double *dev[3];
     if (stage(cu, 3, src, n, dev, "gmm_denoise", err)) return -1;
+    if (cu_dry(cu)) return 0;
     if (work_reserve(cu, (R * K + R) * sizeof(double), "gmm_denoise", err)) return -1;
     double *L = (double *)cu->work, *cx = L + R * K;
 
@@ -824,6 +979,20 @@ static int blas_handle(cu_impl *cu, cublasHandle_t *h, const char *op, dfx_error
         if (st != CUBLAS_STATUS_SUCCESS) {
             (void)cublasDestroy(b);
             return cb_fail(err, op, "cublasSetStream", st, __LINE__);
+        }
+        /* after cublasSetStream, which goes back to cuBLAS's own pool */
+        if (!cu->blas_ws) {
+            cudaError_t ce = cudaMalloc(&cu->blas_ws, DFX_CUDA_BLAS_WORKSPACE);
+            if (ce != cudaSuccess) {
+                cu->blas_ws = NULL;
+                (void)cublasDestroy(b);
+                return cu_fail(err, op, "cudaMalloc(cuBLAS workspace)", ce, __LINE__);
+            }
+        }
+        st = cublasSetWorkspace(b, cu->blas_ws, DFX_CUDA_BLAS_WORKSPACE);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            (void)cublasDestroy(b);
+            return cb_fail(err, op, "cublasSetWorkspace", st, __LINE__);
         }
         cu->blas = b;
     }
@@ -954,7 +1123,7 @@ static void cu_conv2d(dfx_backend *be, float *y, const float *x, const float *w,
                       int stride, int pad, float *scratch)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0) return;
+    if (B <= 0 || cu_dry(cu)) return;
     dfx_error e;
     if (conv_queue(cu, y, x, w, bias, B, Cin, H, W, Cout, k, stride, pad, scratch, &e)) {
         size_t Ho = k >= 1 && stride >= 1 && H + 2 * pad >= k ? (size_t)(H + 2 * pad - k) / stride + 1 : 0;
@@ -1022,7 +1191,7 @@ static void cu_group_norm(dfx_backend *be, float *y, const float *x, const float
                           int silu)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0) return;
+    if (B <= 0 || cu_dry(cu)) return;
     dfx_error e;
     if (group_norm_queue(cu, y, x, gamma, beta, B, C, HW, groups, eps, silu, &e))
         nn_failed(cu, &e, y, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
@@ -1084,7 +1253,7 @@ static void cu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const 
                               int groups, float eps, int silu)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0) return;
+    if (B <= 0 || cu_dry(cu)) return;
     dfx_error e;
     if (groups < 1 || C < 1 || C % groups) {
         dfx_fail(&e, "cuda group_norm_jvp: %d groups do not divide %d channels", groups, C);
@@ -1131,7 +1300,7 @@ static void cu_linear(dfx_backend *be, float *y, const float *x, const float *w,
                       int B, int in, int out, int silu_in)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0 || out <= 0) return;
+    if (B <= 0 || out <= 0 || cu_dry(cu)) return;
     k_linear<<<blocks_for((size_t)B * out, DFX_CUDA_BLOCK / 32), DFX_CUDA_BLOCK, 0,
                cu->stream>>>(y, x, w, b, B, in > 0 ? in : 0, out, silu_in);
     cudaError_t ce = cudaGetLastError();
@@ -1155,7 +1324,7 @@ static __global__ void k_silu_jvp(float *dy, const float *x, const float *dx, si
 static void cu_silu_jvp(dfx_backend *be, float *dy, const float *x, const float *dx, size_t n)
 {
     cu_impl *cu = impl_of(be);
-    if (n == 0) return;
+    if (n == 0 || cu_dry(cu)) return;
     k_silu_jvp<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(dy, x, dx, n);
     cudaError_t ce = cudaGetLastError();
     if (ce != cudaSuccess) {
@@ -1221,7 +1390,7 @@ static void launch_check(cu_impl *cu, const char *op, const char *kernel, float 
 static void cu_add_channel(dfx_backend *be, float *y, const float *e, int B, int C, int HW)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0 || C <= 0 || HW <= 0) return;
+    if (B <= 0 || C <= 0 || HW <= 0 || cu_dry(cu)) return;
     const size_t n = (size_t)B * C * HW;
     k_add_channel<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, e, (size_t)B * C,
                                                                      (size_t)HW);
@@ -1232,7 +1401,7 @@ static void cu_add_channel(dfx_backend *be, float *y, const float *e, int B, int
 static void cu_add(dfx_backend *be, float *y, const float *a, const float *b, size_t n)
 {
     cu_impl *cu = impl_of(be);
-    if (n == 0) return;
+    if (n == 0 || cu_dry(cu)) return;
     k_add<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, b, n);
     launch_check(cu, "add", "k_add<<<>>>", y, n, __LINE__);
 }
@@ -1242,7 +1411,7 @@ static void cu_concat(dfx_backend *be, float *y, const float *a, int Ca, const f
                       int B, int HW)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0 || HW <= 0 || Ca + Cb <= 0) return;
+    if (B <= 0 || HW <= 0 || Ca + Cb <= 0 || cu_dry(cu)) return;
     const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW, n = (size_t)B * (na + nb);
     k_concat<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, a, na, b, nb, B);
     launch_check(cu, "concat", "k_concat<<<>>>", y, n, __LINE__);
@@ -1252,7 +1421,7 @@ static void cu_concat(dfx_backend *be, float *y, const float *a, int Ca, const f
 static void cu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C, int H, int W)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0 || C <= 0 || H <= 0 || W <= 0) return;
+    if (B <= 0 || C <= 0 || H <= 0 || W <= 0 || cu_dry(cu)) return;
     const size_t n = (size_t)B * C * 4 * H * W;
     k_upsample2x<<<elem_blocks(n), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, x, (size_t)B * C, H, W);
     launch_check(cu, "upsample2x", "k_upsample2x<<<>>>", y, n, __LINE__);
@@ -1345,7 +1514,7 @@ static void cu_attention(dfx_backend *be, float *o, const float *qkv, int B, int
                          int heads, float *scratch)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0) return;
+    if (B <= 0 || cu_dry(cu)) return;
     dfx_error e;
     if (attention_queue(cu, o, qkv, B, C, HW, heads, scratch, &e))
         nn_failed(cu, &e, o, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
@@ -1447,7 +1616,7 @@ static void cu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, con
                              int B, int C, int HW, int heads, float *scratch)
 {
     cu_impl *cu = impl_of(be);
-    if (B <= 0) return;
+    if (B <= 0 || cu_dry(cu)) return;
     dfx_error e;
     if (attention_jvp_queue(cu, dout, qkv, dqkv, B, C, HW, heads, scratch, &e))
         nn_failed(cu, &e, dout, (size_t)B * (C > 0 ? C : 0) * (HW > 0 ? HW : 0));
@@ -1484,6 +1653,7 @@ static int time_embed_queue(cu_impl *cu, float *y, const double *t, int B, int d
     const size_t n[1] = {(size_t)B};
     const double *dev[1];
     if (stage(cu, 1, src, n, dev, "time_embed", err)) return -1;
+    if (cu_dry(cu)) return 0;
     k_time_embed<<<elem_blocks((size_t)B * (dim / 2)), DFX_CUDA_BLOCK, 0, cu->stream>>>(
         y, dev[0], B, dim, scale);
     CU_TRY("time_embed", err, cudaGetLastError());
@@ -1518,6 +1688,7 @@ static int embed_add_queue(cu_impl *cu, float *y, const float *table, const int 
             return dfx_fail(err, "cuda embed_add: label %d of row %d is negative", idx[b], b);
     const int *didx;
     if (stage_ints(cu, idx, (size_t)B, &didx, "embed_add", err)) return -1;
+    if (cu_dry(cu)) return 0;
     k_embed_add<<<elem_blocks((size_t)B * dim), DFX_CUDA_BLOCK, 0, cu->stream>>>(y, table, didx,
                                                                                 B, dim);
     CU_TRY("embed_add", err, cudaGetLastError());
@@ -1534,6 +1705,192 @@ static void cu_embed_add(dfx_backend *be, float *y, const float *table, const in
     if (embed_add_queue(cu, y, table, idx, B, dim, &e)) nn_failed(cu, &e, y, (size_t)B * dim);
 }
 
+/* ----------------------------------------------------------------- copy */
+
+/* CPU twin: cpu_copy_dev. */
+static void cu_copy(dfx_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cu_impl *cu = impl_of(be);
+    if (bytes == 0 || dst == src || cu_dry(cu)) return;
+    cudaError_t ce = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu->stream);
+    if (ce != cudaSuccess) {
+        dfx_error e;
+        cu_fail(&e, "copy", "cudaMemcpyAsync", ce, __LINE__);
+        cu_record(cu, &e);
+        if (bytes % sizeof(float) == 0) cu_poison(cu, (float *)dst, bytes / sizeof(float));
+    }
+}
+
+/* --------------------------------------------------------------- graphs */
+
+/* The first failure of a pass, as the pass's result. */
+static int graph_failed(const dfx_graph *g, dfx_error *err)
+{
+    if (err) *err = g->err;
+    return -1;
+}
+
+/* Starts the measure pass of a new graph. */
+static dfx_graph *cu_graph_begin(dfx_backend *be, dfx_error *err)
+{
+    cu_impl *cu = impl_of(be);
+    if (cu->gmode != GM_NONE) {
+        dfx_fail(err, "cuda graph_begin: a graph pass is already in progress");
+        return NULL;
+    }
+    dfx_graph *g = (dfx_graph *)dfx_alloc(1, sizeof *g, "CUDA graph", err);
+    if (!g) return NULL;
+    cu->graph = g;
+    cu->gmode = GM_MEASURE;
+    return g;
+}
+
+/* Ends the measure pass and begins the capture. Everything that allocates
+ * or waits happens before cudaStreamBeginCapture: the cuBLAS handle and its
+ * workspace, the graph's block, and staging slots as large as the block (so
+ * that graph_launch never grows one). */
+static int cu_graph_capture(dfx_backend *be, dfx_graph *g, dfx_error *err)
+{
+    cu_impl *cu = impl_of(be);
+    const char *op = "graph_capture";
+    if (!g || cu->gmode != GM_MEASURE || cu->graph != g)
+        return dfx_fail(err, "cuda graph_capture: no measure pass of this graph in progress");
+    if (g->failed) return graph_failed(g, err);
+    cublasHandle_t h;
+    if (blas_handle(cu, &h, op, err)) return -1;
+    const size_t bytes = g->total ? g->total : 16;
+    g->host = (unsigned char *)dfx_alloc(bytes, 1, "CUDA graph staging", err);
+    if (!g->host) return -1;
+    CU_TRY(op, err, cudaMalloc((void **)&g->dev, bytes));
+    for (int i = 0; i < DFX_CUDA_SLOTS; i++)
+        if (slot_reserve(cu, &cu->slot[i], (bytes + sizeof(double) - 1) / sizeof(double), op,
+                         err))
+            return -1;
+    g->next = 0;
+    /* thread-local: a call in this thread that is not allowed during a
+     * capture fails (and so fails the capture) instead of corrupting it */
+    CU_TRY(op, err, cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
+    g->capturing = 1;
+    cu->gmode = GM_CAPTURE;
+    return 0;
+}
+
+/* Ends the capture and instantiates the graph. On failure the stream is
+ * out of capture mode and the graph holds no executable (graph_free it). */
+static int cu_graph_end(dfx_backend *be, dfx_graph *g, dfx_error *err)
+{
+    cu_impl *cu = impl_of(be);
+    const char *op = "graph_end";
+    if (!g || cu->gmode != GM_CAPTURE || cu->graph != g)
+        return dfx_fail(err, "cuda graph_end: no capture of this graph in progress");
+    cudaGraph_t graph = NULL;
+    cudaError_t ce = cudaStreamEndCapture(cu->stream, &graph);
+    g->capturing = 0;
+    cu->gmode = GM_NONE;
+    cu->graph = NULL;
+    int rc = 0;
+    if (ce != cudaSuccess)
+        rc = cu_fail(err, op, "cudaStreamEndCapture", ce, __LINE__);
+    else if (g->failed)
+        rc = graph_failed(g, err);
+    else if (!graph)
+        rc = dfx_fail(err, "cuda graph_end: the capture was invalidated");
+    else if (g->next != g->nreg)
+        rc = dfx_fail(err, "cuda graph_end: the capture staged %d of the %d measured regions",
+                      g->next, g->nreg);
+    if (rc == 0) {
+        ce = cudaGraphInstantiateWithFlags(&g->exec, graph, 0);
+        if (ce != cudaSuccess) {
+            g->exec = NULL;
+            rc = cu_fail(err, op, "cudaGraphInstantiateWithFlags", ce, __LINE__);
+        }
+    }
+    if (graph) (void)cudaGraphDestroy(graph); /* the executable does not need it */
+    if (rc) (void)cudaGetLastError();
+    return rc;
+}
+
+/* Starts a refill pass: nothing is waited for, the ops write g's host copy,
+ * which only graph_launch reads (on the host). */
+static int cu_graph_refill(dfx_backend *be, dfx_graph *g, dfx_error *err)
+{
+    cu_impl *cu = impl_of(be);
+    if (cu->gmode != GM_NONE)
+        return dfx_fail(err, "cuda graph_refill: a graph pass is already in progress");
+    if (!g || !g->exec) return dfx_fail(err, "cuda graph_refill: the graph is not ready");
+    g->next = 0;
+    g->failed = 0;
+    cu->graph = g;
+    cu->gmode = GM_REFILL;
+    return 0;
+}
+
+/* Ends a refill pass of g (if one is in progress), sends g's staged data to
+ * its block through a staging slot, and launches g. */
+static int cu_graph_launch(dfx_backend *be, dfx_graph *g, dfx_error *err)
+{
+    cu_impl *cu = impl_of(be);
+    const char *op = "graph_launch";
+    if (g && cu->gmode == GM_REFILL && cu->graph == g) {
+        cu->gmode = GM_NONE;
+        cu->graph = NULL;
+        if (g->failed) return graph_failed(g, err);
+        if (g->next != g->nreg)
+            return dfx_fail(err, "cuda graph_launch: the refill staged %d of the graph's %d "
+                            "regions", g->next, g->nreg);
+    } else if (cu->gmode != GM_NONE) {
+        return dfx_fail(err, "cuda graph_launch: another graph pass is in progress");
+    }
+    if (!g || !g->exec) return dfx_fail(err, "cuda graph_launch: the graph is not ready");
+    if (g->total) {
+        stage_slot *sl = NULL;
+        if (slot_acquire(cu, (g->total + sizeof(double) - 1) / sizeof(double), &sl, op, err))
+            return -1;
+        memcpy(sl->host, g->host, g->total);
+        CU_TRY(op, err, cudaMemcpyAsync(g->dev, sl->host, g->total, cudaMemcpyHostToDevice,
+                                        cu->stream));
+        CU_TRY(op, err, cudaEventRecord(sl->done, cu->stream));
+    }
+    CU_TRY(op, err, cudaGraphLaunch(g->exec, cu->stream));
+    return 0;
+}
+
+/* Ends a pass of g in progress (a capture included) and frees g, once
+ * launches of it queued on the stream have finished. */
+static void cu_graph_free(dfx_backend *be, dfx_graph *g)
+{
+    cu_impl *cu = impl_of(be);
+    if (!g) return;
+    if (cu->graph == g) {
+        if (g->capturing) {
+            cudaGraph_t graph = NULL;
+            if (cudaStreamEndCapture(cu->stream, &graph) == cudaSuccess && graph)
+                (void)cudaGraphDestroy(graph);
+            g->capturing = 0;
+            (void)cudaGetLastError();
+        }
+        cu->gmode = GM_NONE;
+        cu->graph = NULL;
+    }
+    dfx_error e;
+    cudaError_t ce = cudaStreamSynchronize(cu->stream);
+    if (ce != cudaSuccess) {
+        cu_fail(&e, "graph_free", "cudaStreamSynchronize", ce, __LINE__);
+        cu_record(cu, &e);
+    }
+    if (g->exec) (void)cudaGraphExecDestroy(g->exec);
+    if (g->dev) {
+        ce = cudaFree(g->dev);
+        if (ce != cudaSuccess) {
+            cu_fail(&e, "graph_free", "cudaFree", ce, __LINE__);
+            cu_record(cu, &e);
+        }
+    }
+    free(g->host);
+    free(g->reg);
+    free(g);
+}
+
 /* --------------------------------------------------------- the backend */
 
 /* CPU twin: cpu_destroy. */
@@ -1541,6 +1898,16 @@ static void cu_destroy(dfx_backend *be)
 {
     cu_impl *cu = impl_of(be);
     if (cu) {
+        if (cu->graph) { /* a pass left open: end a capture, free nothing else */
+            if (cu->graph->capturing) {
+                cudaGraph_t graph = NULL;
+                if (cudaStreamEndCapture(cu->stream, &graph) == cudaSuccess && graph)
+                    (void)cudaGraphDestroy(graph);
+                cu->graph->capturing = 0;
+            }
+            cu->gmode = GM_NONE;
+            cu->graph = NULL;
+        }
         if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
         for (int i = 0; i < DFX_CUDA_SLOTS; i++) {
             stage_slot *sl = &cu->slot[i];
@@ -1549,6 +1916,7 @@ static void cu_destroy(dfx_backend *be)
             if (sl->done) (void)cudaEventDestroy(sl->done);
         }
         if (cu->blas) (void)cublasDestroy(cu->blas);
+        if (cu->blas_ws) (void)cudaFree(cu->blas_ws);
         if (cu->work) (void)cudaFree(cu->work);
         if (cu->counter) (void)cudaFree(cu->counter);
         if (cu->stream) (void)cudaStreamDestroy(cu->stream);
@@ -1598,6 +1966,13 @@ static void cu_fill_ops(dfx_backend_ops *o)
     o->set_precision = cu_set_precision;
     o->peak_gflops = cu_peak_gflops;
     o->destroy = cu_destroy;
+    o->copy = cu_copy;
+    o->graph_begin = cu_graph_begin;
+    o->graph_capture = cu_graph_capture;
+    o->graph_end = cu_graph_end;
+    o->graph_refill = cu_graph_refill;
+    o->graph_launch = cu_graph_launch;
+    o->graph_free = cu_graph_free;
 }
 
 static int cu_init(cu_impl *cu, dfx_error *err)

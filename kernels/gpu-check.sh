@@ -80,6 +80,10 @@ for p in fp32 tf32 bf16; do
 done
 ./build-gpu/difflux bench --model $MODEL --device cuda --sampler heun --steps 10 --batch 1,1024 \
     --profile 2>&1 | tee "$OUT/bench-profile.txt"
+log "difflux bench $MODEL heun, fp32, op by op (DIFFLUX_CUDA_GRAPHS=0) ($(elapsed) s)"
+DIFFLUX_CUDA_GRAPHS=0 ./build-gpu/difflux bench --model $MODEL --device cuda --sampler heun \
+    --steps 10 --batch 1,8,64 --json "$OUT/bench-fp32-eager.json" 2>&1 |
+    tee "$OUT/bench-fp32-eager.txt"
 
 log "side by side with PyTorch ($(elapsed) s)"
 PYTHONUNBUFFERED=1 timeout 240 python3 -m models.difflux_ref.bench_compare --model $MODEL \

@@ -102,7 +102,8 @@ expect 1 "class 7 out of range \(the model has classes 0..2\)" -- "$DFX" sample 
 expect 2 "--class expects a label" -- "$DFX" sample --model "$UC" --n 2 --class seven --out "$TMP/u.png"
 expect 1 "unconditional" -- "$DFX" sample --model "$UT" --n 2 --class 1 --out "$TMP/u.png"
 expect 1 "trained on the linear path and cannot be sampled on another" -- "$DFX" sample --model "$UT" --n 2 --path vp --out "$TMP/u.png"
-expect 1 "takes no class" -- "$DFX" sample --n 2 --class 3 --out "$TMP/u.png"
+expect 1 "takes no class" -- "$DFX" sample --model "$MODEL" --n 2 --class 3 --out "$TMP/u.png"
+expect 1 "the model is unconditional" -- "$DFX" sample --n 2 --class 3 --out "$TMP/u.png"
 
 # the sampler family and the multiplicative (Dale) models
 expect 0 "wrote $TMP/dale.safetensors: 20 components of 28 x 28, path dale" -- "$DFX" make-gmm --path dale --range-lo 1 --range-hi 2 --count 20 --out "$TMP/dale.safetensors"
@@ -139,8 +140,12 @@ expect 1 "no-such.safetensors" -- "$DFX" conservativity --model "$TMP/no-such.sa
 expect 1 "--data .*fewer than --points" -- "$DFX" conservativity --model "$MODEL" --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --points 20000 --quiet
 expect 0 "asymmetry \+- se" -- "$DFX" conservativity --model "$MODEL" --baseline "$MODEL" --points 1 --t 0.5 --probes 2 --patch 2 --loop-nodes 8 --radii 0.1 --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --csv "$TMP/c.csv" --json "$TMP/c.json" --quiet
 [ "$(wc -l <"$TMP/c.csv")" -eq 3 ] && grep -q '"asymmetry"' "$TMP/c.json" || { echo "FAIL: conservativity CSV/JSON"; fails=$((fails + 1)); }
+expect 2 "--replot needs --plot" -- "$DFX" conservativity --replot "$TMP/c.csv"
+expect 1 "not a conservativity CSV" -- "$DFX" conservativity --replot "$TMP/c.json" --plot "$TMP/r.png"
 if "$DFX" conservativity --help >/dev/null && "$DFX" conservativity --model "$MODEL" --points 1 --t 0.5 --probes 2 --patch 0 --loop-nodes 0 --plot "$TMP/c.png" --quiet >/dev/null 2>"$TMP/plot.err"; then
     [ "$(head -c 4 "$TMP/c.png" | od -An -c | tr -d ' ')" = "211PNG" ] || { echo "FAIL: the plot is not a PNG"; fails=$((fails + 1)); }
+    expect 0 "wrote .*r.png" -- "$DFX" conservativity --replot "$TMP/c.csv" --plot "$TMP/r.png"
+    [ "$(head -c 4 "$TMP/r.png" | od -An -c | tr -d ' ')" = "211PNG" ] || { echo "FAIL: the replot is not a PNG"; fails=$((fails + 1)); }
 else
     grep -q "no plotting" "$TMP/plot.err" || { echo "FAIL: --plot: $(cat "$TMP/plot.err")"; fails=$((fails + 1)); }
 fi

@@ -123,3 +123,18 @@ void cli_usage(FILE *f, const char *synopsis, const char *about, const cli_opt *
     }
     fprintf(f, "  %-22s %s\n", "--help", "show this help");
 }
+
+int cli_parse_list(const char *s, double *v, int cap, int *n)
+{
+    *n = 0;
+    while (*s) {
+        char *end;
+        double x = strtod(s, &end);
+        if (end == s || !isfinite(x) || *n >= cap) return -1;
+        v[(*n)++] = x;
+        s = end;
+        if (*s == ',') s++;
+        else if (*s) return -1;
+    }
+    return *n ? 0 : -1;
+}

@@ -24,5 +24,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int n, int *help);
 void cli_usage(FILE *f, const char *synopsis, const char *about, const cli_opt *opts, int n);
 const cli_opt *cli_find(const cli_opt *opts, int n, const char *name);
+/* "a,b,c": 1 to cap finite numbers into v[*n]; -1 on anything else. */
+int cli_parse_list(const char *s, double *v, int cap, int *n);
 
 #endif

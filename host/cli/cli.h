@@ -9,7 +9,7 @@ int cmd_make_gmm(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_conservativity(int argc, char **argv);
 
-/* The shipped default model: $DIFFLUX_MODEL, else models/mnist-gmm.safetensors
+/* The shipped default model: $DIFFLUX_MODEL, else models/mnist-flow.safetensors
  * under the current directory, else the one in the source tree. */
 const char *cli_default_model(void);
 

@@ -13,17 +13,13 @@
 
 static int parse_batches(const char *s, int *b, int *n)
 {
-    *n = 0;
-    while (*s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 1 || v > 1 << 20 || *n >= MAX_BATCHES) return -1;
-        b[(*n)++] = (int)v;
-        s = end;
-        if (*s == ',') s++;
-        else if (*s) return -1;
+    double v[MAX_BATCHES];
+    if (cli_parse_list(s, v, MAX_BATCHES, n)) return -1;
+    for (int i = 0; i < *n; i++) {
+        if (v[i] < 1 || v[i] > 1 << 20 || v[i] != floor(v[i])) return -1;
+        b[i] = (int)v[i];
     }
-    return *n ? 0 : -1;
+    return 0;
 }
 
 typedef struct result {
@@ -38,7 +34,7 @@ int cmd_bench(int argc, char **argv)
     int steps = 10, threads = 0, warmup = 1, repeat = 3, profile = 0;
     double peak = 0.0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: the shipped demo model)", 0},
+        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
         {"sampler", OPT_STR, &sampler, "NAME", "sampler (heun)", 0},
         {"steps", OPT_INT, &steps, "N", "sampler steps per run (10)", 0},
         {"batch", OPT_STR, &batches, "LIST", "comma-separated batch sizes (1,8,64)", 0},

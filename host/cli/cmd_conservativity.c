@@ -14,21 +14,6 @@
 
 #define MAX_TIMES 64
 
-static int parse_doubles(const char *s, double *v, int cap, int *n)
-{
-    *n = 0;
-    while (*s) {
-        char *end;
-        double x = strtod(s, &end);
-        if (end == s || !isfinite(x) || *n >= cap) return -1;
-        v[(*n)++] = x;
-        s = end;
-        if (*s == ',') s++;
-        else if (*s) return -1;
-    }
-    return *n ? 0 : -1;
-}
-
 typedef struct progress {
     int on;
     int done, total;
@@ -235,10 +220,10 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
             else if (q == 1) se = &patch[mdl], snprintf(lab, 96, "%s", names[mdl]);
             else if (q - 2 < R)
                 se = &circ[mdl * R + q - 2],
-                snprintf(lab, 96, "%s, r=%g|x|", names[mdl], r[0].radii[q - 2]);
+                snprintf(lab, 96, "%s r=%g|x|", names[mdl], r[0].radii[q - 2]);
             else
                 se = &path[mdl * R + q - 2 - R],
-                snprintf(lab, 96, "%s, r=%g|x|", names[mdl], r[0].radii[q - 2 - R]);
+                snprintf(lab, 96, "%s r=%g|x|", names[mdl], r[0].radii[q - 2 - R]);
             *se = (dfx_plot_series){lab, nt, ts, y, e, mdl > 0, q < 2 ? 0 : (q - 2) % R};
         }
     }
@@ -259,17 +244,94 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
     return rc;
 }
 
+/* Results written by --csv, read back for --replot: one table per model
+ * name, in file order. */
+static int read_csv(const char *file, char names[2][256], dfx_cons_result *res[2], int *nmodels,
+                    int *nt, dfx_error *err)
+{
+    FILE *f = fopen(file, "r");
+    if (!f) return snprintf(err->msg, sizeof err->msg, "--replot %s: cannot open", file), -1;
+    char line[4096];
+    int R = 0, rc = -1;
+    double radii[DFX_CONS_MAX_RADII];
+    *nmodels = 0;
+    int count[2] = {0, 0};
+    if (!fgets(line, sizeof line, f) || strncmp(line, "model,t,asym,", 13) != 0) {
+        snprintf(err->msg, sizeof err->msg, "--replot %s: not a conservativity CSV", file);
+        goto done;
+    }
+    for (char *p = strstr(line, "circ_r"); p && R < DFX_CONS_MAX_RADII;
+         p = strstr(p + 1, ",circ_r"))
+        radii[R++] = atof(strstr(p, "circ_r") + 6);
+    for (int i = 0; i < 2; i++) res[i] = calloc(MAX_TIMES, sizeof(dfx_cons_result));
+    if (!res[0] || !res[1]) {
+        snprintf(err->msg, sizeof err->msg, "out of memory");
+        goto done;
+    }
+    int ln = 1;
+    while (fgets(line, sizeof line, f)) {
+        ln++;
+        char *comma = strchr(line, ',');
+        if (!comma) continue;
+        *comma = 0;
+        int mi = -1;
+        for (int i = 0; i < *nmodels; i++)
+            if (strcmp(names[i], line) == 0) mi = i;
+        if (mi < 0) {
+            if (*nmodels == 2) {
+                snprintf(err->msg, sizeof err->msg, "--replot %s: more than two models", file);
+                goto done;
+            }
+            mi = (*nmodels)++;
+            snprintf(names[mi], 256, "%.255s", line);
+        }
+        if (count[mi] >= MAX_TIMES) continue;
+        double v[6 + 4 * DFX_CONS_MAX_RADII];
+        int nv = 0;
+        for (char *q = comma + 1; *q && nv < 6 + 4 * R;) {
+            char *end;
+            v[nv++] = strtod(q, &end);
+            if (end == q) break;
+            q = *end == ',' ? end + 1 : end;
+        }
+        if (nv != 6 + 4 * R) {
+            snprintf(err->msg, sizeof err->msg, "--replot %s: line %d has %d values, not %d", file,
+                     ln, nv, 6 + 4 * R);
+            goto done;
+        }
+        dfx_cons_result *r = &res[mi][count[mi]++];
+        r->t = v[0], r->asym = v[1], r->asym_se = v[2], r->jnorm = v[3];
+        r->patch = v[4], r->patch_se = v[5], r->nradii = R;
+        for (int k = 0; k < R; k++) {
+            r->radii[k] = radii[k];
+            r->circ[k] = v[6 + 2 * k], r->circ_se[k] = v[7 + 2 * k];
+            r->pathdep[k] = v[6 + 2 * R + 2 * k], r->pathdep_se[k] = v[7 + 2 * R + 2 * k];
+        }
+    }
+    if (*nmodels == 0 || (*nmodels == 2 && count[0] != count[1])) {
+        snprintf(err->msg, sizeof err->msg, "--replot %s: no rows, or models with different times",
+                 file);
+        goto done;
+    }
+    *nt = count[0];
+    rc = 0;
+done:
+    fclose(f);
+    return rc;
+}
+
 int cmd_conservativity(int argc, char **argv)
 {
     const char *model = NULL, *baseline = NULL, *field_s = "score", *times = NULL,
                *radii_s = "0.01,0.1,0.5", *method_s = "exact", *data = NULL,
-               *sampler = "heun", *device = "auto", *csv = NULL, *json = NULL, *plot = NULL;
+               *sampler = "heun", *device = "auto", *csv = NULL, *json = NULL, *plot = NULL,
+               *replot = NULL;
     int points = 8, probes = 16, patch = 4, loop_nodes = 64, steps = 20, threads = 0,
         batch = 64, quiet = 0;
     uint64_t seed = 0;
     double fd_step = 1e-3;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: the shipped default model)", 0},
+        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
         {"baseline", OPT_STR, &baseline, "FILE",
          "an exact Gaussian-mixture model of the same data, measured beside it", 0},
         {"field", OPT_STR, &field_s, "NAME", "score (default), velocity, eps, data or v", 0},
@@ -296,6 +358,8 @@ int cmd_conservativity(int argc, char **argv)
         {"csv", OPT_STR, &csv, "FILE", "write the results as CSV", 0},
         {"json", OPT_STR, &json, "FILE", "write the results as JSON", 0},
         {"plot", OPT_STR, &plot, "FILE", "PNG plot of every metric against t", 0},
+        {"replot", OPT_STR, &replot, "CSV",
+         "measure nothing: plot (--plot) the results of an earlier --csv", 0},
         {"quiet", OPT_FLAG, &quiet, NULL, "no progress on stderr", 0},
     };
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
@@ -331,7 +395,7 @@ int cmd_conservativity(int argc, char **argv)
                CLI_USAGE;
     dfx_cons_opts o;
     dfx_cons_opts_default(&o);
-    if (parse_doubles(radii_s, o.radii, DFX_CONS_MAX_RADII, &o.nradii))
+    if (cli_parse_list(radii_s, o.radii, DFX_CONS_MAX_RADII, &o.nradii))
         return fprintf(stderr,
                        "difflux conservativity: --radii expects up to %d numbers like "
                        "0.01,0.1, got '%s'\n",
@@ -363,6 +427,28 @@ int cmd_conservativity(int argc, char **argv)
     o.loop_nodes = loop_nodes;
     o.seed = seed;
     o.batch = batch;
+    if (replot) {
+        if (!plot)
+            return fprintf(stderr, "difflux conservativity: --replot needs --plot FILE\n"),
+                   CLI_USAGE;
+        char rn[2][256];
+        dfx_cons_result *rr[2] = {NULL, NULL};
+        int nm = 0, ntr = 0;
+        dfx_error e = {{0}};
+        int r = read_csv(replot, rn, rr, &nm, &ntr, &e);
+        const char *np[2] = {rn[0], rn[1]};
+        for (int i = 0; i < nm && r == 0; i++) {
+            const char *sl = strrchr(rn[i], '/');
+            np[i] = sl ? sl + 1 : rn[i];
+            ((char *)np[i])[strcspn(np[i], ".")] = 0;
+        }
+        if (r == 0) r = write_plot(plot, np, rr, nm, ntr, dfx_pred_name(field), &e);
+        free(rr[0]);
+        free(rr[1]);
+        if (r) return fprintf(stderr, "difflux conservativity: %s\n", e.msg), CLI_FAIL;
+        printf("wrote %s\n", plot);
+        return CLI_OK;
+    }
     if (!model) model = cli_default_model();
 
     dfx_error err = {{0}};
@@ -373,6 +459,7 @@ int cmd_conservativity(int argc, char **argv)
     float *x0 = NULL;
     const char *names[2] = {model, baseline};
     const char *shortn[2] = {NULL, NULL};
+    char shortbuf[2][128];
     int nmodels = baseline ? 2 : 1;
     double tl[MAX_TIMES];
     int nt = 0;
@@ -396,7 +483,7 @@ int cmd_conservativity(int argc, char **argv)
             goto done;
     }
     if (times) {
-        if (parse_doubles(times, tl, MAX_TIMES, &nt)) {
+        if (cli_parse_list(times, tl, MAX_TIMES, &nt)) {
             snprintf(err.msg, sizeof err.msg, "--t expects up to %d times like 0.1,0.5, got '%s'",
                      MAX_TIMES, times);
             rc = CLI_USAGE;
@@ -446,6 +533,9 @@ int cmd_conservativity(int argc, char **argv)
     for (int i = 0; i < nmodels; i++) {
         const char *sl = strrchr(names[i], '/');
         shortn[i] = sl ? sl + 1 : names[i];
+        snprintf(shortbuf[i], sizeof shortbuf[i], "%.*s", (int)strcspn(shortn[i], "."),
+                 shortn[i]);
+        shortn[i] = shortbuf[i];
     }
     if (plot && write_plot(plot, shortn, res, nmodels, nt, dfx_pred_name(field), &err)) goto done;
     if (csv) printf("\nwrote %s\n", csv);

@@ -12,7 +12,7 @@ int cmd_info(int argc, char **argv)
     const char *model = NULL;
     int tensors = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: the shipped demo model)", 0},
+        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
         {"tensors", OPT_FLAG, &tensors, NULL, "also list every stored tensor", 0},
     };
     int help, rc = cli_parse("info", argc, argv, opts, 2, &help);

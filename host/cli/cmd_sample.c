@@ -52,7 +52,7 @@ int cmd_sample(int argc, char **argv)
     double rho = 7, shift = 3, t_noise = NAN, t_data = NAN, rtol = 1e-4, atol = 1e-4, eps0 = 1,
            pad_value = 1.0, guidance = 1.0, eta = NAN, snr = 0.16, delta = NAN, anneal = NAN;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: the shipped MNIST demo model)", 0},
+        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
         {"sampler", OPT_STR, &sampler, "NAME", "sampler (heun); `difflux samplers` lists them", 0},
         {"steps", OPT_INT, &steps, "N", "steps of the time grid (the sampler's default)", 0},
         {"n", OPT_INT, &n, "COUNT", "number of samples (64)", 0},

@@ -11,14 +11,14 @@
 #include <unistd.h>
 
 #ifndef DFX_SOURCE_MODEL
-#define DFX_SOURCE_MODEL "models/mnist-gmm.safetensors"
+#define DFX_SOURCE_MODEL "models/mnist-flow.safetensors"
 #endif
 
 const char *cli_default_model(void)
 {
     const char *env = getenv("DIFFLUX_MODEL");
     if (env && *env) return env;
-    const char *local = "models/mnist-gmm.safetensors";
+    const char *local = "models/mnist-flow.safetensors";
     if (access(local, R_OK) == 0) return local;
     return DFX_SOURCE_MODEL;
 }
@@ -43,7 +43,7 @@ static void usage(FILE *f)
             "  bench       measure sampling throughput\n"
             "  conservativity  measure whether the field is a gradient\n\n"
             "`difflux COMMAND --help` describes each command's options.\n"
-            "`difflux sample` alone samples the shipped demo model into grid.png.\n");
+            "`difflux sample` alone samples the shipped flow-matching model into grid.png.\n");
 }
 
 /* OpenBLAS falls back to slow SSE3 kernels on CPU models it does not know

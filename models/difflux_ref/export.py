@@ -79,6 +79,19 @@ def export(checkpoint: str, out: str, dtype: str = "F32", which: str = "auto", l
         config = json.loads(config)
     config = dict(config)
     config["unet"] = unet_section(config.get("unet", {}))  # write every key explicitly
+    st = ck.get("state")
+    if isinstance(st, dict) and st.get("step"):  # written by train.py
+        losses = [l for _, l in st.get("losses", [])][-10:]
+        prov = dict(config.get("provenance", {}))
+        prov["training"] = {
+            "steps": int(st["step"]),
+            "batch": int(ck.get("recipe", {}).get("train", {}).get("batch", 0)),
+            "images": int(st.get("images", 0)),
+            "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),
+            "final_loss": round(sum(losses) / len(losses), 5) if losses else None,
+            "hardware": st.get("hardware", ""),
+        }
+        config["provenance"] = prov
     check_config(config)
     if which == "auto":
         which = "ema" if ck.get("ema") is not None else "model"

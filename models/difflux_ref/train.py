@@ -165,6 +165,21 @@ def main(argv=None):
         state = ck["state"]
         print(f"{name}: resuming at step {state['step']} "
               f"({state['elapsed'] / 60:.1f} min trained so far)", flush=True)
+    # where the steps ran, accumulated over resumed runs (for the model card)
+    if dev.type == "cuda":
+        hw = torch.cuda.get_device_name(dev)
+    else:
+        hw = "CPU"
+        try:
+            with open("/proc/cpuinfo") as f:
+                hw = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        hw += f", {torch.get_num_threads()} thread(s)"
+    seen = [h for h in state.get("hardware", "").split(" + ") if h]
+    if hw not in seen:
+        seen.append(hw)
+    state["hardware"] = " + ".join(seen)
     nparams = sum(p.numel() for p in net.parameters())
     print(f"{name}: {nparams} parameters, {N} images, loss {tr['loss']}, batch {tr['batch']}, "
           f"{total} steps, {torch.get_num_threads()} threads", flush=True)
