@@ -913,7 +913,7 @@ fail:
     if (g) o->graph_free(be, g); /* also ends a pass or capture in progress */
     u->graphs = 0;
     u->gfailed++;
-    snprintf(u->gwhy, sizeof u->gwhy, "%s", e.msg);
+    snprintf(u->gwhy, sizeof u->gwhy, "%.255s", e.msg);
     return NULL;
 }
 
