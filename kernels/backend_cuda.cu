@@ -1134,6 +1134,24 @@ static void cu_conv2d(dfx_backend *be, float *y, const float *x, const float *w,
 
 /* ----------------------------------------------------------- group_norm */
 
+/* The mean of a GroupNorm group and 1 / sqrt(var + eps), by the whole
+ * block: two passes in double (the forward and its tangent share it). */
+static __device__ void gn_block_stats(const float *xs, size_t n, float eps, double *sh,
+                                      double *mean, double *inv)
+{
+    double s = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += xs[i];
+    const double m = block_sum(s, sh) / (double)n;
+    double s2 = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const double d = xs[i] - m;
+        s2 += d * d;
+    }
+    s2 = block_sum(s2, sh);
+    *mean = m;
+    *inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
+}
+
 /* One block per (sample, group): mean, then the biased variance about it
  * (two passes, in double), then y = x sc + sh per channel with sc, sh
  * rounded to float exactly as the CPU rounds them (no FMA anywhere). */
@@ -1150,16 +1168,8 @@ static __global__ void k_group_norm(float *y, const float *x, const float *gamma
         const size_t off = (b * C + g * cg) * HW;
         const float *xs = x + off;
         float *ys = y + off;
-        double s = 0.0;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += xs[i];
-        const double mean = block_sum(s, sh) / (double)n;
-        double s2 = 0.0;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-            const double d = xs[i] - mean;
-            s2 += d * d;
-        }
-        s2 = block_sum(s2, sh);
-        const double inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
+        double mean, inv;
+        gn_block_stats(xs, n, eps, sh, &mean, &inv);
         const double mi = __dmul_rn(mean, inv);
         for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
             const size_t ch = g * cg + i / (size_t)HW;
@@ -1214,16 +1224,8 @@ static __global__ void k_group_norm_jvp(float *dy, const float *x, const float *
         const size_t off = (b * C + g * cg) * HW;
         const float *xs = x + off, *ds = dx + off;
         float *ys = dy + off;
-        double s = 0.0;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += xs[i];
-        const double mean = block_sum(s, sh) / (double)n;
-        double s2 = 0.0;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-            const double d = xs[i] - mean;
-            s2 += d * d;
-        }
-        s2 = block_sum(s2, sh);
-        const double inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
+        double mean, inv;
+        gn_block_stats(xs, n, eps, sh, &mean, &inv);
         double sd = 0.0, sxd = 0.0;
         for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
             sd += ds[i];
