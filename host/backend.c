@@ -2,7 +2,17 @@
 #include "backend.h"
 #include "error.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+int dfx_cuda_devices(void)
+{
+#ifdef DFX_HAVE_CUDA
+    return dfx_cuda_device_count();
+#else
+    return 0;
+#endif
+}
 
 int dfx_have_cuda(void)
 {
@@ -22,6 +32,21 @@ dfx_backend *dfx_backend_create(const char *name, int threads, dfx_error *err)
 #else
         dfx_fail(err, "--device cuda: this build of difflux has no CUDA backend "
                       "(configure with -DDIFFLUX_CUDA=ON on a machine with the CUDA toolkit)");
+        return NULL;
+#endif
+    }
+    if (strncmp(name, "cuda:", 5) == 0) {
+        char *end;
+        long idx = strtol(name + 5, &end, 10);
+        if (!name[5] || *end || idx < 0 || idx > 1023) {
+            dfx_fail(err, "--device %s: expected cuda:N with N a device number", name);
+            return NULL;
+        }
+#ifdef DFX_HAVE_CUDA
+        if (dfx_cuda_select(idx, err)) return NULL;
+        return dfx_backend_cuda_create(err);
+#else
+        dfx_fail(err, "--device %s: this build of difflux has no CUDA backend", name);
         return NULL;
 #endif
     }

@@ -190,6 +190,8 @@ dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err);
 dfx_backend *dfx_backend_cuda_create(dfx_error *err);
 /* Number of usable CUDA devices (0 when none or no driver). */
 int dfx_cuda_device_count(void);
+/* Makes device idx current for this thread (before dfx_backend_cuda_create). */
+int dfx_cuda_select(long idx, dfx_error *err);
 #endif
 
 /* Allocation that reports what it was for. */

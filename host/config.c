@@ -109,9 +109,17 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
             goto fail;
         }
     }
-    if (parse_path(&c->path, cJSON_GetObjectItemCaseSensitive(r, "path"), file, err)) goto fail;
+    /* a classifier (feature network for difflux eval) has no path and
+     * predicts no field: it maps images to features and class logits */
+    int classifier = strcmp(c->kind, "classifier") == 0;
+    const cJSON *pj = cJSON_GetObjectItemCaseSensitive(r, "path");
     const cJSON *pred = cJSON_GetObjectItemCaseSensitive(r, "prediction");
-    if (!cJSON_IsString(pred) || dfx_pred_parse(pred->valuestring, &c->prediction) != 0) {
+    if (classifier && !pj && !pred) {
+        dfx_path_default(&c->path, DFX_PATH_LINEAR);
+        c->prediction = DFX_PRED_DATA;
+    } else if (parse_path(&c->path, pj, file, err)) {
+        goto fail;
+    } else if (!cJSON_IsString(pred) || dfx_pred_parse(pred->valuestring, &c->prediction) != 0) {
         dfx_fail(err, "%s: config: prediction must be one of eps, data, score, velocity, v",
                  file);
         goto fail;

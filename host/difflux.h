@@ -46,8 +46,8 @@ typedef struct dfx_error {
 
 typedef struct dfx_backend dfx_backend;
 
-/* name: "cpu", "cuda" or "auto" (CUDA when built with it and a GPU is
- * present, else CPU). threads: CPU worker threads, 0 = all cores. */
+/* name: "cpu", "cuda", "cuda:N" (device N) or "auto" (CUDA when built with
+ * it and a GPU is present, else CPU). threads: CPU worker threads, 0 = all cores. */
 dfx_backend *dfx_backend_create(const char *name, int threads, dfx_error *err);
 void dfx_backend_destroy(dfx_backend *be);
 const char *dfx_backend_name(const dfx_backend *be);
@@ -74,6 +74,8 @@ const char *dfx_blas_core(void);
 const char *dfx_blas_better_core(void);
 /* 1 when the library was built with the CUDA backend. */
 int dfx_have_cuda(void);
+/* Usable CUDA devices (0 without the CUDA backend or a GPU). */
+int dfx_cuda_devices(void);
 
 /* ----------------------------------------------------- paths, predictions */
 
@@ -164,6 +166,17 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap);
 #define DFX_CLASS_NONE (-1)
 #define DFX_CLASS_CYCLE (-2)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+
+/* Classifiers (kind "classifier": the feature networks of difflux eval).
+ * dfx_classifier_dims gives the feature width F and class count K (-1 when
+ * m is not a classifier). dfx_classify maps n images of pixels in [0, 1]
+ * (host, [n, C, H, W]) to features [n, F] and logits [n, K] (host; either
+ * may be NULL). dfx_classifier_label: the name of class k from the
+ * config's "labels" (its number as text when absent), in buf. */
+int dfx_classifier_dims(const dfx_model *m, int *features, int *classes);
+int dfx_classify(dfx_model *m, const float *pixels, int n, float *features, float *logits,
+                 dfx_error *err);
+const char *dfx_classifier_label(const dfx_model *m, int k, char *buf, size_t cap);
 
 /* Time spent per operation type of a network's evaluations. enable = 1
  * starts (and resets) collecting, 0 stops, -1 only reads. Collecting

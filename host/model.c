@@ -57,8 +57,12 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
         rc = dfx_unet_load(m, &f, err);
     else if (strcmp(cfg.kind, "affine") == 0)
         rc = dfx_affine_load(m, &f, err);
+    else if (strcmp(cfg.kind, "classifier") == 0)
+        rc = dfx_classifier_load(m, &f, err);
     else
-        rc = dfx_fail(err, "%s: unknown model kind '%s' (this build knows: gmm, unet, affine)",
+        rc = dfx_fail(err,
+                      "%s: unknown model kind '%s' (this build knows: gmm, unet, affine, "
+                      "classifier)",
                       file, cfg.kind);
     if (rc == 0) rc = dfx_st_check_all_used(&f, err);
     if (rc == 0 && m->logspace && !m->analytic) {

@@ -118,6 +118,7 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
 struct dfx_st_file;
 int dfx_gmm_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_unet_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
+int dfx_classifier_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
 /* Tests: per-row labels (0..K, K = no class) for the next evaluations, NULL
  * to go back to dfx_model_set_class. The array must outlive them. */

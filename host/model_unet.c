@@ -30,6 +30,8 @@ typedef struct unet_cfg {
     int ch0, levels, mult[MAX_LEVELS], nres, attn[MAX_LEVELS], heads, groups, T, classes;
     double time_scale;
     float eps;
+    /* classifiers (kind "classifier"): channels per level and feature width */
+    int ch[MAX_LEVELS], features;
 } unet_cfg;
 
 typedef enum {
@@ -118,18 +120,24 @@ typedef struct unet_impl {
 
 /* ----------------------------------------------------------- config */
 
+/* The config section a value belongs to ("unet", "classifier"). */
+static const char *sect(const cJSON *s)
+{
+    return s && s->string ? s->string : "unet";
+}
+
 static int cfg_int(const cJSON *s, const char *key, int lo, int hi, int dflt, int *out,
                    const char *file, dfx_error *err)
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, key);
     if (!j) {
-        if (dflt < lo) return dfx_fail(err, "%s: config: missing unet.%s", file, key);
+        if (dflt < lo) return dfx_fail(err, "%s: config: missing %s.%s", file, sect(s), key);
         *out = dflt;
         return 0;
     }
     if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < lo ||
         j->valuedouble > hi)
-        return dfx_fail(err, "%s: config: unet.%s must be an integer in [%d, %d]", file, key, lo,
+        return dfx_fail(err, "%s: config: %s.%s must be an integer in [%d, %d]", file, sect(s), key, lo,
                         hi);
     *out = (int)j->valuedouble;
     return 0;
@@ -140,16 +148,16 @@ static int cfg_list(const cJSON *s, const char *key, int maxn, int lo, int hi, i
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, key);
     if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) > maxn)
-        return dfx_fail(err, "%s: config: unet.%s must be a list of at most %d integers", file,
-                        key, maxn);
+        return dfx_fail(err, "%s: config: %s.%s must be a list of at most %d integers", file,
+                        sect(s), key, maxn);
     *n = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, j)
     {
         if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
             it->valuedouble < lo || it->valuedouble > hi)
-            return dfx_fail(err, "%s: config: unet.%s entries must be integers in [%d, %d]",
-                            file, key, lo, hi);
+            return dfx_fail(err, "%s: config: %s.%s entries must be integers in [%d, %d]",
+                            file, sect(s), key, lo, hi);
         vals[(*n)++] = (int)it->valuedouble;
     }
     return 0;
@@ -197,6 +205,30 @@ static int parse_unet(unet_cfg *c, const dfx_model_config *mc, const char *file,
     if (mc->height % div || mc->width % div)
         return dfx_fail(err, "%s: config: a %d x %d image cannot be halved %d times", file,
                         mc->height, mc->width, c->levels - 1);
+    return 0;
+}
+
+/* The classifier section: {"channels": [..], "features": F, "num_classes": K,
+ * "groups": G, "norm_eps": e} (models/FORMAT.md). */
+static int parse_classifier(unet_cfg *c, const dfx_model_config *mc, const char *file,
+                            dfx_error *err)
+{
+    memset(c, 0, sizeof *c);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(mc->root, "classifier");
+    if (!cJSON_IsObject(s)) return dfx_fail(err, "%s: config: missing object 'classifier'", file);
+    if (cfg_list(s, "channels", MAX_LEVELS, 1, 4096, c->ch, &c->levels, file, err) ||
+        cfg_int(s, "features", 1, 65536, -1, &c->features, file, err) ||
+        cfg_int(s, "num_classes", 1, 100000, -1, &c->classes, file, err) ||
+        cfg_int(s, "groups", 1, 1024, -1, &c->groups, file, err))
+        return -1;
+    if (c->levels < 1) return dfx_fail(err, "%s: config: classifier.channels is empty", file);
+    c->eps = 1e-5f;
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(s, "norm_eps");
+    if (j) {
+        if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || j->valuedouble > 1)
+            return dfx_fail(err, "%s: config: classifier.norm_eps must be in (0, 1]", file);
+        c->eps = (float)j->valuedouble;
+    }
     return 0;
 }
 
@@ -317,8 +349,8 @@ static int norm(builder *bd, int in, const char *prefix, int C, int h, int w, in
     unet_impl *u = bd->u;
     if (C % u->c.groups) {
         if (!bd->failed)
-            dfx_fail(bd->err, "%s: config: unet.groups = %d does not divide the %d channels of %s",
-                     bd->f->path, u->c.groups, C, prefix);
+            dfx_fail(bd->err, "%s: config: %s.groups = %d does not divide the %d channels of %s",
+                     bd->f->path, bd->m->cfg.kind, u->c.groups, C, prefix);
         bd->failed = 1;
         return 0;
     }
@@ -484,6 +516,42 @@ static int build(builder *bd)
     x = norm(bd, x, "out.norm", ch, h, w, 1);
     x = conv(bd, x, "out.conv", ch, C, h, w, 3, 1);
     /* the last op writes the caller's output */
+    if (!bd->failed) u->ops[u->nops - 1].out = BUF_OUT;
+    if (bd->failed && !bd->err->msg[0]) dfx_fail(bd->err, "%s: out of memory", bd->f->path);
+    return bd->failed ? -1 : 0;
+}
+
+/* The classifier (models/difflux_ref/classifier.py): conv_in, then per
+ * level GroupNorm+SiLU, a 3x3 conv and (but the last) a stride-2 3x3 conv;
+ * GroupNorm+SiLU, flatten, `feat` (the features), `head` on SiLU(features)
+ * (the logits). The output row is [features, logits]. */
+static int build_classifier(builder *bd)
+{
+    unet_impl *u = bd->u;
+    const unet_cfg *c = &u->c;
+    int h = bd->m->cfg.height, w = bd->m->cfg.width;
+    char n[128];
+    int x = conv(bd, BUF_X, "conv_in", bd->m->cfg.channels, c->ch[0], h, w, 3, 1);
+    int ch = c->ch[0];
+    for (int l = 0; l < c->levels; l++) {
+        snprintf(n, sizeof n, "blocks.%d.norm", l);
+        x = norm(bd, x, n, ch, h, w, 1);
+        snprintf(n, sizeof n, "blocks.%d.conv", l);
+        x = conv(bd, x, n, ch, c->ch[l], h, w, 3, 1);
+        ch = c->ch[l];
+        if (l + 1 < c->levels) {
+            snprintf(n, sizeof n, "blocks.%d.down", l);
+            x = conv(bd, x, n, ch, ch, h, w, 3, 2);
+            h = (h - 1) / 2 + 1;
+            w = (w - 1) / 2 + 1;
+        }
+    }
+    x = norm(bd, x, "out.norm", ch, h, w, 1);
+    int f = linear(bd, x, "feat", ch * h * w, c->features, 0);
+    int lg = linear(bd, f, "head", c->features, c->classes, 1);
+    int cat = new_buf(bd, (size_t)c->features + (size_t)c->classes);
+    add_op(bd, (uop){.kind = U_CONCAT, .out = cat, .in0 = f, .in1 = lg, .cin = c->features,
+                     .c1 = c->classes, .h = 1, .w_ = 1});
     if (!bd->failed) u->ops[u->nops - 1].out = BUF_OUT;
     if (bd->failed && !bd->err->msg[0]) dfx_fail(bd->err, "%s: out of memory", bd->f->path);
     return bd->failed ? -1 : 0;
@@ -1140,4 +1208,126 @@ void dfx_unet_graph_stats(const dfx_model *m, long *captures, long *launches, lo
     if (launches) *launches = u->glaunches;
     if (failed) *failed = u->gfailed;
     if (why) *why = u->gwhy;
+}
+
+/* ------------------------------------------------------- classifiers */
+
+static int classifier_predict(dfx_model *m, const double *t, const float *x, float *out,
+                              int rows, dfx_error *err)
+{
+    (void)t;
+    (void)x;
+    (void)out;
+    (void)rows;
+    return dfx_fail(err, "%s is a classifier (features and class logits for difflux eval), "
+                         "not a generative model",
+                    m->file);
+}
+
+static int classifier_describe(const dfx_model *m, char *buf, size_t cap)
+{
+    const unet_impl *u = m->impl;
+    const unet_cfg *c = &u->c;
+    int n = snprintf(buf, cap, "architecture classifier, %d levels:", c->levels);
+    int h = m->cfg.height, w = m->cfg.width;
+    for (int l = 0; l < c->levels && n >= 0 && (size_t)n < cap; l++) {
+        n += snprintf(buf + n, cap - (size_t)n, " %dx%d@%d", h, w, c->ch[l]);
+        h = (h - 1) / 2 + 1;
+        w = (w - 1) / 2 + 1;
+    }
+    if (n < 0 || (size_t)n >= cap) return n;
+    n += snprintf(buf + n, cap - (size_t)n,
+                  "\n             GroupNorm %d groups, %d features, %d classes\n"
+                  "graph        %d ops, %.1f KiB activations per sample\n",
+                  c->groups, c->features, c->classes, u->nops, u->arena_per_sample * 4.0 / 1024.0);
+    return n;
+}
+
+static const dfx_model_vt classifier_vt = {
+    .predict = classifier_predict,
+    .reserve = unet_reserve,
+    .describe = classifier_describe,
+    .profile = unet_profile,
+    .destroy = unet_destroy,
+};
+
+int dfx_classifier_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
+{
+    const dfx_backend_ops *o = m->be->ops;
+    if (!o->conv2d || !o->group_norm || !o->linear || !o->concat)
+        return dfx_fail(err, "%s: the %s backend cannot run classifiers", f->path, m->be->name);
+    unet_impl *u = dfx_alloc(1, sizeof *u, "classifier", err);
+    if (!u) return -1;
+    m->impl = u;
+    m->vt = &classifier_vt;
+    u->cls = DFX_CLASS_NONE;
+    u->guidance = 1.0;
+    if (parse_classifier(&u->c, &m->cfg, f->path, err)) return -1;
+    builder bd = {m, u, f, err, 0};
+    if (build_classifier(&bd)) return -1;
+    u->arena_per_sample = plan_offsets(u);
+    m->info.n_params = u->params;
+    m->info.flops = u->flops;
+    m->info.num_classes = u->c.classes;
+    return 0;
+}
+
+int dfx_classifier_dims(const dfx_model *m, int *features, int *classes)
+{
+    if (!m || m->vt != &classifier_vt) return -1;
+    const unet_impl *u = m->impl;
+    if (features) *features = u->c.features;
+    if (classes) *classes = u->c.classes;
+    return 0;
+}
+
+int dfx_classify(dfx_model *m, const float *pixels, int n, float *features, float *logits,
+                 dfx_error *err)
+{
+    if (!m || m->vt != &classifier_vt)
+        return dfx_fail(err, "%s is not a classifier", m ? m->file : "(null)");
+    if (n < 0) return dfx_fail(err, "dfx_classify: negative count");
+    unet_impl *u = m->impl;
+    dfx_backend *be = m->be;
+    const int F = u->c.features, K = u->c.classes, B = n < 256 ? (n > 0 ? n : 1) : 256;
+    const size_t dim = m->dim, width = (size_t)F + (size_t)K;
+    if (plan(m, u, B, err)) return -1;
+    float *hx = dfx_alloc((size_t)B * dim, sizeof(float), "classifier input", err);
+    float *hy = hx ? dfx_alloc((size_t)B * width, sizeof(float), "classifier output", err) : NULL;
+    float *dx = hy ? dfx_be_alloc(be, (size_t)B * dim * sizeof(float), "classifier input", err)
+                   : NULL;
+    float *dy = dx ? dfx_be_alloc(be, (size_t)B * width * sizeof(float), "classifier output", err)
+                   : NULL;
+    int rc = dy ? 0 : -1;
+    /* pixels in [0, 1] to the classifier's data range */
+    const double lo = m->cfg.range_lo, span = m->cfg.range_hi - m->cfg.range_lo;
+    for (int i = 0; i < n && rc == 0; i += B) {
+        int rows = n - i < B ? n - i : B;
+        const float *p = pixels + (size_t)i * dim;
+        for (size_t k = 0; k < (size_t)rows * dim; k++) hx[k] = (float)(lo + span * p[k]);
+        rc = be->ops->upload(be, dx, hx, (size_t)rows * dim * sizeof(float), err);
+        if (rc) break;
+        forward(m, u, NULL, dx, dy, rows);
+        rc = be->ops->download(be, hy, dy, (size_t)rows * width * sizeof(float), err);
+        for (int r = 0; r < rows && rc == 0; r++) {
+            const float *row = hy + (size_t)r * width;
+            if (features) memcpy(features + (size_t)(i + r) * F, row, (size_t)F * sizeof(float));
+            if (logits) memcpy(logits + (size_t)(i + r) * K, row + F, (size_t)K * sizeof(float));
+        }
+    }
+    if (dy) be->ops->free(be, dy);
+    if (dx) be->ops->free(be, dx);
+    free(hy);
+    free(hx);
+    return rc;
+}
+
+const char *dfx_classifier_label(const dfx_model *m, int k, char *buf, size_t cap)
+{
+    const cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(m->cfg.root, "labels"), k);
+    if (cJSON_IsString(l))
+        snprintf(buf, cap, "%s", l->valuestring);
+    else
+        snprintf(buf, cap, "%d", k);
+    return buf;
 }

@@ -2043,6 +2043,19 @@ done:
     return best;
 }
 
+extern "C" int dfx_cuda_select(long idx, dfx_error *err)
+{
+    int n = dfx_cuda_device_count();
+    if (idx >= n)
+        return dfx_fail(err, "--device cuda:%ld: there are %d CUDA device(s)", idx, n);
+    cudaError_t ce = cudaSetDevice((int)idx);
+    if (ce != cudaSuccess) {
+        (void)cudaGetLastError();
+        return dfx_fail(err, "--device cuda:%ld: %s", idx, cudaGetErrorString(ce));
+    }
+    return 0;
+}
+
 extern "C" int dfx_cuda_device_count(void)
 {
     int n = 0;

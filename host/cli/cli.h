@@ -8,6 +8,8 @@ int cmd_samplers(int argc, char **argv);
 int cmd_make_gmm(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_conservativity(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
 
 /* The shipped default model: $DIFFLUX_MODEL, else models/mnist-flow.safetensors
  * under the current directory, else the one in the source tree. */

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "args.h"
 #include "difflux.h"
+#include "draw.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,8 @@ static void usage(FILE *f)
             "Draws samples from diffusion, flow-matching and analytic models of images.\n\n"
             "commands:\n"
             "  sample      draw samples and write a PNG grid (and raw .npy)\n"
+            "  eval        sample quality: FID, KID, confidence, classes, memorisation\n"
+            "  sweep       quality against network evaluations for several samplers\n"
             "  info        describe a model file\n"
             "  samplers    list the samplers\n"
             "  make-gmm    build an exact Gaussian-mixture model from IDX images\n"
@@ -58,15 +61,12 @@ static void blas_kernels(char **argv)
     unsetenv("OPENBLAS_CORETYPE"); /* no /proc: carry on with what we have */
 }
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
-    blas_kernels(argv);
-    if (argc < 2) {
-        usage(stderr);
-        return CLI_USAGE;
-    }
     const char *c = argv[1];
     if (strcmp(c, "sample") == 0) return cmd_sample(argc - 2, argv + 2);
+    if (strcmp(c, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
+    if (strcmp(c, "sweep") == 0) return cmd_sweep(argc - 2, argv + 2);
     if (strcmp(c, "info") == 0) return cmd_info(argc - 2, argv + 2);
     if (strcmp(c, "samplers") == 0) return cmd_samplers(argc - 2, argv + 2);
     if (strcmp(c, "make-gmm") == 0) return cmd_make_gmm(argc - 2, argv + 2);
@@ -77,10 +77,24 @@ int main(int argc, char **argv)
         return CLI_OK;
     }
     if (strcmp(c, "--version") == 0) {
-        printf("difflux %s (%s backend%s)\n", DFX_VERSION, dfx_have_cuda() ? "cpu and cuda" : "cpu",
-               dfx_have_cuda() ? "s" : "");
+        printf("difflux %s (%s backend%s%s)\n", DFX_VERSION,
+               dfx_have_cuda() ? "cpu and cuda" : "cpu", dfx_have_cuda() ? "s" : "",
+               cli_have_mpi() ? ", MPI" : "");
         return CLI_OK;
     }
     fprintf(stderr, "difflux: unknown command '%s' (try difflux --help)\n", c);
     return CLI_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    blas_kernels(argv);
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    cli_mpi_init(&argc, &argv);
+    int rc = dispatch(argc, argv);
+    cli_mpi_finalize();
+    return rc;
 }

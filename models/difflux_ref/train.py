@@ -114,8 +114,11 @@ def atomic_save(obj, path):
 
 def model_config(cfg):
     prov = dict(cfg.get("provenance", {}))
-    return config_json(cfg["unet"], cfg["image"], cfg["path"], cfg["prediction"],
-                       cfg["data"].get("range", [-1.0, 1.0]), prov)
+    out = config_json(cfg["unet"], cfg["image"], cfg["path"], cfg["prediction"],
+                      cfg["data"].get("range", [-1.0, 1.0]), prov)
+    if "start" in cfg:  # fitted start distribution (dale: log x ~ N(mean, std^2))
+        out["start"] = dict(cfg["start"])
+    return out
 
 
 def main(argv=None):

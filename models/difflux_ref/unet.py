@@ -34,7 +34,7 @@ UNET_DEFAULTS = {
 }
 UNET_REQUIRED = ("base_channels", "channel_mult", "num_res_blocks", "attention_levels",
                  "groups", "time_embed_dim")
-PATH_FAMILIES = ("linear", "trig", "vp", "vp_cosine", "ve")
+PATH_FAMILIES = ("linear", "trig", "vp", "vp_cosine", "ve", "dale")
 PREDICTIONS = ("eps", "data", "score", "velocity", "v")
 
 

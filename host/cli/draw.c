@@ -1,0 +1,314 @@
+/* Sampling options, set-up and split draws shared by sample, eval and sweep. */
+#define _POSIX_C_SOURCE 200809L
+#include "draw.h"
+#include "error.h"
+#include "cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void cli_draw_init(cli_draw *d)
+{
+    memset(d, 0, sizeof *d);
+    d->sampler = "heun";
+    d->device = "auto";
+    d->precision = "fp32";
+    d->grid = "auto";
+    d->recipe = "principled";
+    d->corrector_steps = 1;
+    d->max_nfe = 100000;
+    d->rho = 7;
+    d->shift = 3;
+    d->t_noise = d->t_data = NAN;
+    d->rtol = d->atol = 1e-4;
+    d->eps0 = 1;
+    d->guidance = 1.0;
+    d->eta = NAN;
+    d->snr = 0.16;
+    d->delta = d->anneal = NAN;
+    d->class_id = DFX_CLASS_CYCLE;
+}
+
+void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler)
+{
+    const cli_opt common[] = {
+        {"model", OPT_STR, &d->model, "FILE", "model file (default: models/mnist-flow.safetensors)",
+         0},
+        {"sampler", OPT_STR, &d->sampler, "NAME", "sampler (heun); `difflux samplers` lists them",
+         0},
+        {"steps", OPT_INT, &d->steps, "N", "steps of the time grid (the sampler's default)", 0},
+        {"batch", OPT_INT, &d->batch, "B", "samples per batch (min(n, 64))", 0},
+        {"seed", OPT_U64, &d->seed, "S", "random seed (0)", 0},
+        {"start-index", OPT_U64, &d->start, "I", "global index of the first sample (0)", 0},
+        {"device", OPT_STR, &d->device, "D",
+         "cpu, cuda, cuda:N or auto (auto; under mpirun one GPU per rank)", 0},
+        {"precision", OPT_STR, &d->precision, "P",
+         "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
+        {"threads", OPT_INT, &d->threads, "T", "CPU threads (0 = all cores)", 0},
+        {"grid", OPT_STR, &d->grid, "NAME",
+         "time grid: uniform karras logsnr shift, or auto (karras on ve and dale paths)", 0},
+        {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
+        {"shift", OPT_DOUBLE, &d->shift, "K",
+         "shift grid factor, >1 = more steps at high noise (3)", 0},
+        {"t-noise", OPT_DOUBLE, &d->t_noise, "T", "start time at the noise end (path default)", 0},
+        {"t-data", OPT_DOUBLE, &d->t_data, "T", "stop time near the data end (path default)", 0},
+        {"no-denoise", OPT_FLAG, &d->no_denoise, NULL,
+         "stop at --t-data instead of finishing with x <- x_hat", 0},
+        {"rtol", OPT_DOUBLE, &d->rtol, "R", "dopri5 relative tolerance (1e-4)", 0},
+        {"atol", OPT_DOUBLE, &d->atol, "A", "dopri5 absolute tolerance (1e-4)", 0},
+        {"max-nfe", OPT_U64, &d->max_nfe, "N", "dopri5 evaluations per sample before giving up",
+         0},
+        {"noise", OPT_STR, &d->noise, "NAME",
+         "em noise eps(t): diffusion const s s2 (s on interpolants, else diffusion)", 0},
+        {"eps0", OPT_DOUBLE, &d->eps0, "E", "em noise scale (1)", 0},
+        {"eta", OPT_DOUBLE, &d->eta, "E",
+         "ddim/euler_ancestral/dpmpp_2m_sde: fresh-noise level (0, 1, 1)", 0},
+        {"snr", OPT_DOUBLE, &d->snr, "R", "pc: corrector signal-to-noise ratio (0.16)", 0},
+        {"corrector-steps", OPT_INT, &d->corrector_steps, "K", "pc: Langevin steps per time (1)",
+         0},
+        {"recipe", OPT_STR, &d->recipe, "NAME",
+         "adls/aums: principled (delta = grid step) or paper (tuned delta, --inner, --anneal)",
+         0},
+        {"delta", OPT_DOUBLE, &d->delta, "D",
+         "paper recipe: step (adls 6.16545e-4, aums 1.43845e-4)", 0},
+        {"inner", OPT_INT, &d->inner, "L", "paper recipe: updates per time index (adls 1, aums 4)",
+         0},
+        {"anneal", OPT_DOUBLE, &d->anneal, "F", "paper recipe: noise factor per index (0.995)", 0},
+        {"path-start", OPT_FLAG, &d->path_start, NULL,
+         "start from N(m, s^2) of the path even if the model has a fitted start", 0},
+        {"class", OPT_STR, &d->cls, "K",
+         "conditional models: label K, 'all' (sample i gets i mod classes; default) or 'none'",
+         0},
+        {"guidance", OPT_DOUBLE, &d->guidance, "W",
+         "classifier-free guidance: P_u + W (P_c - P_u) (1 = plain conditional)", 0},
+        {"path", OPT_STR, &d->path, "FAMILY",
+         "analytic models only: sample on linear trig vp vp_cosine ve", 0},
+        {"quiet", OPT_FLAG, &d->quiet, NULL, "print nothing but errors", 0},
+        {"progress", OPT_FLAG, &d->progress, NULL,
+         "show the progress bar even when not a terminal", 0},
+    };
+    for (size_t i = 0; i < sizeof common / sizeof common[0]; i++) {
+        if (!with_sampler &&
+            (strcmp(common[i].name, "sampler") == 0 || strcmp(common[i].name, "steps") == 0))
+            continue;
+        opts[(*n)++] = common[i];
+    }
+}
+
+static int usage_fail(const char *cmd, const char *msg, const char *arg)
+{
+    fprintf(stderr, "difflux %s: ", cmd);
+    fprintf(stderr, msg, arg);
+    fputc('\n', stderr);
+    return CLI_USAGE;
+}
+
+int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts)
+{
+    const cli_opt *o;
+    if ((o = cli_find(opts, nopts, "steps")) && o->ptr == &d->steps && o->set && d->steps < 1)
+        return usage_fail(cmd, "--steps must be at least 1%s", "");
+    if (d->batch < 0 || (cli_find(opts, nopts, "batch")->set && d->batch < 1))
+        return usage_fail(cmd, "--batch must be at least 1%s", "");
+    if (d->threads < 0) return usage_fail(cmd, "--threads must be >= 0%s", "");
+    if (d->max_nfe < 1 || d->max_nfe > 100000000)
+        return usage_fail(cmd, "--max-nfe must be in [1, 1e8]%s", "");
+    d->g = DFX_GRID_AUTO;
+    if (strcmp(d->grid, "auto") != 0 && dfx_grid_parse(d->grid, &d->g))
+        return usage_fail(cmd, "unknown --grid '%s' (uniform, karras, logsnr, shift)", d->grid);
+    d->nz = DFX_NOISE_S;
+    if (d->noise && dfx_noise_parse(d->noise, &d->nz))
+        return usage_fail(cmd, "unknown --noise '%s' (diffusion, const, s, s2)", d->noise);
+    d->fam = DFX_PATH_LINEAR;
+    if (d->path && dfx_path_parse(d->path, &d->fam))
+        return usage_fail(cmd, "unknown --path '%s' (linear, trig, vp, vp_cosine, ve)", d->path);
+    if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler) {
+        const dfx_sampler_desc *descs;
+        int nd = dfx_samplers(&descs), known = 0;
+        for (int i = 0; i < nd; i++) known |= strcmp(descs[i].name, d->sampler) == 0;
+        if (!known)
+            return usage_fail(cmd, "unknown --sampler '%s' (difflux samplers lists them)",
+                              d->sampler);
+    }
+    if (strcmp(d->recipe, "paper") != 0 && strcmp(d->recipe, "principled") != 0)
+        return usage_fail(cmd, "unknown --recipe '%s' (principled, paper)", d->recipe);
+    if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
+         cli_find(opts, nopts, "anneal")->set) &&
+        strcmp(d->recipe, "paper") != 0)
+        return usage_fail(cmd, "--delta, --inner and --anneal belong to --recipe paper%s", "");
+    d->class_id = DFX_CLASS_CYCLE;
+    if (d->cls) {
+        char *end;
+        long v = strtol(d->cls, &end, 10);
+        if (strcmp(d->cls, "all") == 0)
+            d->class_id = DFX_CLASS_CYCLE;
+        else if (strcmp(d->cls, "none") == 0)
+            d->class_id = DFX_CLASS_NONE;
+        else if (*d->cls && !*end && v >= 0 && v < 1000000)
+            d->class_id = (int)v;
+        else
+            return usage_fail(cmd, "--class expects a label, 'all' or 'none', got '%s'", d->cls);
+    }
+    if (!d->model) d->model = cli_default_model();
+    return CLI_OK;
+}
+
+int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
+{
+    /* one GPU per rank of a node when several processes share it */
+    char dev[32];
+    const char *device = d->device;
+    int ngpu = (strcmp(device, "cuda") == 0 || strcmp(device, "auto") == 0) ? dfx_cuda_devices()
+                                                                             : 0;
+    if (cli_mpi_size() > 1 && ngpu > 0) {
+        snprintf(dev, sizeof dev, "cuda:%d", cli_mpi_local_rank() % ngpu);
+        device = dev;
+    }
+    d->be = dfx_backend_create(device, d->threads, err);
+    if (!d->be) return -1;
+    if (dfx_backend_set_precision(d->be, d->precision, err)) return -1;
+    d->m = dfx_model_load(d->model, d->be, err);
+    if (!d->m) return -1;
+    if (dfx_classifier_dims(d->m, NULL, NULL) == 0)
+        return dfx_fail(err, "%s is a classifier (the feature network of difflux eval), not a "
+                             "generative model: give --model a model to sample",
+                        d->model);
+    if (d->path) {
+        dfx_path p;
+        dfx_path_default(&p, d->fam);
+        if (dfx_model_set_path(d->m, &p, err)) return -1;
+    }
+    d->mi = dfx_model_get_info(d->m);
+    const cli_opt *go = cli_find(opts, nopts, "guidance");
+    if (d->mi->num_classes > 0 || d->cls || (go && go->set)) {
+        int c = (d->mi->num_classes == 0 && !d->cls) ? DFX_CLASS_NONE : d->class_id;
+        if (dfx_model_set_class(d->m, c, d->guidance, err)) return -1;
+        d->class_id = c;
+    }
+    dfx_sample_opts *o = &d->o;
+    dfx_sample_opts_default(o, d->m);
+    o->sampler = d->sampler;
+    o->steps = d->steps;
+    o->seed = d->seed;
+    o->grid = d->g;
+    o->rho = d->rho;
+    o->shift = d->shift;
+    o->t_noise = d->t_noise;
+    o->t_data = d->t_data;
+    o->rtol = d->rtol;
+    o->atol = d->atol;
+    o->max_nfe = (long)d->max_nfe;
+    if (d->noise) o->noise = d->nz;
+    o->eta = d->eta;
+    o->snr = d->snr;
+    o->corrector_steps = d->corrector_steps;
+    o->recipe = strcmp(d->recipe, "paper") == 0 ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;
+    o->delta = d->delta;
+    o->inner = d->inner;
+    o->anneal = d->anneal;
+    o->path_start = d->path_start;
+    o->eps0 = d->eps0;
+    o->denoise = !d->no_denoise;
+    d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;
+    return 0;
+}
+
+/* ------------------------------------------------------------ progress */
+
+typedef struct progress_bar {
+    int enabled;
+    const char *label;
+    long total, done, batch; /* samples */
+    double start, last;
+} progress_bar;
+
+static void bar_draw(progress_bar *b, double frac, int final)
+{
+    double now = cli_now();
+    if (!final && now - b->last < 0.1) return;
+    b->last = now;
+    int width = 30, fill = (int)(frac * width + 0.5);
+    char bar[64];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    double el = now - b->start;
+    double eta = frac > 0.01 ? el * (1.0 - frac) / frac : 0.0;
+    fprintf(stderr, "\r%s [%s] %3d%%  %ld/%ld samples  %.1fs elapsed, ~%.0fs left ", b->label,
+            bar, (int)(frac * 100.0), b->done, b->total, el, eta);
+    if (final) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static void on_progress(void *ctx, const dfx_progress *p)
+{
+    progress_bar *b = ctx;
+    if (!b->enabled) return;
+    double frac = (b->done + b->batch * (double)p->step / p->steps) / (double)b->total;
+    bar_draw(b, frac, 0);
+}
+
+int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
+                 dfx_error *err)
+{
+    int rank = cli_mpi_rank(), size = cli_mpi_size();
+    long lo, hi;
+    cli_mpi_block(n, rank, size, &lo, &hi);
+    long mine = hi - lo;
+    int batch = d->batch ? d->batch : 64;
+    if (batch > mine) batch = mine > 0 ? (int)mine : 1;
+    /* rank 0 shows its own block's progress: the ranks run side by side */
+    progress_bar bar = {rank == 0 && !d->quiet && (d->progress || isatty(2)),
+                        label ? label : "sampling",
+                        mine,
+                        0,
+                        batch,
+                        cli_now(),
+                        0};
+    d->o.progress = on_progress;
+    d->o.progress_ctx = &bar;
+    float *buf = images;
+    if (rank != 0) {
+        buf = malloc((size_t)(mine > 0 ? mine : 1) * d->dim * sizeof(float));
+        if (!buf) dfx_fail(err, "out of memory for %ld samples", mine);
+    }
+    dfx_sampler *s = buf ? dfx_sampler_create(d->m, &d->o, batch, err) : NULL;
+    int rc = s ? 0 : -1;
+    double nfe_sum = 0.0;
+    for (long k = 0; k < mine && rc == 0;) {
+        int rows = (int)(mine - k < batch ? mine - k : batch);
+        bar.done = k;
+        bar.batch = rows;
+        dfx_sample_stats st;
+        rc = dfx_sampler_run(s, d->start + (uint64_t)(lo + k), rows, buf + (size_t)k * d->dim,
+                             &st, err);
+        if (rc == 0) nfe_sum += st.nfe_mean * rows;
+        k += rows;
+    }
+    dfx_sampler_free(s);
+    if (rc == 0 && bar.enabled) {
+        bar.done = mine;
+        bar_draw(&bar, 1.0, 1);
+    } else if (rc != 0 && bar.enabled && bar.last > 0) {
+        fputc('\n', stderr);
+    }
+    if (cli_mpi_fail(rc, err)) {
+        if (rank != 0) free(buf);
+        return -1;
+    }
+    rc = cli_mpi_gather_rows(buf, n, d->dim, err);
+    if (rank != 0) free(buf);
+    nfe_sum = cli_mpi_sum(nfe_sum);
+    if (nfe) *nfe = n > 0 ? nfe_sum / (double)n : 0.0;
+    return rc;
+}
+
+void cli_draw_close(cli_draw *d)
+{
+    dfx_model_free(d->m);
+    dfx_backend_destroy(d->be);
+    d->m = NULL;
+    d->be = NULL;
+}

@@ -1,0 +1,74 @@
+/* Drawing samples from the command line: the sampling options shared by
+ * `sample`, `eval` and `sweep`, model and sampler set-up, and a draw of n
+ * samples with a progress bar, split across MPI ranks when there are
+ * several (sample i is the same whatever the split). */
+#ifndef DFX_CLI_DRAW_H
+#define DFX_CLI_DRAW_H
+
+#include "args.h"
+#include "difflux.h"
+
+typedef struct cli_draw {
+    /* option values */
+    const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe;
+    int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress;
+    uint64_t seed, start, max_nfe;
+    double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
+        anneal;
+    /* parsed */
+    dfx_grid g;
+    dfx_noise nz;
+    dfx_path_family fam;
+    int class_id;
+    /* opened */
+    dfx_backend *be;
+    dfx_model *m;
+    const dfx_model_info *mi;
+    dfx_sample_opts o;
+    size_t dim;
+} cli_draw;
+
+/* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
+ * at opts[*n]. `sweep` leaves out sampler and steps (with_sampler 0). */
+enum { CLI_DRAW_OPTS = 40 };
+void cli_draw_init(cli_draw *d);
+void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler);
+/* Checks the options that need no model; CLI_OK or CLI_USAGE (message printed). */
+int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts);
+/* Backend (one CUDA device per MPI rank on a node), model, class and the
+ * sampler options; -1 with err set. */
+int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err);
+/* Samples start .. start + n - 1 with d->o (sampler and steps as set there)
+ * into images [n, dim] on rank 0 (others may pass NULL), in batches of
+ * d->batch, split in contiguous blocks across MPI ranks and gathered on rank
+ * 0. nfe: mean network evaluations per sample over all n. label: the
+ * progress bar's prefix. Every rank must call it. */
+int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
+                 dfx_error *err);
+void cli_draw_close(cli_draw *d);
+
+/* MPI (host/cli/mpi.c; one process when difflux was built without it or not
+ * started by mpirun). */
+void cli_mpi_init(int *argc, char ***argv);
+int cli_have_mpi(void); /* built with MPI */
+void cli_mpi_finalize(void);
+int cli_mpi_rank(void);
+int cli_mpi_size(void);
+int cli_mpi_local_rank(void);
+/* The rank's block of [0, n): [*lo, *hi). */
+void cli_mpi_block(long n, int rank, int size, long *lo, long *hi);
+/* Gathers each rank's block of rows (row floats each) of buf into buf on
+ * rank 0 (buf holds all n rows there; the rank's own block elsewhere, at
+ * offset 0). 0 or -1 with err. */
+int cli_mpi_gather_rows(float *buf, long n, size_t row, dfx_error *err);
+/* Sum of v over ranks, on every rank. */
+double cli_mpi_sum(double v);
+/* All ranks agree on failure: returns nonzero on every rank if rc is
+ * nonzero on any. */
+int cli_mpi_any(int rc);
+/* cli_mpi_any, naming the other rank in err when this one did not fail. */
+int cli_mpi_fail(int rc, dfx_error *err);
+/* err holds only cli_mpi_fail's "another rank failed" (the other rank reports). */
+int cli_mpi_other(const dfx_error *err);
+
+#endif

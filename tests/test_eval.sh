@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# difflux eval and sweep on the shipped classifier: the metrics behave as
+# they must on the exact memorising mixture (accurate sampling -> low FID,
+# every class, samples on top of training images; two Heun steps -> a
+# clearly worse FID, no copies), samples read from .npy give the same
+# numbers as drawn ones, bad input is refused with a message.
+# usage: test_eval.sh path/to/difflux source-dir
+set -u
+DFX=$1
+SRC=$2
+GMM=$SRC/models/mnist-gmm.safetensors
+CLS=$SRC/models/mnist-classifier.safetensors
+TMP=$(mktemp -d /tmp/difflux-test-eval-XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+# a number from eval's JSON
+field() { sed -E "s/.*\"$2\": ([^,}]+).*/\1/" "$1"; }
+# awk comparison: holds "expr"
+holds() { awk "BEGIN { exit !($1) }"; }
+
+run() { "$DFX" eval --model "$GMM" --classifier "$CLS" --threads 2 --quiet "$@"; }
+run --n 200 --steps 16 --json "$TMP/good.json" --save-samples "$TMP/good.npy" >"$TMP/good.txt" ||
+    fail "eval of the mixture"
+run --n 200 --steps 2 --json "$TMP/bad.json" >/dev/null || fail "eval with 2 steps"
+for k in FID KID confidence classes memorisation; do
+    grep -q "^$k" "$TMP/good.txt" || fail "the report lacks '$k': $(cat "$TMP/good.txt")"
+done
+g=$(field "$TMP/good.json" fid) b=$(field "$TMP/bad.json" fid)
+holds "$g < 10" || fail "FID of accurate samples of the mixture is $g (expected < 10)"
+holds "$b > 3 * $g" || fail "FID with 2 steps ($b) is not clearly worse than with 16 ($g)"
+holds "$(field "$TMP/good.json" kid) < $(field "$TMP/bad.json" kid)" || fail "KID does not order the two"
+holds "$(field "$TMP/good.json" confidence) > 0.9" || fail "classifier confidence on mixture samples"
+[ "$(field "$TMP/good.json" classes_covered)" = 10 ] || fail "not every digit among 200 samples"
+# the mixture memorises 300 training digits: its accurate samples are copies
+holds "$(field "$TMP/good.json" nn_close) > 0.9" || fail "memorisation not detected"
+holds "$(field "$TMP/bad.json" nn_close) < 0.2" || fail "2-step samples flagged as copies"
+# the same samples read back give the same metrics
+"$DFX" eval --samples "$TMP/good.npy" --model "$GMM" --classifier "$CLS" --json "$TMP/file.json" \
+    --quiet >/dev/null || fail "eval --samples"
+for k in fid kid confidence histogram nn_median; do
+    [ "$(field "$TMP/good.json" $k)" = "$(field "$TMP/file.json" $k)" ] ||
+        fail "--samples: $k differs: $(field "$TMP/good.json" $k) vs $(field "$TMP/file.json" $k)"
+done
+
+# sweep: a table row per (sampler, steps), FID falls with the step count
+"$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers heun,euler --steps 2,8 --n 60 \
+    --threads 2 --csv "$TMP/s.csv" --quiet >"$TMP/s.txt" || fail "sweep"
+[ "$(grep -c '^heun,\|^euler,' "$TMP/s.csv")" = 4 ] || fail "sweep CSV: $(cat "$TMP/s.csv")"
+f2=$(awk -F, '/^heun,2,/ {print $4}' "$TMP/s.csv") f8=$(awk -F, '/^heun,8,/ {print $4}' "$TMP/s.csv")
+holds "$f8 < $f2" || fail "sweep: heun FID with 8 steps ($f8) not below 2 steps ($f2)"
+if "$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers euler --steps 1,2 --n 20 --threads 2 \
+    --csv "$TMP/p.csv" --plot "$TMP/p.png" --quiet >/dev/null 2>"$TMP/p.err"; then
+    [ "$(head -c 4 "$TMP/p.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "sweep plot is not a PNG"
+else
+    grep -q "no PLplot" "$TMP/p.err" || fail "sweep --plot: $(cat "$TMP/p.err")"
+fi
+
+# bad input: a message naming the problem, a non-zero exit, no crash
+expect() {
+    local code=$1 pat=$2
+    shift 2
+    local out rc
+    out=$("$@" 2>&1)
+    rc=$?
+    if [ $rc -ne "$code" ] || ! grep -qE -- "$pat" <<<"$out"; then
+        fail "$* -> exit $rc, expected $code and /$pat/: $(head -3 <<<"$out")"
+    fi
+}
+expect 2 "--n must be at least 2" "$DFX" eval --n 1
+expect 2 "--make-reference needs --classifier and --data" "$DFX" eval --make-reference
+expect 2 "belong to --make-reference" "$DFX" eval --data x.idx
+expect 2 "need --kid-subsets >= 1" "$DFX" eval --kid-subsets 0
+expect 1 "is a classifier" "$DFX" eval --model "$CLS" --n 4 --quiet
+expect 1 "not a difflux reference file" run --n 4 --steps 1 --reference "$GMM"
+expect 1 "no-such.npy: cannot open" "$DFX" eval --samples "$TMP/no-such.npy" --classifier "$CLS"
+printf 'garbage' >"$TMP/bad.npy"
+expect 1 "not a .npy file" "$DFX" eval --samples "$TMP/bad.npy" --classifier "$CLS"
+expect 1 "no-such.safetensors" "$DFX" eval --model "$GMM" --classifier "$TMP/no-such.safetensors" --n 4 --quiet
+expect 2 "unknown sampler 'nope' in --samplers" "$DFX" sweep --samplers heun,nope
+expect 2 "--steps entries must be integers" "$DFX" sweep --steps 4,2.5
+
+[ $fails -eq 0 ] && echo "test_eval: all checks passed"
+exit $((fails > 0))
