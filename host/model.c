@@ -66,12 +66,15 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
                       file, cfg.kind);
     if (rc == 0) rc = dfx_st_check_all_used(&f, err);
     if (rc == 0 && m->logspace && !m->analytic) {
-        if (cfg.prediction != DFX_PRED_SCORE)
+        /* a network on the dale path sees x = exp(y) and predicts either the
+         * ambient score grad_x log p ("score"; x grad_x log p + 1 is the
+         * score in y) or the noise of the VE path in y ("eps") */
+        if (cfg.prediction != DFX_PRED_SCORE && cfg.prediction != DFX_PRED_EPS)
             rc = dfx_fail(err,
-                          "%s: a network on the dale path must predict the score "
-                          "(prediction \"score\", grad_x log p)",
+                          "%s: a network on the dale path must predict \"score\" (grad_x log "
+                          "p) or \"eps\" (the noise in log space)",
                           file);
-        m->native = DFX_PRED_SCORE; /* x grad_x log p + 1 = grad_y log p */
+        m->native = cfg.prediction;
     }
     if (rc != 0) {
         dfx_model_free(m);
@@ -212,12 +215,13 @@ int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out,
                       dfx_error *err)
 {
     if (!m->logspace || m->analytic) return m->vt->predict(m, t, x, out, rows, err);
-    /* network on x = exp(y): grad_y log p = x grad_x log p + 1 */
+    /* network on x = exp(y); an ambient score becomes grad_y log p =
+     * x grad_x log p + 1, an eps prediction is already in y */
     if (dfx_model_reserve(m, rows, err)) return -1;
     size_t n = (size_t)rows * m->dim;
     m->be->ops->unary(m->be, m->xbuf, x, n, DFX_FN_EXP);
     if (m->vt->predict(m, t, m->xbuf, out, rows, err)) return -1;
-    m->be->ops->mul_add(m->be, out, m->xbuf, out, 1.0, n);
+    if (m->native == DFX_PRED_SCORE) m->be->ops->mul_add(m->be, out, m->xbuf, out, 1.0, n);
     return 0;
 }
 
@@ -229,14 +233,15 @@ int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h,
     if (dfx_model_reserve(m, rows, err)) return -1;
     size_t n = (size_t)rows * m->dim;
     dfx_backend *be = m->be;
-    if (!m->analytic) {
+    if (!m->analytic && m->native == DFX_PRED_SCORE) {
         if (m->vt->predict(m, t, x, h, rows, err)) return -1;
         be->ops->mul_add(be, h, x, h, 0.0, n);
         return 0;
     }
-    /* analytic models live in y = log x: h = grad_y log p - 1 */
+    /* analytic models live in y = log x, eps networks predict in y (from
+     * x): h = grad_y log p - 1 */
     be->ops->unary(be, m->xbuf, x, n, DFX_FN_LOG);
-    if (m->vt->predict(m, t, m->xbuf, m->pred, rows, err)) return -1;
+    if (m->vt->predict(m, t, m->analytic ? m->xbuf : x, m->pred, rows, err)) return -1;
     if (dfx_model_convert(m, t, m->xbuf, m->pred, m->native, DFX_PRED_SCORE, h, rows, err))
         return -1;
     const float *xs[1] = {h};
@@ -326,17 +331,19 @@ int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v,
     if (!m->logspace || m->analytic) {
         if (m->vt->jvp(m, t, x, v, P, dP, rows, err)) return -1;
     } else {
-        /* the network sees xb = exp(y), tangent xv = xb v; it predicts the
-         * ambient score s, and the score in y is xb s + 1, whose tangent
-         * is xv s + xb ds */
+        /* the network sees xb = exp(y), tangent xv = xb v; an ambient score
+         * s becomes the score in y, xb s + 1, whose tangent is xv s + xb ds;
+         * an eps prediction is in y already */
         float *xb = m->xbuf, *xv = m->jbuf + n, *tmp = m->jbuf + 2 * n;
         be->ops->unary(be, xb, x, n, DFX_FN_EXP);
         be->ops->mul_add(be, xv, xb, v, 0.0, n);
         if (m->vt->jvp(m, t, xb, xv, P, dP, rows, err)) return -1;
-        be->ops->mul_add(be, tmp, xv, P, 0.0, n);
-        be->ops->mul_add(be, dP, xb, dP, 0.0, n);
-        be->ops->add(be, dP, dP, tmp, n);
-        be->ops->mul_add(be, P, xb, P, 1.0, n);
+        if (m->native == DFX_PRED_SCORE) {
+            be->ops->mul_add(be, tmp, xv, P, 0.0, n);
+            be->ops->mul_add(be, dP, xb, dP, 0.0, n);
+            be->ops->add(be, dP, dP, tmp, n);
+            be->ops->mul_add(be, P, xb, P, 1.0, n);
+        }
     }
     double *A = m->coef, *B = m->coef + rows, *C = m->coef + 2 * rows;
     if (dfx_model_convert_coefs(m, t, rows, m->native, want, A, B, C, err)) return -1;

@@ -1140,6 +1140,30 @@ static int unet_reserve(dfx_model *m, int rows, dfx_error *err)
     return plan(m, m->impl, rows, err);
 }
 
+/* Common to the network kinds: the op list from the config section (parse,
+ * build), planned; the model's counts. NULL on failure (m->impl freed by
+ * the model's destroy). */
+static unet_impl *load_graph(dfx_model *m, dfx_st_file *f, const dfx_model_vt *vt,
+                             int (*parse)(unet_cfg *, const dfx_model_config *, const char *,
+                                          dfx_error *),
+                             int (*make)(builder *), dfx_error *err)
+{
+    unet_impl *u = dfx_alloc(1, sizeof *u, m->cfg.kind, err);
+    if (!u) return NULL;
+    m->impl = u;
+    m->vt = vt;
+    u->cls = DFX_CLASS_NONE;
+    u->guidance = 1.0;
+    if (parse(&u->c, &m->cfg, f->path, err)) return NULL;
+    builder bd = {m, u, f, err, 0};
+    if (make(&bd)) return NULL;
+    u->arena_per_sample = plan_offsets(u);
+    m->info.n_params = u->params;
+    m->info.flops = u->flops;
+    m->info.num_classes = u->c.classes;
+    return u;
+}
+
 static const dfx_model_vt unet_vt = {
     .predict = unet_predict,
     .jvp = unet_jvp,
@@ -1155,20 +1179,8 @@ int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
     if (!o->conv2d || !o->group_norm || !o->linear || !o->add_channel || !o->add || !o->concat ||
         !o->upsample2x || !o->attention || !o->time_embed || !o->embed_add)
         return dfx_fail(err, "%s: the %s backend cannot run U-Nets yet", f->path, m->be->name);
-    unet_impl *u = dfx_alloc(1, sizeof *u, "U-Net", err);
-    if (!u) return -1;
-    m->impl = u;
-    m->vt = &unet_vt;
-    u->cls = DFX_CLASS_NONE;
-    u->guidance = 1.0;
-    if (parse_unet(&u->c, &m->cfg, f->path, err)) return -1;
-    builder bd = {m, u, f, err, 0};
-    if (build(&bd)) return -1;
-    u->arena_per_sample = plan_offsets(u);
-    if (mark_tangents(u, err)) return -1;
-    m->info.n_params = u->params;
-    m->info.flops = u->flops;
-    m->info.num_classes = u->c.classes;
+    unet_impl *u = load_graph(m, f, &unet_vt, parse_unet, build, err);
+    if (!u || mark_tangents(u, err)) return -1;
     /* Graphs where the backend has them, unless DIFFLUX_CUDA_GRAPHS=0: the
      * switch for comparing against (or falling back to) op-by-op evaluation. */
     const char *env = getenv("DIFFLUX_CUDA_GRAPHS");
@@ -1256,20 +1268,7 @@ int dfx_classifier_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
     const dfx_backend_ops *o = m->be->ops;
     if (!o->conv2d || !o->group_norm || !o->linear || !o->concat)
         return dfx_fail(err, "%s: the %s backend cannot run classifiers", f->path, m->be->name);
-    unet_impl *u = dfx_alloc(1, sizeof *u, "classifier", err);
-    if (!u) return -1;
-    m->impl = u;
-    m->vt = &classifier_vt;
-    u->cls = DFX_CLASS_NONE;
-    u->guidance = 1.0;
-    if (parse_classifier(&u->c, &m->cfg, f->path, err)) return -1;
-    builder bd = {m, u, f, err, 0};
-    if (build_classifier(&bd)) return -1;
-    u->arena_per_sample = plan_offsets(u);
-    m->info.n_params = u->params;
-    m->info.flops = u->flops;
-    m->info.num_classes = u->c.classes;
-    return 0;
+    return load_graph(m, f, &classifier_vt, parse_classifier, build_classifier, err) ? 0 : -1;
 }
 
 int dfx_classifier_dims(const dfx_model *m, int *features, int *classes)

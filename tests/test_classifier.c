@@ -5,6 +5,7 @@
  * generative model is needed, and malformed classifier configs are refused
  * with a message. */
 #include "check.h"
+#include "fixture.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -13,39 +14,17 @@
 
 static dfx_backend *be;
 
-static float *read_tensor(dfx_st_file *f, const char *name, size_t *n)
-{
-    dfx_error err;
-    const dfx_st_tensor *t = dfx_st_get(f, name, -1, NULL, &err);
-    if (!t) {
-        fprintf(stderr, "%s\n", err.msg);
-        return NULL;
-    }
-    float *v = malloc(t->numel * sizeof *v);
-    dfx_st_to_f32(f, t, v);
-    *n = t->numel;
-    return v;
-}
-
 static void parity(const char *name)
 {
-    char mpath[512], iopath[512];
-    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
-    snprintf(iopath, sizeof iopath, "%s/fixtures/%s.io.safetensors", DFX_TEST_DATA, name);
     dfx_error err = {{0}};
-    dfx_model *m = dfx_model_load(mpath, be, &err);
-    CHECK(m != NULL, "%s: %s", name, err.msg);
     dfx_st_file f;
-    if (!m || dfx_st_open(&f, iopath, &err)) {
-        CHECK(0, "%s: %s", name, err.msg);
-        dfx_model_free(m);
-        return;
-    }
+    dfx_model *m = fixture_open(be, name, "io", &f);
+    if (!m) return;
     int F = 0, K = 0;
     CHECK(dfx_classifier_dims(m, &F, &K) == 0, "%s: not a classifier", name);
     size_t nx = 0, nf = 0, nl = 0;
-    float *x = read_tensor(&f, "x", &nx), *wf = read_tensor(&f, "features", &nf),
-          *wl = read_tensor(&f, "logits", &nl);
+    float *x = fixture_tensor(&f, "x", &nx), *wf = fixture_tensor(&f, "features", &nf),
+          *wl = fixture_tensor(&f, "logits", &nl);
     int B = (int)(nx / m->dim);
     CHECK(x && wf && wl && nf == (size_t)B * F && nl == (size_t)B * K, "%s: fixture shapes",
           name);

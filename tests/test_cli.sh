@@ -10,23 +10,7 @@ TMP=$(mktemp -d /tmp/difflux-test-cli-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
 
-# expect CODE PATTERN -- command...: exit status CODE ("nz" = any non-zero)
-# and stderr+stdout matching PATTERN.
-expect() {
-    local code=$1 pat=$2
-    shift 3
-    local out rc
-    out=$("$@" 2>&1)
-    rc=$?
-    local ok=1
-    if [ "$code" = nz ]; then [ $rc -ne 0 ] || ok=0; else [ $rc -eq "$code" ] || ok=0; fi
-    if [ $ok -eq 1 ] && ! grep -qE -- "$pat" <<<"$out"; then ok=0; fi
-    if [ $ok -eq 0 ]; then
-        echo "FAIL: $* -> exit $rc, expected $code and /$pat/; output:"
-        echo "$out" | head -5
-        fails=$((fails + 1))
-    fi
-}
+. "$(dirname "$0")/expect.sh"
 
 # usage errors: exit 2
 expect 2 "unknown command 'frobnicate'" -- "$DFX" frobnicate

@@ -14,6 +14,7 @@ TMP=$(mktemp -d /tmp/difflux-test-eval-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/expect.sh"
 # a number from eval's JSON
 field() { sed -E "s/.*\"$2\": ([^,}]+).*/\1/" "$1"; }
 # awk comparison: holds "expr"
@@ -57,28 +58,18 @@ else
 fi
 
 # bad input: a message naming the problem, a non-zero exit, no crash
-expect() {
-    local code=$1 pat=$2
-    shift 2
-    local out rc
-    out=$("$@" 2>&1)
-    rc=$?
-    if [ $rc -ne "$code" ] || ! grep -qE -- "$pat" <<<"$out"; then
-        fail "$* -> exit $rc, expected $code and /$pat/: $(head -3 <<<"$out")"
-    fi
-}
-expect 2 "--n must be at least 2" "$DFX" eval --n 1
-expect 2 "--make-reference needs --classifier and --data" "$DFX" eval --make-reference
-expect 2 "belong to --make-reference" "$DFX" eval --data x.idx
-expect 2 "need --kid-subsets >= 1" "$DFX" eval --kid-subsets 0
-expect 1 "is a classifier" "$DFX" eval --model "$CLS" --n 4 --quiet
-expect 1 "not a difflux reference file" run --n 4 --steps 1 --reference "$GMM"
-expect 1 "no-such.npy: cannot open" "$DFX" eval --samples "$TMP/no-such.npy" --classifier "$CLS"
+expect 2 "--n must be at least 2" -- "$DFX" eval --n 1
+expect 2 "--make-reference needs --classifier and --data" -- "$DFX" eval --make-reference
+expect 2 "belong to --make-reference" -- "$DFX" eval --data x.idx
+expect 2 "need --kid-subsets >= 1" -- "$DFX" eval --kid-subsets 0
+expect 1 "is a classifier" -- "$DFX" eval --model "$CLS" --n 4 --quiet
+expect 1 "not a difflux reference file" -- run --n 4 --steps 1 --reference "$GMM"
+expect 1 "no-such.npy: cannot open" -- "$DFX" eval --samples "$TMP/no-such.npy" --classifier "$CLS"
 printf 'garbage' >"$TMP/bad.npy"
-expect 1 "not a .npy file" "$DFX" eval --samples "$TMP/bad.npy" --classifier "$CLS"
-expect 1 "no-such.safetensors" "$DFX" eval --model "$GMM" --classifier "$TMP/no-such.safetensors" --n 4 --quiet
-expect 2 "unknown sampler 'nope' in --samplers" "$DFX" sweep --samplers heun,nope
-expect 2 "--steps entries must be integers" "$DFX" sweep --steps 4,2.5
+expect 1 "not a .npy file" -- "$DFX" eval --samples "$TMP/bad.npy" --classifier "$CLS"
+expect 1 "no-such.safetensors" -- "$DFX" eval --model "$GMM" --classifier "$TMP/no-such.safetensors" --n 4 --quiet
+expect 2 "unknown sampler 'nope' in --samplers" -- "$DFX" sweep --samplers heun,nope
+expect 2 "--steps entries must be integers" -- "$DFX" sweep --steps 4,2.5
 
 [ $fails -eq 0 ] && echo "test_eval: all checks passed"
 exit $((fails > 0))

@@ -3,6 +3,7 @@
  * from float64 PyTorch); every sampler runs on a U-Net; the loader refuses
  * malformed U-Net files; the affine model is A x + b. */
 #include "check.h"
+#include "fixture.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -12,38 +13,16 @@
 
 static dfx_backend *be;
 
-static float *read_tensor(dfx_st_file *f, const char *name, size_t *n)
-{
-    dfx_error err;
-    const dfx_st_tensor *t = dfx_st_get(f, name, -1, NULL, &err);
-    if (!t) {
-        fprintf(stderr, "%s\n", err.msg);
-        return NULL;
-    }
-    float *v = malloc(t->numel * sizeof *v);
-    dfx_st_to_f32(f, t, v);
-    *n = t->numel;
-    return v;
-}
-
 /* Max |C - PyTorch| over the fixture's outputs. */
 static double parity(const char *name)
 {
-    char mpath[512], iopath[512];
-    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
-    snprintf(iopath, sizeof iopath, "%s/fixtures/%s.io.safetensors", DFX_TEST_DATA, name);
     dfx_error err = {{0}};
-    dfx_model *m = dfx_model_load(mpath, be, &err);
-    CHECK(m != NULL, "%s: %s", name, err.msg);
     dfx_st_file f;
-    if (!m || dfx_st_open(&f, iopath, &err)) {
-        CHECK(0, "%s: %s", name, err.msg);
-        dfx_model_free(m);
-        return INFINITY;
-    }
+    dfx_model *m = fixture_open(be, name, "io", &f);
+    if (!m) return INFINITY;
     size_t nx = 0, nt = 0, ny = 0, no = 0;
-    float *x = read_tensor(&f, "x", &nx), *t = read_tensor(&f, "t", &nt);
-    float *y = read_tensor(&f, "y", &ny), *want = read_tensor(&f, "out", &no);
+    float *x = fixture_tensor(&f, "x", &nx), *t = fixture_tensor(&f, "t", &nt);
+    float *y = fixture_tensor(&f, "y", &ny), *want = fixture_tensor(&f, "out", &no);
     int B = (int)nt;
     double worst = INFINITY;
     if (x && t && y && want && nx == no && nx == (size_t)B * m->dim) {
@@ -234,6 +213,100 @@ static void malformed(void)
     rmdir(out);
 }
 
+/* A U-Net on the dale path predicting "eps" (the noise in y = log x): the
+ * network sees x = exp(y), its output is the eps prediction as it is, the
+ * score in y is -eps / s(t), the multiplicative score x grad_x log p is
+ * that minus 1, and the exact JVP in y matches finite differences. */
+static void dale_eps(void)
+{
+    char mpath[512], out[] = "/tmp/difflux-test-unet-XXXXXX", file[600];
+    snprintf(mpath, sizeof mpath, "%s/fixtures/unet_tiny.safetensors", DFX_TEST_DATA);
+    CHECK(mkdtemp(out) != NULL, "mkdtemp");
+    snprintf(file, sizeof file, "%s/dale.safetensors", out);
+    dfx_error err = {{0}};
+    dfx_st_file f;
+    if (dfx_st_open(&f, mpath, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    dfx_st_out *t = calloc((size_t)f.n, sizeof *t);
+    float **vals = calloc((size_t)f.n, sizeof *vals);
+    for (int i = 0; i < f.n; i++) {
+        const dfx_st_tensor *s = &f.tensors[i];
+        vals[i] = malloc(s->numel * sizeof(float));
+        dfx_st_to_f32(&f, s, vals[i]);
+        t[i] = (dfx_st_out){s->name, DFX_F32, s->ndim, {0}, vals[i]};
+        memcpy(t[i].shape, s->shape, sizeof s->shape);
+    }
+    cJSON *root = cJSON_Parse(f.config);
+    cJSON *path = cJSON_CreateObject();
+    cJSON_AddStringToObject(path, "family", "dale");
+    cJSON_AddNumberToObject(path, "sigma", 0.8);
+    cJSON_AddNumberToObject(path, "mu", 0.32);
+    cJSON_ReplaceItemInObject(root, "path", path);
+    cJSON_ReplaceItemInObject(root, "prediction", cJSON_CreateString("eps"));
+    char *cfg = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    CHECK_OK(dfx_st_write(file, cfg, t, f.n, &err), err);
+    for (int i = 0; i < f.n; i++) free(vals[i]);
+    free(vals);
+    free(t);
+    free(cfg);
+    dfx_st_close(&f);
+    dfx_model *m0 = dfx_model_load(mpath, be, &err), *m1 = dfx_model_load(file, be, &err);
+    CHECK(m0 && m1, "%s", err.msg);
+    if (m0 && m1) {
+        enum { B = 2 };
+        const size_t D = m1->dim, n = B * D;
+        double tt[B] = {0.3, 0.8};
+        float *y = malloc(n * 4), *x = malloc(n * 4), *raw = malloc(n * 4), *e = malloc(n * 4),
+              *sc = malloc(n * 4), *h = malloc(n * 4), *v = malloc(n * 4), *f0 = malloc(n * 4),
+              *jv = malloc(n * 4), *fd = malloc(n * 4);
+        for (size_t i = 0; i < n; i++) {
+            y[i] = (float)(0.35 + 0.3 * sin(0.37 * (double)i));
+            x[i] = expf(y[i]);
+            v[i] = (float)cos(0.11 * (double)i);
+        }
+        CHECK_OK(dfx_model_eval_host(m0, tt, x, B, m0->cfg.prediction, raw, &err), err);
+        CHECK_OK(dfx_model_eval_host(m1, tt, y, B, DFX_PRED_EPS, e, &err), err);
+        CHECK_OK(dfx_model_eval_host(m1, tt, y, B, DFX_PRED_SCORE, sc, &err), err);
+        CHECK_OK(dfx_model_hyvarinen(m1, tt, x, h, B, &err), err);
+        double de = 0, ds = 0, dh = 0;
+        for (int r = 0; r < B; r++)
+            for (size_t i = 0; i < D; i++) {
+                size_t k = r * D + i;
+                double s = -raw[k] / (0.8 * sqrt(tt[r]));
+                de = fmax(de, fabs((double)e[k] - raw[k]));
+                ds = fmax(ds, fabs(sc[k] - s) / (1 + fabs(s)));
+                dh = fmax(dh, fabs(h[k] - (s - 1)) / (1 + fabs(s)));
+            }
+        CHECK(de == 0, "dale eps: the eps prediction is not the network's output (%.3g)", de);
+        CHECK(ds < 1e-5, "dale eps: score in y is not -eps / s(t) (%.3g)", ds);
+        CHECK(dh < 1e-5, "dale eps: x grad_x log p is not score - 1 (%.3g)", dh);
+        /* exact JVP in y against central differences */
+        CHECK_OK(dfx_model_jvp_host(m1, tt, y, v, B, DFX_PRED_EPS, DFX_JVP_EXACT, 0, f0, jv, &err),
+                 err);
+        CHECK_OK(dfx_model_jvp_host(m1, tt, y, v, B, DFX_PRED_EPS, DFX_JVP_FD, 1e-3, f0, fd, &err),
+                 err);
+        double dj = 0, sj = 0;
+        for (size_t i = 0; i < n; i++) {
+            dj = fmax(dj, fabs((double)jv[i] - fd[i]));
+            sj = fmax(sj, fabs(jv[i]));
+        }
+        CHECK(dj < 2e-2 * fmax(1, sj), "dale eps: JVP vs finite differences %.3g (scale %.3g)", dj,
+              sj);
+        printf("dale eps network: eps = network(exp y) exactly, score and x grad log p to %.1e, "
+               "JVP vs FD %.1e (scale %.2f)\n",
+               fmax(ds, dh), dj, sj);
+        free(y), free(x), free(raw), free(e), free(sc), free(h), free(v), free(f0), free(jv),
+            free(fd);
+    }
+    dfx_model_free(m0);
+    dfx_model_free(m1);
+    unlink(file);
+    rmdir(out);
+}
+
 static void affine(void)
 {
     char dir[] = "/tmp/difflux-test-affine-XXXXXX", path[600];
@@ -341,6 +414,7 @@ int main(void)
     guidance();
     samplers_run();
     malformed();
+    dale_eps();
     affine();
     dfx_backend_destroy(be);
     return check_report("test_unet");

@@ -30,6 +30,7 @@
  *    O(1) inputs (h^2 + 1e-7 / h ~ 1e-4; measured up to 4e-4).
  */
 #include "check.h"
+#include "fixture.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -43,20 +44,6 @@
 #define FD_RATIO_HI 0.35
 
 static dfx_backend *be;
-
-static float *read_tensor(dfx_st_file *f, const char *name, size_t *n)
-{
-    dfx_error err;
-    const dfx_st_tensor *t = dfx_st_get(f, name, -1, NULL, &err);
-    if (!t) {
-        fprintf(stderr, "%s\n", err.msg);
-        return NULL;
-    }
-    float *v = malloc(t->numel * sizeof *v);
-    dfx_st_to_f32(f, t, v);
-    *n = t->numel;
-    return v;
-}
 
 /* ||a - b|| / ||b|| in double; NaN anywhere gives NaN. */
 static double nerr(const float *a, const float *b, size_t n)
@@ -147,23 +134,15 @@ static int central_diff(dfx_model *m, const double *t, const int *labels, const 
  * with guidance w = 2. */
 static void fixture(const char *name)
 {
-    char mpath[512], jpath[512];
-    snprintf(mpath, sizeof mpath, "%s/fixtures/%s.safetensors", DFX_TEST_DATA, name);
-    snprintf(jpath, sizeof jpath, "%s/fixtures/%s.jvp.safetensors", DFX_TEST_DATA, name);
     dfx_error err = {{0}};
-    dfx_model *m = dfx_model_load(mpath, be, &err);
-    CHECK(m != NULL, "%s: %s", name, err.msg);
     dfx_st_file f;
-    if (!m || dfx_st_open(&f, jpath, &err)) {
-        CHECK(0, "%s: %s", name, err.msg);
-        dfx_model_free(m);
-        return;
-    }
+    dfx_model *m = fixture_open(be, name, "jvp", &f);
+    if (!m) return;
     CHECK(m->vt->jvp != NULL, "%s: the U-Net has no jvp", name);
     size_t nx = 0, nt = 0, ny = 0, nv = 0, no = 0, nj = 0;
-    float *x = read_tensor(&f, "x", &nx), *tf = read_tensor(&f, "t", &nt);
-    float *yf = read_tensor(&f, "y", &ny), *v = read_tensor(&f, "v", &nv);
-    float *want_out = read_tensor(&f, "out", &no), *want_jv = read_tensor(&f, "jvp", &nj);
+    float *x = fixture_tensor(&f, "x", &nx), *tf = fixture_tensor(&f, "t", &nt);
+    float *yf = fixture_tensor(&f, "y", &ny), *v = fixture_tensor(&f, "v", &nv);
+    float *want_out = fixture_tensor(&f, "out", &no), *want_jv = fixture_tensor(&f, "jvp", &nj);
     const int B = (int)nt, K = m->info.num_classes;
     const size_t D = m->dim, n = (size_t)B * D;
     if (!m->vt->jvp || !x || !tf || !yf || !v || !want_out || !want_jv || B > 16 || nx != n ||
@@ -190,8 +169,8 @@ static void fixture(const char *name)
         float *g_out = NULL, *g_jv = NULL;
         if (guided) {
             size_t a = 0, b = 0;
-            g_out = read_tensor(&f, "out_guided", &a);
-            g_jv = read_tensor(&f, "jvp_guided", &b);
+            g_out = fixture_tensor(&f, "out_guided", &a);
+            g_jv = fixture_tensor(&f, "jvp_guided", &b);
             if (!g_out || !g_jv || a != n || b != n) {
                 CHECK(0, "%s: guided fixture tensors missing", name);
                 free(g_out);

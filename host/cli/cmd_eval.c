@@ -193,9 +193,7 @@ int cmd_eval(int argc, char **argv)
         return fprintf(stderr, "difflux eval: --samples and --save-samples contradict each "
                                "other\n"),
                CLI_USAGE;
-    if ((rc = cli_draw_check("eval", &d, opts, nopts))) return rc;
-    if (d.batch == 0) d.batch = n < 64 ? n : 64;
-    if (d.batch > n) d.batch = n;
+    if ((rc = cli_draw_check("eval", &d, opts, nopts, n))) return rc;
 
     dfx_error err = {{0}};
     const int root = cli_mpi_rank() == 0;
@@ -203,7 +201,7 @@ int cmd_eval(int argc, char **argv)
     float *images = NULL;
     cli_ref ref = {0};
     cli_quality q = {0};
-    char refbuf[1200], outbuf[1200];
+    char outbuf[1200];
     rc = CLI_FAIL;
     double t0 = cli_now(), nfe = 0.0, seconds = 0.0;
     long count = n;
@@ -233,9 +231,7 @@ int cmd_eval(int argc, char **argv)
             lo = mi->range_lo;
             hi = mi->range_hi;
         }
-        if (!classifier) classifier = cli_default_classifier(mi);
-        cls = dfx_model_load(classifier, d.be, &err);
-        if (!cls) goto done;
+        if (cli_quality_open(d.be, mi, &classifier, &reference, &cls, &ref, &err)) goto done;
         const dfx_model_info *ci = dfx_model_get_info(cls);
         dim = (size_t)ci->channels * ci->height * ci->width;
         images = read_npy(samples, dim, &count, &err);
@@ -247,21 +243,13 @@ int cmd_eval(int argc, char **argv)
         cli_to_pixels(images, (size_t)count * dim, lo, hi);
     } else {
         if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
-        if (!classifier) classifier = cli_default_classifier(d.mi);
+        int orc = 0;
         if (root) {
             images = malloc((size_t)n * d.dim * sizeof(float));
-            if (!images) dfx_fail(&err, "out of memory for %d samples", n);
-            else
-                cls = dfx_model_load(classifier, d.be, &err);
-            if (cls) {
-                const dfx_model_info *ci = dfx_model_get_info(cls);
-                if ((size_t)ci->channels * ci->height * ci->width != d.dim)
-                    dfx_fail(&err, "%s takes %dx%dx%d images, %s makes %dx%dx%d", classifier,
-                             ci->channels, ci->height, ci->width, d.model, d.mi->channels,
-                             d.mi->height, d.mi->width);
-            }
+            orc = images ? cli_quality_open(d.be, d.mi, &classifier, &reference, &cls, &ref, &err)
+                         : dfx_fail(&err, "out of memory for %d samples", n);
         }
-        if (cli_mpi_fail(root && (!cls || err.msg[0]), &err)) goto done;
+        if (cli_mpi_fail(orc, &err)) goto done;
         if (cli_draw_run(&d, n, images, &nfe, "sampling", &err)) goto done;
         seconds = cli_now() - t0;
         if (!root) {
@@ -274,8 +262,6 @@ int cmd_eval(int argc, char **argv)
         }
         cli_to_pixels(images, (size_t)n * d.dim, d.mi->range_lo, d.mi->range_hi);
     }
-    if (!reference) reference = cli_ref_name(classifier, refbuf, sizeof refbuf);
-    if (cli_ref_load(reference, &ref, &err)) goto done;
     cli_quality_opts qo = {kid_subsets, kid_size, d.seed, !no_nn, d.quiet};
     if (cli_quality_measure(cls, &ref, images, count, &qo, &q, &err)) goto done;
     if (samples)

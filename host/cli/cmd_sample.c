@@ -54,9 +54,7 @@ int cmd_sample(int argc, char **argv)
         return fprintf(stderr, "difflux sample: need --cols >= 0, --pad >= 0, --scale >= 1, "
                                "--pad-value in [0, 1]\n"),
                CLI_USAGE;
-    if ((rc = cli_draw_check("sample", &d, opts, nopts))) return rc;
-    if (d.batch == 0) d.batch = n < 64 ? n : 64;
-    if (d.batch > n) d.batch = n;
+    if ((rc = cli_draw_check("sample", &d, opts, nopts, n))) return rc;
 
     dfx_error err = {{0}};
     float *images = NULL;

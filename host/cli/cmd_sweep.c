@@ -158,9 +158,7 @@ int cmd_sweep(int argc, char **argv)
         return fprintf(stderr, "difflux sweep: --plot: this build has no PLplot (apt-get "
                                "install libplplot-dev plplot-driver-cairo, then rebuild)\n"),
                CLI_FAIL;
-    if ((rc = cli_draw_check("sweep", &d, opts, nopts))) return rc;
-    if (d.batch == 0) d.batch = n < 64 ? n : 64;
-    if (d.batch > n) d.batch = n;
+    if ((rc = cli_draw_check("sweep", &d, opts, nopts, n))) return rc;
 
     dfx_error err = {{0}};
     const int root = cli_mpi_rank() == 0;
@@ -168,7 +166,6 @@ int cmd_sweep(int argc, char **argv)
     float *images = NULL;
     cli_ref ref = {0};
     sweep_row *rows = calloc((size_t)ns * nsteps, sizeof *rows);
-    char refbuf[1200];
     int nrows = 0;
     rc = CLI_FAIL;
     if (!rows) {
@@ -176,16 +173,13 @@ int cmd_sweep(int argc, char **argv)
         goto done;
     }
     if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
-    if (!classifier) classifier = cli_default_classifier(d.mi);
-    if (!reference) reference = cli_ref_name(classifier, refbuf, sizeof refbuf);
+    int orc = 0;
     if (root) {
         images = malloc((size_t)n * d.dim * sizeof(float));
-        if (!images)
-            dfx_fail(&err, "out of memory for %d samples", n);
-        else if ((cls = dfx_model_load(classifier, d.be, &err)))
-            cli_ref_load(reference, &ref, &err);
+        orc = images ? cli_quality_open(d.be, d.mi, &classifier, &reference, &cls, &ref, &err)
+                     : dfx_fail(&err, "out of memory for %d samples", n);
     }
-    if (cli_mpi_fail(root && (!images || !cls || !ref.mu), &err)) goto done;
+    if (cli_mpi_fail(orc, &err)) goto done;
     if (root && !d.quiet)
         printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID",
                "KID", "conf", "seconds");

@@ -106,7 +106,7 @@ static int usage_fail(const char *cmd, const char *msg, const char *arg)
     return CLI_USAGE;
 }
 
-int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts)
+int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts, long n)
 {
     const cli_opt *o;
     if ((o = cli_find(opts, nopts, "steps")) && o->ptr == &d->steps && o->set && d->steps < 1)
@@ -153,6 +153,8 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts)
             return usage_fail(cmd, "--class expects a label, 'all' or 'none', got '%s'", d->cls);
     }
     if (!d->model) d->model = cli_default_model();
+    if (d->batch == 0) d->batch = n < 64 ? (int)n : 64;
+    if (d->batch > n) d->batch = (int)n;
     return CLI_OK;
 }
 

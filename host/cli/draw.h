@@ -33,8 +33,9 @@ typedef struct cli_draw {
 enum { CLI_DRAW_OPTS = 40 };
 void cli_draw_init(cli_draw *d);
 void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler);
-/* Checks the options that need no model; CLI_OK or CLI_USAGE (message printed). */
-int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts);
+/* Checks the options that need no model, and sets the batch size for n
+ * samples (default min(n, 64)); CLI_OK or CLI_USAGE (message printed). */
+int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts, long n);
 /* Backend (one CUDA device per MPI rank on a node), model, class and the
  * sampler options; -1 with err set. */
 int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err);

@@ -367,7 +367,11 @@ int cli_quality_measure(dfx_model *cls, const cli_ref *r, const float *pixels, l
         if (p > 0) q->entropy -= p * log2(p);
         q->covered += q->hist[k] * 4L * K >= n;
     }
-    if (o->nearest) {
+    if (o->nearest && access(r->train, R_OK) != 0) {
+        fprintf(stderr, "difflux: %s (the training images) is not here: no memorisation figures "
+                        "(for Fashion-MNIST: apt-get install dataset-fashion-mnist)\n",
+                r->train);
+    } else if (o->nearest) {
         int nt = 0;
         train = read_pixels(r->train, &nt, dim, err);
         if (!train) goto done;
@@ -406,4 +410,23 @@ void cli_quality_free(cli_quality *q)
 {
     free(q->hist);
     q->hist = NULL;
+}
+
+int cli_quality_open(dfx_backend *be, const dfx_model_info *mi, const char **classifier,
+                     const char **reference, dfx_model **cls, cli_ref *ref, dfx_error *err)
+{
+    static char refbuf[1200];
+    if (!*classifier) *classifier = cli_default_classifier(mi);
+    if (!*reference) *reference = cli_ref_name(*classifier, refbuf, sizeof refbuf);
+    *cls = dfx_model_load(*classifier, be, err);
+    if (!*cls) return -1;
+    const dfx_model_info *ci = dfx_model_get_info(*cls);
+    if (dfx_classifier_dims(*cls, NULL, NULL) != 0)
+        return dfx_fail(err, "%s is not a classifier (kind %s)", *classifier, ci->kind);
+    if (mi && (ci->channels != mi->channels || ci->height != mi->height ||
+               ci->width != mi->width))
+        return dfx_fail(err, "%s takes %dx%dx%d images, the model makes %dx%dx%d", *classifier,
+                        ci->channels, ci->height, ci->width, mi->channels, mi->height,
+                        mi->width);
+    return cli_ref_load(*reference, ref, err);
 }

@@ -47,6 +47,13 @@ typedef struct cli_quality_opts {
     int quiet;
 } cli_quality_opts;
 
+/* The classifier *classifier (NULL: the one that suits the model mi, which
+ * may be NULL) and its reference statistics *reference (NULL: beside the
+ * classifier), loaded on be; the defaults are written back. With mi, the
+ * classifier must take the model's image size. */
+int cli_quality_open(dfx_backend *be, const dfx_model_info *mi, const char **classifier,
+                     const char **reference, dfx_model **cls, cli_ref *ref, dfx_error *err);
+
 /* Images as pixels in [0, 1] ([n, dim], host). */
 int cli_quality_measure(dfx_model *cls, const cli_ref *r, const float *pixels, long n,
                         const cli_quality_opts *o, cli_quality *q, dfx_error *err);

@@ -18,7 +18,6 @@ Losses (host/MATH.md):
 import argparse
 import gzip
 import json
-import math
 import os
 import signal
 import struct
@@ -95,9 +94,21 @@ def loss_fn(net, x, y, kind, g, cfg):
         tt = t.view(view)
         logr = (mu - 0.5 * sigma ** 2) * tt + sigma * torch.sqrt(tt) * z
         xt = x * torch.exp(logr)
-        score = net(xt, t, y)
-        r = sigma ** 2 * tt * (xt * score) + logr - mu * tt + 1.5 * sigma ** 2 * tt
-        return r.pow(2).flatten(1).sum(1).mean() / x[0].numel()
+        out = net(xt, t, y)
+        if cfg.get("prediction", "score") == "eps":
+            # the network predicts the noise of the VE path in y = log x:
+            # grad_y log p = -eps / (sigma sqrt t), x s_theta = grad_y log p - 1,
+            # and the residual below is sigma sqrt(t) (z - eps). Weighting
+            # the loss by 1 / (sigma^2 t) ("weight": "eps") makes it plain
+            # noise matching, which learns small t as well as large.
+            xs = -out / (sigma * torch.sqrt(tt)) - 1.0
+        else:
+            xs = xt * out  # the ambient score grad_x log p
+        r = sigma ** 2 * tt * xs + logr - mu * tt + 1.5 * sigma ** 2 * tt
+        per = r.pow(2).flatten(1).sum(1) / x[0].numel()
+        if cfg.get("weight") == "eps":
+            per = per / (sigma ** 2 * t)
+        return per.mean()
     else:
         raise ValueError(f"unknown loss {kind!r}")
     out = net(xt, t, y)
@@ -105,6 +116,19 @@ def loss_fn(net, x, y, kind, g, cfg):
 
 
 # ---------------------------------------------------------------- checkpoints
+
+def hardware(dev):
+    """The processor a run trains on, in words (for the model card)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    hw = "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            hw = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return hw + f", {torch.get_num_threads()} thread(s)"
+
 
 def atomic_save(obj, path):
     tmp = path + ".tmp"
@@ -169,16 +193,7 @@ def main(argv=None):
         print(f"{name}: resuming at step {state['step']} "
               f"({state['elapsed'] / 60:.1f} min trained so far)", flush=True)
     # where the steps ran, accumulated over resumed runs (for the model card)
-    if dev.type == "cuda":
-        hw = torch.cuda.get_device_name(dev)
-    else:
-        hw = "CPU"
-        try:
-            with open("/proc/cpuinfo") as f:
-                hw = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        hw += f", {torch.get_num_threads()} thread(s)"
+    hw = hardware(dev)
     seen = [h for h in state.get("hardware", "").split(" + ") if h]
     if hw not in seen:
         seen.append(hw)
@@ -203,6 +218,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
 
     B, warm = tr["batch"], tr.get("warmup", 500)
+    loss_cfg = dict(tr, prediction=cfg["prediction"])
     ema_decay = tr.get("ema", 0.999)
     ckpt_every = tr.get("checkpoint_minutes", 10) * 60
     t_run, t_ckpt, t_log = time.time(), time.time(), time.time()
@@ -229,7 +245,7 @@ def main(argv=None):
         lr = tr["lr"] * min(1.0, (step + 1) / warm)
         for pg in opt.param_groups:
             pg["lr"] = lr
-        loss = loss_fn(net, x, y, tr["loss"], g, tr)
+        loss = loss_fn(net, x, y, tr["loss"], g, loss_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), tr.get("clip", 1.0))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .classifier import Classifier, config_json
 from .modelfile import load_model, save_model
-from .train import read_idx
+from .train import hardware, read_idx
 
 
 # ---------------------------------------------------------------- data
@@ -91,18 +91,6 @@ def accuracy(net, x, y, dev, batch=500):
         _, logits = net(x[i:i + batch].to(dev))
         correct += int((logits.argmax(1).cpu() == y[i:i + batch]).sum())
     return correct / max(len(x), 1)
-
-
-def hardware(dev):
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    hw = "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            hw = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return hw + f", {torch.get_num_threads()} thread(s)"
 
 
 # ---------------------------------------------------------------- main
