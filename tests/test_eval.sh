@@ -36,6 +36,13 @@ holds "$(field "$TMP/good.json" confidence) > 0.9" || fail "classifier confidenc
 # the mixture memorises 300 training digits: its accurate samples are copies
 holds "$(field "$TMP/good.json" nn_close) > 0.9" || fail "memorisation not detected"
 holds "$(field "$TMP/bad.json" nn_close) < 0.2" || fail "2-step samples flagged as copies"
+# real digits (IDX) are the floor: FID below the mixture's, every one a
+# training image (distance 0)
+"$DFX" eval --samples "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --n 200 --classifier "$CLS" \
+    --json "$TMP/real.json" --quiet >/dev/null || fail "eval of real digits"
+r=$(field "$TMP/real.json" fid)
+holds "$r < $g" || fail "FID of 200 real digits ($r) is not below the mixture's ($g)"
+[ "$(field "$TMP/real.json" nn_median)" = 0 ] || fail "real digits are not found in the training set"
 # the same samples read back give the same metrics
 "$DFX" eval --samples "$TMP/good.npy" --model "$GMM" --classifier "$CLS" --json "$TMP/file.json" \
     --quiet >/dev/null || fail "eval --samples"

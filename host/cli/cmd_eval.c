@@ -147,8 +147,10 @@ int cmd_eval(int argc, char **argv)
          0},
         {"reference", OPT_STR, &reference, "FILE",
          "reference statistics (the classifier's FILE.ref.safetensors)", 0},
-        {"samples", OPT_STR, &samples, "FILE.npy",
-         "evaluate these samples (difflux sample --npy; range from --model) instead of drawing", 0},
+        {"samples", OPT_STR, &samples, "FILE",
+         "evaluate these samples instead of drawing: .npy from difflux sample --npy (data "
+         "range from --model), or IDX images (real data: the metrics' baseline; the first --n)",
+         0},
         {"save-samples", OPT_STR, &npy, "FILE.npy", "also write the drawn samples", 0},
         {"json", OPT_STR, &json, "FILE", "also write the metrics as JSON", 0},
         {"kid-subsets", OPT_INT, &kid_subsets, "S", "KID: subsets averaged (10)", 0},
@@ -234,13 +236,21 @@ int cmd_eval(int argc, char **argv)
         if (cli_quality_open(d.be, mi, &classifier, &reference, &cls, &ref, &err)) goto done;
         const dfx_model_info *ci = dfx_model_get_info(cls);
         dim = (size_t)ci->channels * ci->height * ci->width;
-        images = read_npy(samples, dim, &count, &err);
+        size_t len = strlen(samples);
+        if (len > 4 && strcmp(samples + len - 4, ".npy") == 0) {
+            images = read_npy(samples, dim, &count, &err);
+            if (images) cli_to_pixels(images, (size_t)count * dim, lo, hi);
+        } else { /* IDX images, e.g. real data: the baseline of a metric */
+            int ni = 0;
+            images = cli_read_pixels(samples, &ni, (int)dim, &err);
+            count = ni;
+        }
         if (!images) goto done;
+        if (cli_find(opts, nopts, "n")->set && n < count) count = n;
         if (count < 2) {
             dfx_fail(&err, "%s: need at least 2 samples", samples);
             goto done;
         }
-        cli_to_pixels(images, (size_t)count * dim, lo, hi);
     } else {
         if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
         int orc = 0;

@@ -63,8 +63,8 @@ static void resolve(char *path, size_t cap)
     if (n < cap && access(alt, R_OK) == 0) memcpy(path, alt, n + 1);
 }
 
-/* IDX images as pixels in [0, 1] (float [n, h * w]). */
-static float *read_pixels(const char *file, int *n, int dim, dfx_error *err)
+/* IDX images as pixels in [0, 1]. */
+float *cli_read_pixels(const char *file, int *n, int dim, dfx_error *err)
 {
     uint8_t *px = NULL;
     int h, w;
@@ -110,7 +110,7 @@ int cli_ref_make(dfx_model *cls, const char *cls_file, const char *data, const c
     const int dim = ci->channels * ci->height * ci->width;
     if (ci->channels != 1) return dfx_fail(err, "%s: IDX reference data are greyscale", cls_file);
     int n = 0, nt = 0, rc = -1;
-    float *x = read_pixels(data, &n, dim, err), *feat = NULL, *t = NULL, *sub = NULL;
+    float *x = cli_read_pixels(data, &n, dim, err), *feat = NULL, *t = NULL, *sub = NULL;
     double *mu = NULL, *cov = NULL, *dist = NULL;
     float *mu32 = NULL, *cov32 = NULL;
     long *idx = NULL;
@@ -145,7 +145,7 @@ int cli_ref_make(dfx_model *cls, const char *cls_file, const char *data, const c
     for (long i = 0; i < nk; i++)
         memcpy(sub + i * F, feat + (long)((double)i * n / nk) * F, (size_t)F * sizeof(float));
     /* memorisation scale: the last NN_QUERIES training images against the rest */
-    t = read_pixels(train, &nt, dim, err);
+    t = cli_read_pixels(train, &nt, dim, err);
     if (!t) goto done;
     long q = nt / 10 < NN_QUERIES ? nt / 10 : NN_QUERIES;
     if (q < 1) {
@@ -373,7 +373,7 @@ int cli_quality_measure(dfx_model *cls, const cli_ref *r, const float *pixels, l
                 r->train);
     } else if (o->nearest) {
         int nt = 0;
-        train = read_pixels(r->train, &nt, dim, err);
+        train = cli_read_pixels(r->train, &nt, dim, err);
         if (!train) goto done;
         dist = malloc((size_t)n * sizeof(double));
         idx = malloc((size_t)n * sizeof(long));

@@ -59,6 +59,9 @@ int cli_quality_measure(dfx_model *cls, const cli_ref *r, const float *pixels, l
                         const cli_quality_opts *o, cli_quality *q, dfx_error *err);
 void cli_quality_free(cli_quality *q);
 
+/* IDX images as pixels in [0, 1] (float [*n, dim], malloc'd); dim must be
+ * the images' height x width. */
+float *cli_read_pixels(const char *file, int *n, int dim, dfx_error *err);
 /* Samples in data range [lo, hi] to pixels in [0, 1], in place. */
 void cli_to_pixels(float *x, size_t n, double lo, double hi);
 /* The classifier that suits a model (Fashion-MNIST or MNIST by the model's
