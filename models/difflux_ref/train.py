@@ -44,10 +44,21 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_data(cfg):
+def data_file(path, root=None):
+    """A recipe's data file, or the file of the same name under root (for
+    machines where the data set is not installed where the recipe says,
+    e.g. a GPU machine that gets the files carried in a folder)."""
+    if root and not os.path.exists(path):
+        alt = os.path.join(root, os.path.basename(path))
+        if os.path.exists(alt):
+            return alt
+    return path
+
+
+def load_data(cfg, root=None):
     """Images in the model's data range [lo, hi], labels (or None)."""
     d = cfg["data"]
-    x = read_idx(d["images"]).astype(np.float32) / 255.0
+    x = read_idx(data_file(d["images"], root)).astype(np.float32) / 255.0
     if x.ndim == 3:
         x = x[:, None]
     if "count" in d:
@@ -56,7 +67,7 @@ def load_data(cfg):
     x = torch.from_numpy(lo + (hi - lo) * x)
     y = None
     if d.get("labels"):
-        y = torch.from_numpy(read_idx(d["labels"]).astype(np.int64)[: len(x)])
+        y = torch.from_numpy(read_idx(data_file(d["labels"], root)).astype(np.int64)[: len(x)])
     return x, y
 
 
@@ -155,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--checkpoint-dir", default="models/checkpoints")
     ap.add_argument("--out-dir", default="models")
+    ap.add_argument("--data-root", default=None,
+                    help="look here for data files missing from the recipe's paths")
     args = ap.parse_args(argv)
 
     with open(args.config) as f:
@@ -168,7 +181,7 @@ def main(argv=None):
     ckpt_path = os.path.join(args.checkpoint_dir, name + ".pt")
     out_path = os.path.join(args.out_dir, name + ".safetensors")
 
-    x_all, y_all = load_data(cfg)
+    x_all, y_all = load_data(cfg, args.data_root)
     conditional = cfg["unet"].get("num_classes", 0) > 0
     K = cfg["unet"].get("num_classes", 0)
     N = len(x_all)
