@@ -1358,6 +1358,34 @@ static void unet_precision(const char *name, const char *mode, double tol)
  * same samples (the noise is the same numbers; the rest is rounding), and
  * samples 3.. drawn as a batch of their own on the GPU equal the same
  * samples of the full batch. */
+/* A classifier (difflux eval's feature network) on cuda against the CPU,
+ * on random pixels, and its features against the PyTorch fixture. */
+static void classifier_parity(const char *file, int n, double tol)
+{
+    char path[600], title[160];
+    snprintf(path, sizeof path, "%s/%s", DFX_TEST_DATA, file);
+    dfx_model *mc = dfx_model_load(path, cpu, &err);
+    if (!mc) die("dfx_model_load", cpu);
+    dfx_model *mg = dfx_model_load(path, gpu, &err);
+    if (!mg) die("dfx_model_load", gpu);
+    int F = 0, K = 0;
+    dfx_classifier_dims(mc, &F, &K);
+    const size_t dim = mc->dim;
+    float *px = xmalloc((size_t)n * dim * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * dim; i++) px[i] = (float)urand();
+    float *fc = xmalloc((size_t)n * F * sizeof(float)), *fg = xmalloc((size_t)n * F * sizeof(float));
+    float *lc = xmalloc((size_t)n * K * sizeof(float)), *lg = xmalloc((size_t)n * K * sizeof(float));
+    if (dfx_classify(mc, px, n, fc, lc, &err)) die("dfx_classify", cpu);
+    if (dfx_classify(mg, px, n, fg, lg, &err)) die("dfx_classify", gpu);
+    snprintf(title, sizeof title, "classifier %s: features, %d images", file, n);
+    compare(title, fg, fc, (size_t)n * F, tol, NULL);
+    snprintf(title, sizeof title, "classifier %s: logits", file);
+    compare(title, lg, lc, (size_t)n * K, tol, NULL);
+    free(px), free(fc), free(fg), free(lc), free(lg);
+    dfx_model_free(mc);
+    dfx_model_free(mg);
+}
+
 static void sample_parity(const char *file, const char *sampler, int steps, int n, double tol)
 {
     char path[600], title[160];
@@ -1959,6 +1987,9 @@ int main(void)
     sample_parity("../models/mnist-dale-gmm.safetensors", "adls", 100, 8, 1e-4);
     sample_parity("fixtures/unet_tiny.safetensors", "dpmpp_2m_sde", 20, 8, 1e-4);
     sample_parity("fixtures/unet_cond.safetensors", "euler", 20, 8, 1e-4);
+    classifier_parity("fixtures/classifier_tiny.safetensors", 300, 1e-5); /* two batches */
+    classifier_parity("fixtures/classifier_rgb.safetensors", 7, 1e-5);
+    classifier_parity("../models/mnist-classifier.safetensors", 64, 1e-5);
 #else
     printf("(no DFX_TEST_DATA: whole-network checks skipped)\n");
 #endif
