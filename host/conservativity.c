@@ -104,11 +104,6 @@ static double dot(const float *a, const float *b, size_t n)
     return s;
 }
 
-static double norm(const float *a, size_t n)
-{
-    return sqrt(dot(a, a, n));
-}
-
 /* The field at rows points (host), evaluated in batches of at most `batch`. */
 static int field_at(dfx_model *m, dfx_pred field, const double *t, const float *x, int rows,
                     int batch, float *f, dfx_error *err)
@@ -187,7 +182,7 @@ int dfx_loop_circulation(dfx_model *m, dfx_pred field, double t, const float *c,
             double fu = dot(fk, u, D), fv = dot(fk, v, D);
             /* dx/dtheta = r (-sin u + cos v), |dx/dtheta| = r (u, v orthonormal) */
             I += r * (-sn * fu + cs * fv);
-            S += r * norm(fk, D);
+            S += r * dfx_vec_norm(fk, D);
         }
         *raw = I * 2 * DFX_PI / M;
         *scale = S * 2 * DFX_PI / M;
@@ -230,9 +225,9 @@ int dfx_path_dependence(dfx_model *m, dfx_pred field, double t, const float *c, 
             const float *f1 = f + (size_t)k * D, *f2 = f + (size_t)(G + k) * D;
             /* ds-derivatives: 2 r u and pi r (sin th u - cos th v) */
             I1 += gw[k] * 2 * r * dot(f1, u, D);
-            S1 += gw[k] * 2 * r * norm(f1, D);
+            S1 += gw[k] * 2 * r * dfx_vec_norm(f1, D);
             I2 += gw[k] * DFX_PI * r * (sin(th) * dot(f2, u, D) - cos(th) * dot(f2, v, D));
-            S2 += gw[k] * DFX_PI * r * norm(f2, D);
+            S2 += gw[k] * DFX_PI * r * dfx_vec_norm(f2, D);
         }
         *raw = I1 - I2;
         *scale = 0.5 * (S1 + S2);
@@ -318,11 +313,11 @@ static void plane(uint64_t seed, uint64_t index, size_t D, float *u, float *v)
 {
     dfx_normal_host(seed, 2 * index, 1, D, 0, STREAM_PLANE, u);
     dfx_normal_host(seed, 2 * index + 1, 1, D, 0, STREAM_PLANE, v);
-    double nu = norm(u, D);
+    double nu = dfx_vec_norm(u, D);
     for (size_t j = 0; j < D; j++) u[j] = (float)(u[j] / nu);
     double uv = dot(u, v, D);
     for (size_t j = 0; j < D; j++) v[j] = (float)(v[j] - uv * u[j]);
-    double nv = norm(v, D);
+    double nv = dfx_vec_norm(v, D);
     for (size_t j = 0; j < D; j++) v[j] = (float)(v[j] / nv);
 }
 
@@ -381,7 +376,7 @@ int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, in
             if (rc == 0 && isfinite(ratio)) dfx_mean_add(&patch, ratio);
         }
         if (o->nradii > 0) plane(o->seed, (uint64_t)i, D, u, v);
-        const double cn = norm(xt, D);
+        const double cn = dfx_vec_norm(xt, D);
         for (int k = 0; k < o->nradii && rc == 0; k++) {
             double raw, scale, r = o->radii[k] * cn;
             if (o->loop_nodes > 0) {

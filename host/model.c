@@ -353,7 +353,7 @@ int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v,
     return 0;
 }
 
-static double row_norm(const float *x, size_t n)
+double dfx_vec_norm(const float *x, size_t n)
 {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -392,7 +392,7 @@ int dfx_model_jvp_host(dfx_model *m, const double *t, const float *x, const floa
     if (!e) goto done;
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * D, *vr = v + (size_t)r * D;
-        double nx = row_norm(xr, D), nv = row_norm(vr, D);
+        double nx = dfx_vec_norm(xr, D), nv = dfx_vec_norm(vr, D);
         e[r] = nv > 0 ? fd_step * (nx > 0 ? nx : 1.0) / nv : 0.0;
         for (size_t j = 0; j < D; j++) {
             xp[(size_t)r * D + j] = (float)(xr[j] + e[r] * vr[j]);

@@ -111,6 +111,9 @@ int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v,
 int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
                             dfx_pred to, double *A, double *B, double *C, dfx_error *err);
 
+/* Euclidean norm of n floats, accumulated in double. */
+double dfx_vec_norm(const float *x, size_t n);
+
 /* Common construction: fills cfg-derived info, dim. */
 dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err);
 
