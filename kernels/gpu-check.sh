@@ -57,6 +57,7 @@ grep FAIL "$OUT/backend_ops.txt" | head -20 | tee -a "$OUT/summary.txt"
 log "sampling the shipped models on the GPU ($(elapsed) s)"
 for m in models/*.safetensors; do
     b=$(basename "$m" .safetensors)
+    case $b in *classifier*) continue ;; esac # feature networks: eval below
     ./build-gpu/difflux sample --model "$m" --device cuda --n 64 --out "$OUT/$b-cuda.png" \
         --npy "$OUT/$b-cuda.npy" --quiet 2>&1 | tee -a "$OUT/summary.txt"
     ./build-gpu/difflux sample --model "$m" --device cpu --n 64 --no-png --npy "$OUT/$b-cpu.npy" \
@@ -68,6 +69,13 @@ print(f"  cuda vs cpu, same seed: max |diff| {np.abs(a - b).max():.3e}, "
       f"normalised {np.linalg.norm(a - b) / np.linalg.norm(b):.3e}")
 EOF
     rm -f "$OUT/$b-cuda.npy" "$OUT/$b-cpu.npy"
+done
+
+log "difflux eval on cuda and on cpu, same seeds ($(elapsed) s)"
+for dev in cuda cpu; do
+    ./build-gpu/difflux eval --model models/mnist-flow.safetensors --device $dev --n 256 \
+        --steps 10 --json "$OUT/eval-$dev.json" --quiet >"$OUT/eval-$dev.txt" 2>&1
+    echo "  $dev: $(cat "$OUT/eval-$dev.json")" | tee -a "$OUT/summary.txt"
 done
 
 MODEL=models/mnist-flow.safetensors

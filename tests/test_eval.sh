@@ -51,6 +51,15 @@ for k in fid kid confidence histogram nn_median; do
         fail "--samples: $k differs: $(field "$TMP/good.json" $k) vs $(field "$TMP/file.json" $k)"
 done
 
+# the shipped class-conditional model: --class 7 --guidance 2 draws sevens
+COND=$SRC/models/mnist-cond.safetensors
+if [ -f "$COND" ]; then
+    "$DFX" eval --model "$COND" --classifier "$CLS" --class 7 --guidance 2 --n 20 --steps 10 \
+        --threads 2 --no-nn --json "$TMP/c7.json" --quiet >/dev/null || fail "eval of mnist-cond"
+    sevens=$(sed -E 's/.*"histogram": \[([^]]*)\].*/\1/' "$TMP/c7.json" | cut -d, -f8 | tr -d ' ')
+    [ "${sevens:-0}" -ge 18 ] || fail "mnist-cond --class 7: only $sevens of 20 samples are sevens"
+fi
+
 # sweep: a table row per (sampler, steps), FID falls with the step count
 "$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers heun,euler --steps 2,8 --n 60 \
     --threads 2 --csv "$TMP/s.csv" --quiet >"$TMP/s.txt" || fail "sweep"
