@@ -7,8 +7,9 @@ cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 shopt -s nullglob
 pts=(models/checkpoints/*.pt)
 [ ${#pts[@]} -gt 0 ] || { echo "no checkpoints to store"; exit 0; }
+git diff --cached --quiet || { echo "store.sh: commit or unstage what is staged first"; exit 1; }
 git add -f "${pts[@]}"
-git commit -q -m "Training checkpoints: ${*:-$(basename -a "${pts[@]}" | tr '\n' ' ')}" -- "${pts[@]}"
+git commit -q -m "Training checkpoints: ${*:-$(basename -a "${pts[@]}" | tr '\n' ' ')}"
 git rm -q --cached "${pts[@]}"
-git commit -q -m "Checkpoints back out of the working tree (models/checkpoints/restore.sh)" -- "${pts[@]}"
+git commit -q -m "Checkpoints back out of the working tree (models/checkpoints/restore.sh)"
 echo "stored ${#pts[@]} checkpoint(s) at $(git log -2 --format=%h | tail -1)"
