@@ -158,25 +158,30 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const dfx_model_info *i = &m->info;
-    char pd[128];
+    char pd[128], field[320];
     path_desc(pd, sizeof pd, &i->path);
     double tn, td;
     dfx_path_default_range(&i->path, &tn, &td);
+    if (dfx_classifier_dims(m, NULL, NULL) == 0)
+        snprintf(field, sizeof field, "output       features and class logits (no path)\n");
+    else
+        snprintf(field, sizeof field,
+                 "path         %s, data at t = %d, sampled from t = %g to %g\n"
+                 "prediction   %s\n",
+                 pd, dfx_path_data_at_one(&i->path), tn, td, dfx_pred_name(i->prediction));
     int n = snprintf(buf, cap,
                      "file         %s\n"
                      "kind         %s\n"
                      "image        %d x %d x %d (channels x height x width)\n"
                      "data range   [%g, %g] (shown as black .. white)\n"
-                     "path         %s, data at t = %d, sampled from t = %g to %g\n"
-                     "prediction   %s\n"
+                     "%s"
                      "parameters   %zu\n"
                      "FLOPs/eval   %.4g per sample\n"
                      "dataset      %s\n"
                      "description  %s\n"
                      "training     %s\n",
                      m->file[0] ? m->file : "(in memory)", i->kind, i->channels, i->height,
-                     i->width, i->range_lo, i->range_hi, pd, dfx_path_data_at_one(&i->path), tn,
-                     td, dfx_pred_name(i->prediction), i->n_params, i->flops,
+                     i->width, i->range_lo, i->range_hi, field, i->n_params, i->flops,
                      i->dataset[0] ? i->dataset : "-",
                      i->description[0] ? i->description : "-",
                      i->training[0] ? i->training : "-");
