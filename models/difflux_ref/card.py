@@ -91,8 +91,10 @@ def main(argv=None):
     if args.eval:
         with open(args.eval) as f:
             ev = json.load(f)
-        out.append(f"* Quality (`difflux eval`, {ev['n']} samples, {ev['sampler']}, "
-                   f"{ev['nfe']:.0f} evaluations each): FID {ev['fid']:.2f}, KID "
+        steps = f" --steps {ev['steps']}" if ev.get("steps") else ""
+        out.append(f"* Quality (`./build/difflux eval --model {ev['model']} --sampler "
+                   f"{ev['sampler']}{steps} --n {ev['n']}`, {ev['nfe']:.0f} evaluations per "
+                   f"sample): FID {ev['fid']:.2f}, KID "
                    f"{ev['kid']:.3f} ± {ev['kid_std']:.3f}, classifier confidence "
                    f"{ev['confidence']:.3f}, {ev['classes_covered']} of "
                    f"{len(ev['histogram'])} classes covered"
