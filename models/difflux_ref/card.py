@@ -83,7 +83,8 @@ def main(argv=None):
     out.append(f"* Wall time and hardware: {run.get('minutes', '?')} minutes on "
                f"{run.get('hardware', '?')}.")
     out.append(f"* Final loss (mean of the last logged window): {run.get('final_loss', '?')}.")
-    out.append(f"* Command (resumes from `models/checkpoints/{name}.pt`): "
+    out.append(f"* Command (resumes from `models/checkpoints/{name}.pt`, which "
+               f"`models/checkpoints/restore.sh` brings back in a fresh checkout): "
                f"`python3 -m models.difflux_ref.train --config {recipe_path} --threads 2` "
                f"(`--device cuda` on a GPU).")
     if args.sample_command:
