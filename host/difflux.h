@@ -453,11 +453,15 @@ typedef struct dfx_grid_layout {
 int dfx_write_png_grid(const char *file, const float *images, int n, int channels, int height,
                        int width, double lo, double hi, const dfx_grid_layout *layout,
                        dfx_error *err);
-/* float32 .npy array of the given shape, written atomically. */
 /* A text file, written to a temporary name and renamed into place. */
 int dfx_write_text(const char *file, const char *text, dfx_error *err);
+/* float32 .npy array of the given shape, written atomically. */
 int dfx_write_npy(const char *file, const float *data, int ndim, const int64_t *shape,
                   dfx_error *err);
+/* A little-endian float32 C-order .npy array [n, ...] whose rows hold `row`
+ * values each (as dfx_write_npy writes): the values (malloc'd), n in *n;
+ * NULL with a message naming the file for anything else. */
+float *dfx_read_npy(const char *file, size_t row, long *n, dfx_error *err);
 
 /* IDX (MNIST) image file, optionally gzip-compressed: n images of h x w
  * uint8 pixels, returned as a malloc'd array the caller frees. */

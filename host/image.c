@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stb_image_write.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,4 +103,79 @@ int dfx_write_npy(const char *file, const float *data, int ndim, const int64_t *
         fwrite(b, 1, 4, a.fp);
     }
     return dfx_atomic_commit(&a, err);
+}
+
+float *dfx_read_npy(const char *file, size_t row, long *n, dfx_error *err)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f) return dfx_fail(err, "%s: cannot open", file), NULL;
+    unsigned char pre[10];
+    float *x = NULL;
+    char *hdr = NULL;
+    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0) {
+        dfx_fail(err, "%s: not a .npy file", file);
+        goto done;
+    }
+    size_t hl = pre[8] | (size_t)pre[9] << 8;
+    if (pre[6] != 1) {
+        unsigned char more[2];
+        if (pre[6] > 3 || fread(more, 1, 2, f) != 2) {
+            dfx_fail(err, "%s: unsupported .npy version %d", file, pre[6]);
+            goto done;
+        }
+        hl |= (size_t)more[0] << 16 | (size_t)more[1] << 24;
+    }
+    if (hl > (1u << 20) || !(hdr = calloc(hl + 1, 1)) || fread(hdr, 1, hl, f) != hl) {
+        dfx_fail(err, "%s: bad .npy header", file);
+        goto done;
+    }
+    if (!strstr(hdr, "'descr': '<f4'") || !strstr(hdr, "'fortran_order': False")) {
+        dfx_fail(err, "%s: expected little-endian float32 in C order (as difflux sample --npy "
+                      "writes)",
+                 file);
+        goto done;
+    }
+    const char *sh = strstr(hdr, "'shape': (");
+    if (!sh) {
+        dfx_fail(err, "%s: .npy header has no shape", file);
+        goto done;
+    }
+    sh += 10;
+    double total = 1.0, first = -1;
+    while (*sh && *sh != ')') {
+        char *end;
+        long v = strtol(sh, &end, 10);
+        if (end == sh || v < 0) break;
+        if (first < 0) first = (double)v;
+        total *= (double)v;
+        sh = end;
+        while (*sh == ',' || *sh == ' ') sh++;
+    }
+    if (first < 1 || total != first * (double)row) {
+        dfx_fail(err, "%s: shape does not hold rows of %zu values (the model's C x H x W)", file,
+                 row);
+        goto done;
+    }
+    *n = (long)first;
+    x = malloc((size_t)total * sizeof(float));
+    if (!x) {
+        dfx_fail(err, "%s: out of memory for %.0f values", file, total);
+        goto done;
+    }
+    for (size_t i = 0; i < (size_t)total; i++) { /* little-endian, as written */
+        unsigned char b[4];
+        if (fread(b, 1, 4, f) != 4) {
+            dfx_fail(err, "%s: file is shorter than its shape", file);
+            free(x);
+            x = NULL;
+            break;
+        }
+        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                     (uint32_t)b[3] << 24;
+        memcpy(&x[i], &u, 4);
+    }
+done:
+    free(hdr);
+    fclose(f);
+    return x;
 }

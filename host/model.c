@@ -111,8 +111,17 @@ int dfx_model_profile(dfx_model *m, int enable, const dfx_profile_entry **list)
     return m->vt->profile(m, enable, list);
 }
 
+int dfx_model_generative(const dfx_model *m, dfx_error *err)
+{
+    if (dfx_classifier_dims(m, NULL, NULL) != 0) return 0;
+    return dfx_fail(err, "%s is a classifier (the feature network of difflux eval), not a "
+                         "generative model: give --model a model to sample",
+                    m->file);
+}
+
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
 {
+    if (dfx_model_generative(m, err)) return -1;
     if (strcmp(m->cfg.kind, "unet") == 0) return dfx_unet_set_class(m, cls, guidance, err);
     if (cls == DFX_CLASS_NONE && guidance == 1.0) return 0;
     return dfx_fail(err, "%s: a %s model takes no class (--class/--guidance)",

@@ -88,6 +88,8 @@ struct dfx_model {
     float *jbuf;     /* backend [3, jcap_rows, dim] */
 };
 
+/* 0 for a model that samplers can run; -1 with a message for a classifier. */
+int dfx_model_generative(const dfx_model *m, dfx_error *err);
 /* Allocates what evaluation needs for batches of up to `rows`. */
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err);
 /* h = x * grad_x log p(x) at ambient x (the multiplicative samplers'

@@ -198,12 +198,7 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         dfx_fail(err, "batch size must be at least 1");
         return NULL;
     }
-    if (dfx_classifier_dims(m, NULL, NULL) == 0) {
-        dfx_fail(err, "%s is a classifier (the feature network of difflux eval), not a "
-                      "generative model: give --model a model to sample",
-                 m->file);
-        return NULL;
-    }
+    if (dfx_model_generative(m, err)) return NULL;
     const int adaptive = (def->flags & DFX_SF_ADAPTIVE) != 0;
     const int steps = o->steps ? o->steps : def->d.default_steps;
     if (!adaptive && (steps < 1 || steps > 1000000)) {

@@ -92,6 +92,27 @@ int main(void)
     CHECK(fgetc(f) == EOF, "nothing after the data");
     free(dict);
     if (f) fclose(f);
+    /* and read back: the values and the row count; a wrong row size, a
+     * truncated file and a file that is no .npy are refused by name */
+    long rows = 0;
+    float *rd = dfx_read_npy(npy, H * W, &rows, &err);
+    CHECK(rd && rows == N && memcmp(rd, img, sizeof back) == 0, "npy read back: %s", err.msg);
+    free(rd);
+    CHECK(dfx_read_npy(npy, 7, &rows, &err) == NULL && strstr(err.msg, "rows of 7 values"),
+          "npy with the wrong row size: %s", err.msg);
+    char cut[300];
+    snprintf(cut, sizeof cut, "%s/cut.npy", dir);
+    FILE *src = fopen(npy, "rb"), *dst = fopen(cut, "wb");
+    char buf[4096];
+    size_t got = src ? fread(buf, 1, sizeof buf, src) : 0;
+    if (dst) fwrite(buf, 1, got > 4 ? got - 4 : 0, dst);
+    if (src) fclose(src);
+    if (dst) fclose(dst);
+    CHECK(dfx_read_npy(cut, H * W, &rows, &err) == NULL && strstr(err.msg, "shorter than its shape"),
+          "truncated npy: %s", err.msg);
+    CHECK(dfx_read_npy(png, H * W, &rows, &err) == NULL && strstr(err.msg, "not a .npy file"),
+          "a PNG read as npy: %s", err.msg);
+    unlink(cut);
 
     /* failures: no file, no temporary left behind, a message naming the file */
     char bad[300];

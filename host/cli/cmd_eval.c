@@ -12,71 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A float32 .npy array [n, ...] of n rows of `row` values (C order). */
-static float *read_npy(const char *file, size_t row, long *n, dfx_error *err)
-{
-    FILE *f = fopen(file, "rb");
-    if (!f) return dfx_fail(err, "%s: cannot open", file), NULL;
-    unsigned char pre[10];
-    float *x = NULL;
-    char *hdr = NULL;
-    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0) {
-        dfx_fail(err, "%s: not a .npy file", file);
-        goto done;
-    }
-    size_t hl = pre[8] | (size_t)pre[9] << 8;
-    if (pre[6] != 1) {
-        unsigned char more[2];
-        if (pre[6] > 3 || fread(more, 1, 2, f) != 2) {
-            dfx_fail(err, "%s: unsupported .npy version %d", file, pre[6]);
-            goto done;
-        }
-        hl |= (size_t)more[0] << 16 | (size_t)more[1] << 24;
-    }
-    if (hl > (1u << 20) || !(hdr = calloc(hl + 1, 1)) || fread(hdr, 1, hl, f) != hl) {
-        dfx_fail(err, "%s: bad .npy header", file);
-        goto done;
-    }
-    if (!strstr(hdr, "'descr': '<f4'") || !strstr(hdr, "'fortran_order': False")) {
-        dfx_fail(err, "%s: expected little-endian float32 in C order (as difflux sample --npy "
-                      "writes)",
-                 file);
-        goto done;
-    }
-    const char *sh = strstr(hdr, "'shape': (");
-    if (!sh) {
-        dfx_fail(err, "%s: .npy header has no shape", file);
-        goto done;
-    }
-    sh += 10;
-    double total = 1.0, first = -1;
-    while (*sh && *sh != ')') {
-        char *end;
-        long v = strtol(sh, &end, 10);
-        if (end == sh || v < 0) break;
-        if (first < 0) first = (double)v;
-        total *= (double)v;
-        sh = end;
-        while (*sh == ',' || *sh == ' ') sh++;
-    }
-    if (first < 1 || total != first * (double)row) {
-        dfx_fail(err, "%s: shape does not hold rows of %zu values (the model's C x H x W)", file,
-                 row);
-        goto done;
-    }
-    *n = (long)first;
-    x = malloc((size_t)total * sizeof(float));
-    if (!x || fread(x, sizeof(float), (size_t)total, f) != (size_t)total) {
-        dfx_fail(err, "%s: %s", file, x ? "file is shorter than its shape" : "out of memory");
-        free(x);
-        x = NULL;
-    }
-done:
-    free(hdr);
-    fclose(f);
-    return x;
-}
-
 static void print_report(FILE *o, const cli_quality *q, const cli_ref *r, dfx_model *cls)
 {
     fprintf(o, "FID          %.3f   (%ld samples vs %ld reference images; lower is better)\n",
@@ -163,8 +98,7 @@ int cmd_eval(int argc, char **argv)
          "--make-reference: the models' training images (default --data)", 0},
         {"out", OPT_STR, &out, "FILE", "--make-reference: output (the classifier's .ref file)", 0},
     };
-    int nopts = 13;
-    cli_draw_options(&d, opts, &nopts, 1);
+    int nopts = cli_draw_options(&d, opts, 1);
     int help;
     int rc = cli_parse("eval", argc, argv, opts, nopts, &help);
     if (rc) return rc;
@@ -238,7 +172,7 @@ int cmd_eval(int argc, char **argv)
         dim = (size_t)ci->channels * ci->height * ci->width;
         size_t len = strlen(samples);
         if (len > 4 && strcmp(samples + len - 4, ".npy") == 0) {
-            images = read_npy(samples, dim, &count, &err);
+            images = dfx_read_npy(samples, dim, &count, &err);
             if (images) cli_to_pixels(images, (size_t)count * dim, lo, hi);
         } else { /* IDX images, e.g. real data: the baseline of a metric */
             int ni = 0;

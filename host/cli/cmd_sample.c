@@ -27,8 +27,7 @@ int cmd_sample(int argc, char **argv)
          0},
         {"scale", OPT_INT, &scale, "K", "upscale each pixel to K x K (1)", 0},
     };
-    int nopts = 8;
-    cli_draw_options(&d, opts, &nopts, 1);
+    int nopts = cli_draw_options(&d, opts, 1);
     int help;
     int rc = cli_parse("sample", argc, argv, opts, nopts, &help);
     if (rc) return rc;

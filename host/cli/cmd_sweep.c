@@ -109,8 +109,7 @@ int cmd_sweep(int argc, char **argv)
         {"kid-subsets", OPT_INT, &kid_subsets, "S", "KID: subsets averaged (10)", 0},
         {"kid-size", OPT_INT, &kid_size, "M", "KID: samples per subset (1000, at most n)", 0},
     };
-    int nopts = 9;
-    cli_draw_options(&d, opts, &nopts, 0);
+    int nopts = cli_draw_options(&d, opts, 0);
     int help;
     int rc = cli_parse("sweep", argc, argv, opts, nopts, &help);
     if (rc) return rc;

@@ -32,8 +32,10 @@ void cli_draw_init(cli_draw *d)
     d->class_id = DFX_CLASS_CYCLE;
 }
 
-void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler)
+int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler)
 {
+    int n = 0;
+    while (opts[n].name) n++; /* after the command's own options */
     const cli_opt common[] = {
         {"model", OPT_STR, &d->model, "FILE", "model file (default: models/mnist-flow.safetensors)",
          0},
@@ -94,8 +96,9 @@ void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler)
         if (!with_sampler &&
             (strcmp(common[i].name, "sampler") == 0 || strcmp(common[i].name, "steps") == 0))
             continue;
-        opts[(*n)++] = common[i];
+        opts[n++] = common[i];
     }
+    return n;
 }
 
 static int usage_fail(const char *cmd, const char *msg, const char *arg)
@@ -174,10 +177,6 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     if (dfx_backend_set_precision(d->be, d->precision, err)) return -1;
     d->m = dfx_model_load(d->model, d->be, err);
     if (!d->m) return -1;
-    if (dfx_classifier_dims(d->m, NULL, NULL) == 0)
-        return dfx_fail(err, "%s is a classifier (the feature network of difflux eval), not a "
-                             "generative model: give --model a model to sample",
-                        d->model);
     if (d->path) {
         dfx_path p;
         dfx_path_default(&p, d->fam);

@@ -29,10 +29,12 @@ typedef struct cli_draw {
 } cli_draw;
 
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
- * at opts[*n]. `sweep` leaves out sampler and steps (with_sampler 0). */
+ * after the command's own (the entries before the first one without a
+ * name); returns the length of the whole table. `sweep` leaves out sampler
+ * and steps (with_sampler 0). */
 enum { CLI_DRAW_OPTS = 40 };
 void cli_draw_init(cli_draw *d);
-void cli_draw_options(cli_draw *d, cli_opt *opts, int *n, int with_sampler);
+int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler);
 /* Checks the options that need no model, and sets the batch size for n
  * samples (default min(n, 64)); CLI_OK or CLI_USAGE (message printed). */
 int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts, long n);
