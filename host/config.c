@@ -130,13 +130,21 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
         const cJSON *sd = cJSON_GetObjectItemCaseSensitive(st, "std");
         if (!cJSON_IsNumber(mu) || !cJSON_IsNumber(sd) || !isfinite(mu->valuedouble) ||
             !(sd->valuedouble > 0.0) || !isfinite(sd->valuedouble)) {
-            dfx_fail(err, "%s: config: start must be {\"mean\": number, \"std\": positive number}",
+            dfx_fail(err,
+                     "%s: config: start must be {\"mean\": number, \"std\": positive number[, "
+                     "\"full\": bool]}",
                      file);
+            goto fail;
+        }
+        const cJSON *full = cJSON_GetObjectItemCaseSensitive(st, "full");
+        if (full && !cJSON_IsBool(full)) {
+            dfx_fail(err, "%s: config: start.full must be true or false", file);
             goto fail;
         }
         c->has_start = 1;
         c->start_mean = mu->valuedouble;
         c->start_std = sd->valuedouble;
+        c->start_full = cJSON_IsTrue(full);
     }
     const cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     if (cJSON_IsObject(prov)) {

@@ -64,6 +64,15 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
                       "%s: unknown model kind '%s' (this build knows: gmm, unet, affine, "
                       "classifier)",
                       file, cfg.kind);
+    if (rc == 0 && cfg.start_full) {
+        /* the Gaussian fitted to the path's noise end, full covariance */
+        int64_t sm[1] = {(int64_t)m->dim}, ss[2] = {(int64_t)m->dim, (int64_t)m->dim};
+        rc = dfx_model_tensor(m, &f, "start.mean", 1, sm, &m->start_mean, err);
+        if (rc == 0) rc = dfx_model_tensor(m, &f, "start.scale", 2, ss, &m->start_scale, err);
+        if (rc == 0 && !be->ops->linear)
+            rc = dfx_fail(err, "%s: the %s backend cannot draw a full-covariance start", file,
+                          be->name);
+    }
     if (rc == 0) rc = dfx_st_check_all_used(&f, err);
     if (rc == 0 && m->logspace && !m->analytic) {
         /* a network on the dale path sees x = exp(y) and predicts either the
@@ -85,6 +94,27 @@ done:
     return m;
 }
 
+int dfx_model_tensor(dfx_model *m, dfx_st_file *f, const char *name, int ndim,
+                     const int64_t *shape, float **dev, dfx_error *err)
+{
+    const dfx_st_tensor *t = dfx_st_get(f, name, ndim, shape, err);
+    if (!t) return -1;
+    float *h = dfx_alloc(t->numel, sizeof(float), name, err);
+    if (!h) return -1;
+    dfx_st_to_f32(f, t, h);
+    int rc = 0;
+    for (size_t i = 0; i < t->numel && rc == 0; i++)
+        if (!isfinite(h[i]))
+            rc = dfx_fail(err, "%s: tensor '%s' holds a NaN or Inf at element %zu", f->path, name,
+                          i);
+    if (rc == 0) {
+        *dev = dfx_be_alloc(m->be, t->numel * sizeof(float), name, err);
+        rc = *dev ? m->be->ops->upload(m->be, *dev, h, t->numel * sizeof(float), err) : -1;
+    }
+    free(h);
+    return rc;
+}
+
 void dfx_model_free(dfx_model *m)
 {
     if (!m) return;
@@ -92,6 +122,8 @@ void dfx_model_free(dfx_model *m)
     if (m->pred) m->be->ops->free(m->be, m->pred);
     if (m->xbuf) m->be->ops->free(m->be, m->xbuf);
     if (m->jbuf) m->be->ops->free(m->be, m->jbuf);
+    if (m->start_mean) m->be->ops->free(m->be, m->start_mean);
+    if (m->start_scale) m->be->ops->free(m->be, m->start_scale);
     free(m->coef);
     dfx_config_free(&m->cfg);
     free(m);
@@ -167,7 +199,7 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const dfx_model_info *i = &m->info;
-    char pd[128], field[320];
+    char pd[128], field[320], start[192] = "";
     path_desc(pd, sizeof pd, &i->path);
     double tn, td;
     dfx_path_default_range(&i->path, &tn, &td);
@@ -178,19 +210,27 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
                  "path         %s, data at t = %d, sampled from t = %g to %g\n"
                  "prediction   %s\n",
                  pd, dfx_path_data_at_one(&i->path), tn, td, dfx_pred_name(i->prediction));
+    if (m->cfg.has_start && m->cfg.start_full)
+        snprintf(start, sizeof start,
+                 "start        fitted Gaussian, full %zu x %zu covariance (per value: mean %g, "
+                 "std %g)\n",
+                 m->dim, m->dim, m->cfg.start_mean, m->cfg.start_std);
+    else if (m->cfg.has_start)
+        snprintf(start, sizeof start, "start        fitted N(%g, %g^2) per value\n",
+                 m->cfg.start_mean, m->cfg.start_std);
     int n = snprintf(buf, cap,
                      "file         %s\n"
                      "kind         %s\n"
                      "image        %d x %d x %d (channels x height x width)\n"
                      "data range   [%g, %g] (shown as black .. white)\n"
-                     "%s"
+                     "%s%s"
                      "parameters   %zu\n"
                      "FLOPs/eval   %.4g per sample\n"
                      "dataset      %s\n"
                      "description  %s\n"
                      "training     %s\n",
                      m->file[0] ? m->file : "(in memory)", i->kind, i->channels, i->height,
-                     i->width, i->range_lo, i->range_hi, field, i->n_params, i->flops,
+                     i->width, i->range_lo, i->range_hi, field, start, i->n_params, i->flops,
                      i->dataset[0] ? i->dataset : "-",
                      i->description[0] ? i->description : "-",
                      i->training[0] ? i->training : "-");

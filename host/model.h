@@ -21,6 +21,8 @@ typedef struct dfx_model_config {
     double range_lo, range_hi;
     int has_start;          /* "start": fitted N(mean, std^2) at the noise end, */
     double start_mean, start_std; /* per value, in the samplers' space       */
+    int start_full;         /* "start".full: the file holds start.mean [dim] and
+                               start.scale [dim, dim], N(mean, scale scale^T) */
     char dataset[128];
     char training[256];     /* provenance.training, in words ("" if absent) */
     char description[512];
@@ -84,6 +86,7 @@ struct dfx_model {
     float *pred;     /* backend [cap_rows, dim] */
     double *coef;    /* host [3 * cap_rows] */
     float *xbuf;     /* backend [cap_rows, dim]: exp(y) for log-space models */
+    float *start_mean, *start_scale; /* backend: the full fitted start, or NULL */
     int jcap_rows;   /* tangents for dfx_model_jvp, sized on first use */
     float *jbuf;     /* backend [3, jcap_rows, dim] */
 };
@@ -115,6 +118,12 @@ int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_p
 
 /* Euclidean norm of n floats, accumulated in double. */
 double dfx_vec_norm(const float *x, size_t n);
+
+/* Tensor `name` of f, of the given shape, as float32 on the model's backend
+ * (*dev, freed by the caller with be->ops->free); refuses NaN and Inf. */
+struct dfx_st_file;
+int dfx_model_tensor(dfx_model *m, struct dfx_st_file *f, const char *name, int ndim,
+                     const int64_t *shape, float **dev, dfx_error *err);
 
 /* Common construction: fills cfg-derived info, dim. */
 dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err);

@@ -73,30 +73,8 @@ int dfx_affine_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
     m->impl = a;
     m->vt = &affine_vt;
     int64_t sa[2] = {(int64_t)m->dim, (int64_t)m->dim}, sb[1] = {(int64_t)m->dim};
-    const dfx_st_tensor *tA = dfx_st_get(f, "affine.A", 2, sa, err);
-    const dfx_st_tensor *tb = tA ? dfx_st_get(f, "affine.b", 1, sb, err) : NULL;
-    if (!tb) return -1;
-    float *hA = dfx_alloc(tA->numel, sizeof(float), "affine.A", err);
-    float *hb = dfx_alloc(tb->numel, sizeof(float), "affine.b", err);
-    int rc = -1;
-    if (hA && hb) {
-        dfx_st_to_f32(f, tA, hA);
-        dfx_st_to_f32(f, tb, hb);
-        rc = 0;
-        for (size_t i = 0; i < tA->numel && rc == 0; i++)
-            if (!isfinite(hA[i])) rc = dfx_fail(err, "%s: tensor 'affine.A' holds a NaN or Inf", f->path);
-        for (size_t i = 0; i < tb->numel && rc == 0; i++)
-            if (!isfinite(hb[i])) rc = dfx_fail(err, "%s: tensor 'affine.b' holds a NaN or Inf", f->path);
-        if (rc == 0) {
-            a->A = dfx_be_alloc(m->be, tA->numel * sizeof(float), "affine.A", err);
-            a->b = a->A ? dfx_be_alloc(m->be, tb->numel * sizeof(float), "affine.b", err) : NULL;
-            rc = a->b ? 0 : -1;
-        }
-        if (rc == 0) rc = m->be->ops->upload(m->be, a->A, hA, tA->numel * sizeof(float), err);
-        if (rc == 0) rc = m->be->ops->upload(m->be, a->b, hb, tb->numel * sizeof(float), err);
-    }
-    free(hA);
-    free(hb);
+    int rc = dfx_model_tensor(m, f, "affine.A", 2, sa, &a->A, err);
+    if (rc == 0) rc = dfx_model_tensor(m, f, "affine.b", 1, sb, &a->b, err);
     m->info.n_params = m->dim * m->dim + m->dim;
     m->info.flops = 2.0 * (double)m->dim * (double)m->dim;
     return rc;

@@ -352,8 +352,8 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     s->m->first_index = first_index;
     s->st = &local;
     memset(s->nfe, 0, (size_t)rows * sizeof *s->nfe);
-    /* x at the noise end: m + s z (or the model's fitted start distribution),
-     * z from draw 0 of the initial stream */
+    /* x at the noise end: m + s z (or the model's fitted start distribution,
+     * per value or with full covariance), z from draw 0 of the initial stream */
     const dfx_model_config *mc = &s->m->cfg;
     dfx_coef c;
     dfx_path_eval(&mc->path, s->t_noise, &c);
@@ -369,6 +369,12 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
         if (s->m->vt->sample_marginal(s->m, s->t_noise, s->o.seed, first_index, rows,
                                       DFX_STREAM_INIT, s->x, err))
             return -1;
+    } else if (s->m->start_scale && !s->o.path_start) {
+        /* the fitted Gaussian with full covariance: x = mean + scale z */
+        float *z = s->m->pred;
+        be->ops->normal(be, z, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
+        be->ops->linear(be, s->x, z, s->m->start_scale, s->m->start_mean, rows, (int)s->dim,
+                        (int)s->dim, 0);
     } else {
         be->ops->normal(be, s->x, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
         const float *xs[1] = {s->x};

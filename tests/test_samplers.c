@@ -1,11 +1,14 @@
 /* The sampler family beyond the basic integrators (MATH.md sections 2, 3):
  * samplers that reduce to each other agree, the multiplicative (Dale)
- * samplers reproduce a log-normal mixture and keep signs, and samplers
- * refuse models they do not fit. */
+ * samplers reproduce a log-normal mixture and keep signs, a fitted start
+ * with full covariance is drawn with that covariance, and samplers refuse
+ * models they do not fit. */
 #include "check.h"
 #include "model.h"
+#include "safetensors.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 enum { D = 2, K = 2, N = 10000 };
 static const float MU[K * D] = {0.45f, 0.1f, 0.15f, 0.55f}; /* log-space means */
@@ -272,6 +275,97 @@ static void pc(void)
     }
 }
 
+/* A fitted start with full covariance (models/FORMAT.md "start"): on the
+ * dale path, a field that predicts eps = 0 leaves y = log x where it started,
+ * so the samples' logs must have exactly the file's mean and scale scale^T
+ * (to sampling error); --path-start falls back to the path's N(m, s^2).
+ * A file that claims the start but lacks or spoils a tensor is refused. */
+enum { SD = 4, SN = 20000 };
+static const float S_MEAN[SD] = {0.3f, -0.2f, 0.1f, 0.5f};
+static const float S_SCALE[SD * SD] = {0.5f, 0,    0,    0,    /* lower triangular */
+                                       0.4f, 0.3f, 0,    0,    /* strong correlations */
+                                       -0.2f, 0.1f, 0.6f, 0,
+                                       0.1f, -0.3f, 0.2f, 0.4f};
+
+static dfx_model *start_model(const char *path, int with_scale, float poison)
+{
+    static float zeroA[SD * SD], zerob[SD], scale[SD * SD];
+    memcpy(scale, S_SCALE, sizeof scale);
+    scale[5] = poison != 0.0f ? poison : scale[5];
+    const char *cfg =
+        "{\"version\":1,\"kind\":\"affine\",\"image\":{\"channels\":1,\"height\":2,"
+        "\"width\":2},\"data\":{\"range\":[1,2]},\"path\":{\"family\":\"dale\",\"sigma\":0.8,"
+        "\"mu\":0.32},\"prediction\":\"eps\",\"start\":{\"mean\":0.175,\"std\":0.6,"
+        "\"full\":true}}";
+    dfx_st_out t[4] = {{"affine.A", DFX_F32, 2, {SD, SD}, zeroA},
+                       {"affine.b", DFX_F32, 1, {SD}, zerob},
+                       {"start.mean", DFX_F32, 1, {SD}, S_MEAN},
+                       {"start.scale", DFX_F32, 2, {SD, SD}, scale}};
+    dfx_error err = {{0}};
+    CHECK_OK(dfx_st_write(path, cfg, t, with_scale ? 4 : 3, &err), err);
+    dfx_model *m = dfx_model_load(path, be, &err);
+    if (!m) printf("refused as expected? %s\n", err.msg);
+    if (!m && with_scale && poison == 0.0f) CHECK(0, "%s", err.msg);
+    if (!with_scale || poison != 0.0f) {
+        CHECK(m == NULL, "a start without a valid start.scale was accepted");
+        CHECK(strstr(err.msg, "start.scale") != NULL, "the error does not name start.scale: %s",
+              err.msg);
+    }
+    remove(path);
+    return m;
+}
+
+static void start_moments(const char *what, const float *x, const float *mean,
+                          const double *cov)
+{
+    double m[SD] = {0}, c[SD * SD] = {0};
+    for (int r = 0; r < SN; r++)
+        for (int i = 0; i < SD; i++) m[i] += log((double)x[r * SD + i]) / SN;
+    for (int r = 0; r < SN; r++)
+        for (int i = 0; i < SD; i++)
+            for (int j = 0; j < SD; j++)
+                c[i * SD + j] += (log((double)x[r * SD + i]) - m[i]) *
+                                 (log((double)x[r * SD + j]) - m[j]) / (SN - 1);
+    double worst = 0;
+    for (int i = 0; i < SD; i++) {
+        worst = fmax(worst, fabs(m[i] - mean[i]) / sqrt(cov[i * SD + i] / SN));
+        for (int j = 0; j < SD; j++) {
+            double se = sqrt((cov[i * SD + i] * cov[j * SD + j] + cov[i * SD + j] * cov[i * SD + j]) /
+                             SN);
+            worst = fmax(worst, fabs(c[i * SD + j] - cov[i * SD + j]) / se);
+        }
+    }
+    printf("fitted start, %s: worst mean/covariance deviation %.2f SE\n", what, worst);
+    CHECK(worst < 5, "fitted start, %s: moments off by %.1f standard errors", what, worst);
+}
+
+static void fitted_start(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "test_samplers_start_%d.safetensors", (int)getpid());
+    dfx_model *m = start_model(path, 1, 0.0f);
+    if (!m) return;
+    double cov[SD * SD];
+    for (int i = 0; i < SD; i++)
+        for (int j = 0; j < SD; j++) {
+            cov[i * SD + j] = 0;
+            for (int k = 0; k < SD; k++) cov[i * SD + j] += S_SCALE[i * SD + k] * S_SCALE[j * SD + k];
+        }
+    float *x = draw(m, "euler", 3, SN, 5, NULL);
+    if (x) start_moments("file's start", x, S_MEAN, cov);
+    free(x);
+    /* the path's own start: m(1) = (mu - sigma^2/2) = 0, s(1)^2 = 0.64, independent */
+    const float zero[SD] = {0};
+    double iso[SD * SD];
+    for (int i = 0; i < SD * SD; i++) iso[i] = (i % (SD + 1) == 0) ? 0.64 : 0.0;
+    x = draw(m, "heun", 3, SN, 5, path_start);
+    if (x) start_moments("--path-start", x, zero, iso);
+    free(x);
+    dfx_model_free(m);
+    start_model(path, 0, 0.0f);
+    start_model(path, 1, NAN);
+}
+
 int main(void)
 {
     dfx_error err;
@@ -279,6 +373,7 @@ int main(void)
     reductions();
     dale();
     pc();
+    fitted_start();
     dfx_backend_destroy(be);
     return check_report("test_samplers");
 }

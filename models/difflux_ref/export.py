@@ -6,7 +6,8 @@
 The checkpoint is a torch.save'd dict:
     {"config": <full difflux config, kind "unet">,
      "model": <UNet state_dict>,
-     "ema":   <UNet state_dict>  (optional; exported in preference to "model")}
+     "ema":   <UNet state_dict>  (optional; exported in preference to "model"),
+     "start": {"start.mean": [D], "start.scale": [D, D]}  (with config start.full)}
 
 The config is validated (models/FORMAT.md, models/UNET.md), the state_dict's
 names and shapes must match a UNet built from it exactly (common wrapper
@@ -70,6 +71,26 @@ def build_and_check(config: dict, sd: dict) -> UNet:
     return net.eval()
 
 
+def start_tensors(ck: dict, config: dict, checkpoint: str) -> dict:
+    """start.mean and start.scale of a full fitted start (train.fit_start),
+    checked against the config's "start"."""
+    full = bool(config.get("start", {}).get("full"))
+    st = ck.get("start")
+    if not full:
+        return {}
+    if not isinstance(st, dict) or set(st) != {"start.mean", "start.scale"}:
+        raise ValueError(f"{checkpoint}: config start.full is set but the checkpoint has no "
+                         "'start' tensors (start.mean, start.scale)")
+    img = config["image"]
+    D = img["channels"] * img["height"] * img["width"]
+    if tuple(st["start.mean"].shape) != (D,) or tuple(st["start.scale"].shape) != (D, D):
+        raise ValueError(f"{checkpoint}: start tensors must be [{D}] and [{D}, {D}]")
+    for k, v in st.items():
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{checkpoint}: {k} has non-finite values")
+    return {k: v.float() for k, v in st.items()}
+
+
 def export(checkpoint: str, out: str, dtype: str = "F32", which: str = "auto", log=print):
     ck = torch.load(checkpoint, map_location="cpu")
     if not isinstance(ck, dict) or "config" not in ck:
@@ -100,6 +121,8 @@ def export(checkpoint: str, out: str, dtype: str = "F32", which: str = "auto", l
     sd = clean_state_dict(ck[which])
     net = build_and_check(config, sd)
     tensors = net.state_dict()
+    extra = start_tensors(ck, config, checkpoint)
+    tensors.update(extra)
     save_model(out, tensors, config, dtype)
 
     # Read back and compare with the checkpoint's float32 weights.
@@ -110,8 +133,9 @@ def export(checkpoint: str, out: str, dtype: str = "F32", which: str = "auto", l
                if v.numel())
     if werr != 0.0:
         raise RuntimeError(f"{out}: stored weights differ from the {dtype} rounding")
-    n = sum(v.numel() for v in tensors.values())
-    log(f"{out}: {len(tensors)} tensors, {n} parameters as {dtype} (weights: '{which}')")
+    n = sum(v.numel() for k, v in tensors.items() if k not in extra)
+    log(f"{out}: {len(tensors)} tensors, {n} parameters as {dtype} (weights: '{which}')"
+        + (", with the fitted start" if extra else ""))
     if dtype != "F32":
         img, u = config["image"], config["unet"]
         g = torch.Generator().manual_seed(0)
@@ -119,7 +143,7 @@ def export(checkpoint: str, out: str, dtype: str = "F32", which: str = "auto", l
         t = 0.02 + 0.96 * torch.rand((4,), generator=g)
         y = torch.full((4,), u["num_classes"], dtype=torch.long) if u["num_classes"] else None
         q = UNet.from_config(config)
-        q.load_state_dict(back)
+        q.load_state_dict({k: v for k, v in back.items() if k not in extra})
         with torch.no_grad():
             a, b = net(x, t, y), q.eval()(x, t, y)
         log(f"  {dtype} rounding moves the output of a random batch by at most "

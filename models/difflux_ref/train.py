@@ -147,11 +147,34 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def model_config(cfg):
+def fit_start(cfg, x_all):
+    """The Gaussian fitted to the dale path's noise end (t = 1), with full
+    covariance: y_1 = log x_0 + (mu - sigma^2/2) + sigma z, so its mean is
+    E[log x_0] + mu - sigma^2/2 and its covariance Cov(log x_0) + sigma^2 I
+    (host/MATH.md, "The start of a dale sampler"). Returns the config's
+    "start" object and the tensors start.mean [D], start.scale [D, D] (the
+    Cholesky factor of the covariance)."""
+    p = cfg["path"]
+    if p.get("family") != "dale":
+        raise ValueError(f"{cfg['name']}: start.full is defined for the dale path only")
+    sigma, mu = p.get("sigma", 0.8), p.get("mu", 0.32)
+    y = torch.log(x_all.double().flatten(1))
+    mean = y.mean(0) + (mu - 0.5 * sigma ** 2)
+    yc = y - y.mean(0)
+    cov = yc.T @ yc / (len(y) - 1) + sigma ** 2 * torch.eye(y.shape[1], dtype=torch.float64)
+    scale = torch.linalg.cholesky(cov)
+    start = {"mean": round(float(mean.mean()), 6),
+             "std": round(float(cov.diagonal().mean().sqrt()), 6), "full": True}
+    return start, {"start.mean": mean.float(), "start.scale": scale.float()}
+
+
+def model_config(cfg, start=None):
     prov = dict(cfg.get("provenance", {}))
     out = config_json(cfg["unet"], cfg["image"], cfg["path"], cfg["prediction"],
                       cfg["data"].get("range", [-1.0, 1.0]), prov)
-    if "start" in cfg:  # fitted start distribution (dale: log x ~ N(mean, std^2))
+    if start is not None:  # fitted with full covariance (fit_start)
+        out["start"] = dict(start)
+    elif "start" in cfg:  # fitted start distribution (dale: log x ~ N(mean, std^2))
         out["start"] = dict(cfg["start"])
     return out
 
@@ -182,6 +205,9 @@ def main(argv=None):
     out_path = os.path.join(args.out_dir, name + ".safetensors")
 
     x_all, y_all = load_data(cfg, args.data_root)
+    start, start_tensors = None, None
+    if cfg.get("start", {}).get("full"):
+        start, start_tensors = fit_start(cfg, x_all)
     conditional = cfg["unet"].get("num_classes", 0) > 0
     K = cfg["unet"].get("num_classes", 0)
     N = len(x_all)
@@ -216,9 +242,11 @@ def main(argv=None):
           f"{total} steps, {torch.get_num_threads()} threads", flush=True)
 
     def save():
-        ck = {"config": model_config(cfg), "recipe": cfg, "model": net.state_dict(),
+        ck = {"config": model_config(cfg, start), "recipe": cfg, "model": net.state_dict(),
               "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
               "state": state}
+        if start_tensors is not None:
+            ck["start"] = start_tensors
         atomic_save(ck, ckpt_path)
         export(ckpt_path, out_path, tr.get("export_dtype", "F32"), "ema", log=lambda *_: None)
 
@@ -269,7 +297,7 @@ def main(argv=None):
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         state["step"] += 1
         state["images"] += B
-        run_loss += float(loss)
+        run_loss += float(loss.detach())
         run_n += 1
         imgs_log += B
         now = time.time()
