@@ -1,6 +1,7 @@
 /*
- * Network layers on the CPU: the reference for the CUDA kernels. Matrix
- * work goes to OpenBLAS (single-threaded per call); samples of a batch run
+ * Network layers on the CPU: the reference for the CUDA kernels. The
+ * convolutions' products are gemm_cpu.c's, the other matrix work goes to
+ * OpenBLAS (single-threaded per call); samples of a batch run
  * in parallel with OpenMP, each computed the same way whatever the batch,
  * so a sample's result does not depend on the batch it is in.
  */
@@ -43,10 +44,25 @@ static size_t conv_col(int Cin, int H, int W, int k, int stride, int pad)
     return (size_t)Cin * k * k * Ho * Wo;
 }
 
+static int conv3_direct(int k, int stride, int pad)
+{
+    return k == 3 && stride == 1 && pad == 1;
+}
+
+/* per thread: the padded input of a 3x3 convolution and a tile, or the
+ * im2col matrix and the product's packed columns */
+static size_t conv_per_thread(int Cin, int H, int W, int k, int stride, int pad)
+{
+    if (conv3_direct(k, stride, pad)) return dfx_cpu_conv3_scratch(Cin, H, W);
+    return conv_col(Cin, H, W, k, stride, pad) + dfx_cpu_gemm_scratch(Cin * k * k);
+}
+
 size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                             int pad)
 {
-    return (size_t)nthreads(be, B) * conv_col(Cin, H, W, k, stride, pad);
+    int nt = nthreads(be, B);
+    if (nt < be->threads) nt = be->threads; /* a lone sample splits its columns */
+    return (size_t)nt * conv_per_thread(Cin, H, W, k, stride, pad);
 }
 
 size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads)
@@ -134,40 +150,61 @@ static void im2col(float *col, const float *x, int c0, int Cin, int H, int W, in
             }
 }
 
-/* A sample's Ho Wo output columns go through the matrix product in nearly
- * equal chunks of at most 256, the same whatever the batch or the number
- * of threads, so a sample's result never depends on them; a lone sample
- * spreads its chunks over the threads. */
-static int col_chunks(int N)
+static void conv3(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
+                  int B, int Cin, int H, int W, int Cout, float *scratch)
 {
-    return (N + 255) / 256;
-}
-
-static void conv_chunk(float *yb, const float *col, const float *w, const float *bias, int Cout,
-                       int N, int K, int j, int nch)
-{
-    const int n0 = (int)((long)N * j / nch), n1 = (int)((long)N * (j + 1) / nch);
-    for (int o = 0; o < Cout; o++) {
-        const float bv = bias ? bias[o] : 0.0f;
-        float *r = yb + (size_t)o * N;
-        for (int i = n0; i < n1; i++) r[i] = bv;
+    const size_t thr = dfx_cpu_conv3_scratch(Cin, H, W), pad = dfx_cpu_conv3_padded(Cin, H, W);
+    const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
+              blocks = (N + nb - 1) / nb;
+    if (B < be->threads && blocks > 1) {
+        const int nt = be->threads < blocks ? be->threads : blocks;
+        dfx_cpu_conv3_pad_tail(scratch, Cin, H, W);
+        for (int b = 0; b < B; b++) {
+#pragma omp parallel num_threads(nt)
+            {
+#pragma omp for schedule(static)
+                for (int c = 0; c < Cin; c++)
+                    dfx_cpu_conv3_pad(scratch, x + (size_t)b * Cin * H * W, c, c + 1, H, W);
+                float *out = scratch + pad + (size_t)tid() * (thr - pad);
+#pragma omp for schedule(static)
+                for (int j = 0; j < nt; j++)
+                    dfx_cpu_conv3(y + (size_t)b * Cout * H * W, w, Cout, Cin, H, W, scratch,
+                                  (int)((long)blocks * j / nt) * nb,
+                                  (int)((long)blocks * (j + 1) / nt) * nb, bias, out);
+            }
+        }
+        return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, n1 - n0, K, 1.0f, w, K, col + n0,
-                N, 1.0f, yb + n0, N);
+    const int nt = nthreads(be, B);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *xp = scratch + (size_t)tid() * thr;
+        dfx_cpu_conv3_pad_tail(xp, Cin, H, W);
+        dfx_cpu_conv3_pad(xp, x + (size_t)b * Cin * H * W, 0, Cin, H, W);
+        dfx_cpu_conv3(y + (size_t)b * Cout * H * W, w, Cout, Cin, H, W, xp, 0, blocks * nb, bias,
+                      xp + pad);
+    }
 }
 
+/* y = w * im2col(x) + bias per sample (gemm_cpu.c). Samples run in
+ * parallel; a batch smaller than the thread count goes one sample at a
+ * time, its im2col split by channels and its columns by tiles over the
+ * threads. Either way each value is computed the same way. */
 void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                     int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
                     float *scratch)
 {
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    const int N = Ho * Wo, K = Cin * k * k, nch = col_chunks(N);
-    const size_t per = conv_col(Cin, H, W, k, stride, pad);
-    int nt = nthreads(be, B);
-    if (B < be->threads && nch > 1) {
-        /* few samples: one at a time, its im2col by channels and its
-         * chunks in parallel */
-        nt = be->threads < nch ? be->threads : nch;
+    const int N = Ho * Wo, K = Cin * k * k;
+    const size_t per = conv_col(Cin, H, W, k, stride, pad),
+                 thr = conv_per_thread(Cin, H, W, k, stride, pad);
+    const int nb = dfx_cpu_gemm_block(), blocks = (N + nb - 1) / nb;
+    if (conv3_direct(k, stride, pad)) {
+        conv3(be, y, x, w, bias, B, Cin, H, W, Cout, scratch);
+        return;
+    }
+    if (B < be->threads && blocks > 1) {
+        const int nt = be->threads < blocks ? be->threads : blocks;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * Cin * H * W;
             float *yb = y + (size_t)b * Cout * N;
@@ -179,24 +216,25 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                     for (int c = 0; c < Cin; c++)
                         im2col(scratch, xb, c, c + 1, H, W, k, stride, pad, Ho, Wo);
                 }
+                float *gs = scratch + per + (size_t)tid() * dfx_cpu_gemm_scratch(K);
 #pragma omp for schedule(static)
-                for (int j = 0; j < nch; j++) conv_chunk(yb, col, w, bias, Cout, N, K, j, nch);
+                for (int j = 0; j < nt; j++) {
+                    const int n0 = (int)((long)blocks * j / nt) * nb,
+                              n1 = j + 1 == nt ? N : (int)((long)blocks * (j + 1) / nt) * nb;
+                    dfx_cpu_gemm_bias(yb, N, w, Cout, K, col, N, n0, n1, bias, gs);
+                }
             }
         }
         return;
     }
-    (void)nt;
+    const int nt = nthreads(be, B);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * Cin * H * W;
         float *yb = y + (size_t)b * Cout * N;
-        const float *col = xb;
-        if (per) {
-            float *c = scratch + (size_t)tid() * per;
-            im2col(c, xb, 0, Cin, H, W, k, stride, pad, Ho, Wo);
-            col = c;
-        }
-        for (int j = 0; j < nch; j++) conv_chunk(yb, col, w, bias, Cout, N, K, j, nch);
+        float *c = scratch + (size_t)tid() * thr;
+        if (per) im2col(c, xb, 0, Cin, H, W, k, stride, pad, Ho, Wo);
+        dfx_cpu_gemm_bias(yb, N, w, Cout, K, per ? c : xb, N, 0, N, bias, c + per);
     }
 }
 

@@ -28,6 +28,25 @@ void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const fl
 void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const float *dqkv,
                            int B, int C, int HW, int heads, float *scratch);
 void dfx_cpu_silu_jvp(dfx_backend *be, float *dy, const float *x, const float *dx, size_t n);
+/* y[o, n] (row stride ldy) = bias[o] + sum_k w[o, k] x[k, n] (row stride
+ * ldx) for rows o < M and columns n0 <= n < n1 (gemm_cpu.c); scratch:
+ * dfx_cpu_gemm_scratch(K) floats. Values do not depend on n0, n1. */
+void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const float *x, int ldx,
+                       int n0, int n1, const float *bias, float *scratch);
+size_t dfx_cpu_gemm_scratch(int K);
+/* 3x3 stride-1 "same" convolution read straight from zero-bordered planes
+ * (gemm_cpu.c): conv3_pad fills channels c0 .. c1 - 1 of xp (conv3_padded
+ * floats; conv3_pad_tail zeroes its end once), conv3 computes the
+ * padded-layout columns n0 .. n1 - 1 (multiples of gemm_block, at most
+ * conv3_columns) of y [M, H W] using out (gemm_block * 8 floats). */
+size_t dfx_cpu_conv3_padded(int Cin, int H, int W);
+size_t dfx_cpu_conv3_scratch(int Cin, int H, int W);
+int dfx_cpu_conv3_columns(int H, int W);
+void dfx_cpu_conv3_pad(float *xp, const float *x, int c0, int c1, int H, int W);
+void dfx_cpu_conv3_pad_tail(float *xp, int Cin, int H, int W);
+void dfx_cpu_conv3(float *y, const float *w, int M, int Cin, int H, int W, const float *xp,
+                   int n0, int n1, const float *bias, float *out);
+int dfx_cpu_gemm_block(void); /* columns per tile: split column ranges at its multiples */
 size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                             int pad);
 size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads);

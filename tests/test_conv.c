@@ -1,0 +1,109 @@
+/* The CPU convolution (gemm_cpu.c, nn_cpu.c) against a direct summation in
+ * double precision, over shapes that exercise every path: 3x3 stride 1
+ * read from padded planes, 1x1 on the input, other kernels and strides
+ * through im2col; output channels that do not fill a tile of 8, columns
+ * that do not fill a tile of 32, planes narrower than a tile; with and
+ * without bias; 1 and 2 threads; one sample and a batch. A sample's values
+ * must be bit-identical alone, in a batch and with either thread count. */
+#include "backend.h"
+#include "check.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct {
+    int Cin, H, W, Cout, k, stride, pad;
+} shape;
+
+static const shape SHAPES[] = {
+    {3, 5, 7, 5, 3, 1, 1},    /* tiny: rows and columns left over */
+    {8, 28, 28, 16, 3, 1, 1}, /* full tiles, 840 padded columns */
+    {32, 14, 14, 13, 3, 1, 1}, {24, 7, 7, 1, 3, 1, 1}, /* one output channel */
+    {20, 9, 11, 24, 1, 1, 0},  /* 1x1, read in place */
+    {300, 6, 6, 9, 1, 1, 0},   /* 1x1 with K large: columns copied first */
+    {16, 14, 14, 16, 3, 2, 1}, /* strided, im2col */
+    {4, 9, 9, 8, 5, 1, 2},     /* 5x5 "same", im2col */
+};
+
+static uint64_t rng = 88172645463325252ull;
+static float urand(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
+}
+
+static int out_dim(int n, const shape *s)
+{
+    return (n + 2 * s->pad - s->k) / s->stride + 1;
+}
+
+static void conv(dfx_backend *be, const shape *s, int B, const float *x, const float *w,
+                 const float *b, float *y)
+{
+    size_t ns = be->ops->conv_scratch(be, B, s->Cin, s->H, s->W, s->k, s->stride, s->pad);
+    float *scr = malloc((ns ? ns : 1) * sizeof(float));
+    be->ops->conv2d(be, y, x, w, b, B, s->Cin, s->H, s->W, s->Cout, s->k, s->stride, s->pad, scr);
+    free(scr);
+}
+
+int main(void)
+{
+    dfx_error err;
+    dfx_backend *be1 = dfx_backend_create("cpu", 1, &err), *be2 = dfx_backend_create("cpu", 2, &err);
+    if (!be1 || !be2) return fprintf(stderr, "%s\n", err.msg), 1;
+    enum { B = 3 };
+    for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++) {
+        const shape *s = &SHAPES[si];
+        const int Ho = out_dim(s->H, s), Wo = out_dim(s->W, s), K = s->Cin * s->k * s->k;
+        const size_t nx = (size_t)s->Cin * s->H * s->W, ny = (size_t)s->Cout * Ho * Wo;
+        float *x = malloc(B * nx * sizeof(float)), *w = malloc((size_t)s->Cout * K * sizeof(float));
+        float *bias = malloc((size_t)s->Cout * sizeof(float));
+        for (size_t i = 0; i < B * nx; i++) x[i] = urand();
+        for (size_t i = 0; i < (size_t)s->Cout * K; i++) w[i] = urand() / sqrtf((float)K);
+        for (int i = 0; i < s->Cout; i++) bias[i] = 0.5f * urand();
+        float *y[4], *one = malloc(ny * sizeof(float));
+        for (int v = 0; v < 4; v++) y[v] = malloc(B * ny * sizeof(float));
+        conv(be1, s, B, x, w, bias, y[0]);
+        conv(be2, s, B, x, w, bias, y[1]);
+        conv(be2, s, B, x, w, NULL, y[2]);
+        conv(be2, s, 1, x + 2 * nx, w, bias, one); /* the last sample alone, 2 threads */
+        double worst = 0, worst_nb = 0;
+        int same = 1;
+        for (int bi = 0; bi < B; bi++)
+            for (int o = 0; o < s->Cout; o++)
+                for (int oy = 0; oy < Ho; oy++)
+                    for (int ox = 0; ox < Wo; ox++) {
+                        double acc = 0, mag = 0;
+                        for (int c = 0; c < s->Cin; c++)
+                            for (int ky = 0; ky < s->k; ky++)
+                                for (int kx = 0; kx < s->k; kx++) {
+                                    int iy = oy * s->stride - s->pad + ky,
+                                        ix = ox * s->stride - s->pad + kx;
+                                    if (iy < 0 || iy >= s->H || ix < 0 || ix >= s->W) continue;
+                                    double p = (double)w[((size_t)o * s->Cin + c) * s->k * s->k +
+                                                         ky * s->k + kx] *
+                                               x[bi * nx + ((size_t)c * s->H + iy) * s->W + ix];
+                                    acc += p;
+                                    mag += fabs(p);
+                                }
+                        size_t i = bi * ny + ((size_t)o * Ho + oy) * Wo + ox;
+                        double tol = 1e-6 * (mag + 1.0);
+                        worst = fmax(worst, fabs(y[0][i] - (acc + bias[o])) / tol);
+                        worst_nb = fmax(worst_nb, fabs(y[2][i] - acc) / tol);
+                        same &= y[0][i] == y[1][i];
+                    }
+        same &= memcmp(one, y[1] + 2 * ny, ny * sizeof(float)) == 0;
+        printf("conv %3d x %2dx%-2d -> %2d k=%d s=%d p=%d: error %.3f, %.3f (no bias) of the "
+               "tolerance; 1 vs 2 threads, alone vs in a batch: %s\n",
+               s->Cin, s->H, s->W, s->Cout, s->k, s->stride, s->pad, worst, worst_nb,
+               same ? "identical" : "DIFFERENT");
+        CHECK(worst <= 1.0 && worst_nb <= 1.0, "shape %zu: off the direct sum (%.2f, %.2f)", si,
+              worst, worst_nb);
+        CHECK(same, "shape %zu: values depend on the thread count or the batch", si);
+        free(x), free(w), free(bias), free(one);
+        for (int v = 0; v < 4; v++) free(y[v]);
+    }
+    dfx_backend_destroy(be1);
+    dfx_backend_destroy(be2);
+    return check_report("test_conv");
+}
