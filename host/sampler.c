@@ -260,6 +260,13 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     dfx_path_default_range(&m->cfg.path, &tn, &td);
     s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
     s->t_data = isnan(o->t_data) ? td : o->t_data;
+    if (m->cfg.has_start && !o->path_start && !m->vt->sample_marginal && s->t_noise != tn) {
+        dfx_fail(err,
+                 "%s: the model's fitted start distribution is for t = %g, not --t-noise %g "
+                 "(add --path-start to start from the path's N(m, s^2) there)",
+                 m->file[0] ? m->file : "model", tn, s->t_noise);
+        goto fail;
+    }
     s->n = adaptive ? 1 : steps;
     if (s->o.grid == DFX_GRID_AUTO) {
         int ve = m->cfg.path.family == DFX_PATH_VE || m->cfg.path.family == DFX_PATH_DALE;

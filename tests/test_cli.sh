@@ -47,6 +47,7 @@ expect 1 "unknown precision 'fp16'" -- "$DFX" sample --precision fp16 --device c
 expect 1 "the cpu backend computes in fp32 only" -- "$DFX" bench --precision bf16 --device cpu
 expect 1 "karras grid needs a finite noise level.*--t-noise" -- "$DFX" sample --n 2 --grid karras --out "$TMP/x.png"
 expect 1 "need --t-data > --t-noise" -- "$DFX" sample --n 2 --t-noise 0.9 --t-data 0.1 --out "$TMP/x.png"
+expect 1 "fitted start distribution is for t = 1, not --t-noise 0.5.*--path-start" -- "$DFX" sample --model "$SRC/models/mnist-dale.safetensors" --n 2 --t-noise 0.5 --out "$TMP/x.png"
 expect 1 "--noise diffusion is inf" -- "$DFX" sample --n 2 --sampler em --noise diffusion --out "$TMP/x.png"
 expect 1 "cannot write '$TMP/no/such/dir/g.png'" -- "$DFX" sample --n 2 --steps 2 --out "$TMP/no/such/dir/g.png"
 expect 1 "NaN/Inf" -- "$DFX" sample --n 2 --steps 4 --sampler em --eps0 1e38 --out "$TMP/nan.png"

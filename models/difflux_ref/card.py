@@ -30,7 +30,9 @@ def header(path):
         h = json.loads(f.read(n))
     meta = h.pop("__metadata__", {})
     numel = 0
-    for t in h.values():
+    for name, t in h.items():
+        if name.startswith("start."):  # the fitted start, not network weights
+            continue
         k = 1
         for d in t["shape"]:
             k *= d
@@ -68,7 +70,10 @@ def main(argv=None):
     if path:
         fam += " (" + ", ".join(f"{k} {v}" for k, v in path.items()) + ")"
     out.append(f"* Architecture: {arch}; path {fam}, prediction `{cfg['prediction']}`.")
-    out.append(f"* Parameters: {numel:,} (F32, {size / 1e6:.1f} MB).")
+    st = cfg.get("start", {})
+    start = (", plus the fitted start distribution (start.mean, start.scale: a Gaussian with "
+             "full covariance, host/MATH.md)" if st.get("full") else "")
+    out.append(f"* Parameters: {numel:,} (F32, {size / 1e6:.1f} MB{start}).")
     loss = LOSSES.get(tr["loss"], tr["loss"])
     if tr["loss"] == "dale" and cfg["prediction"] == "eps":
         loss += ("; the network predicts the noise in y = log x and the loss is weighted by "
