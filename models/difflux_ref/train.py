@@ -201,6 +201,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
+    os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path = os.path.join(args.checkpoint_dir, name + ".pt")
     out_path = os.path.join(args.out_dir, name + ".safetensors")
 
