@@ -174,6 +174,15 @@ typedef struct dfx_backend_ops {
     int (*graph_refill)(dfx_backend *be, dfx_graph *g, dfx_error *err);
     int (*graph_launch)(dfx_backend *be, dfx_graph *g, dfx_error *err);
     void (*graph_free)(dfx_backend *be, dfx_graph *g);
+
+    /* Optional (NULL: the caller runs the two ops): group_norm (with SiLU
+     * if silu) of x, then a 3x3 stride-1 "same" conv2d of the result, in
+     * one pass, for a batch of B >= threads, without writing the
+     * normalised activations anywhere; the values are exactly those of the
+     * two ops. scratch: conv_scratch(be, B, Cin, H, W, 3, 1, 1) floats. */
+    void (*gn_conv3)(dfx_backend *be, float *y, const float *x, const float *gamma,
+                     const float *beta, int groups, float eps, int silu, const float *w,
+                     const float *bias, int B, int Cin, int H, int W, int Cout, float *scratch);
 } dfx_backend_ops;
 
 struct dfx_backend {

@@ -261,6 +261,7 @@ static const dfx_backend_ops cpu_ops = {
     .silu_jvp = dfx_cpu_silu_jvp,
     .peak_gflops = cpu_peak_gflops,
     .conv_scratch = dfx_cpu_conv_scratch,
+    .gn_conv3 = dfx_cpu_gn_conv3,
     .attention_scratch = dfx_cpu_attention_scratch,
     .attention_jvp_scratch = dfx_cpu_attention_jvp_scratch,
     .destroy = cpu_destroy,

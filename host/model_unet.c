@@ -35,12 +35,14 @@ typedef struct unet_cfg {
 } unet_cfg;
 
 typedef enum {
-    U_CONV, U_GN, U_LINEAR, U_ADDCH, U_ADD, U_CONCAT, U_UP, U_ATTN, U_TEMB, U_CLASS, U_KINDS
+    U_CONV, U_GN, U_LINEAR, U_ADDCH, U_ADD, U_CONCAT, U_UP, U_ATTN, U_TEMB, U_CLASS,
+    U_GNCONV, /* profile only: a GroupNorm run inside the next convolution */
+    U_KINDS
 } ukind;
 
 static const char *const ukind_names[U_KINDS] = {
-    "conv2d", "group_norm", "linear", "add_channel", "add",
-    "concat", "upsample", "attention", "time_embed", "class_embed"};
+    "conv2d", "group_norm", "linear", "add_channel", "add", "concat",
+    "upsample", "attention", "time_embed", "class_embed", "gn+conv2d"};
 
 enum { BUF_X = -2, BUF_OUT = -3 };
 
@@ -77,6 +79,9 @@ typedef struct unet_impl {
     unet_cfg c;
     uop *ops;
     int nops, capops;
+    /* fuse[i]: op i is a GroupNorm whose output only op i + 1, a 3x3
+     * convolution, reads; the backend runs the pair as one (gn_conv3) */
+    unsigned char *fuse;
     ubuf *bufs;
     int nbufs, capbufs;
     float **weights;
@@ -768,18 +773,27 @@ static void forward(dfx_model *m, unet_impl *u, const double *t, const float *x,
     double t0 = 0.0;
     for (int i = 0; i < u->nops; i++) {
         const uop *op = &u->ops[i];
+        const int fused = u->fuse && u->fuse[i] && B >= be->threads;
         if (u->prof) {
             o->sync(be, NULL);
             t0 = dfx_seconds();
         }
-        run_op(m, u, op, t, x, out, B);
+        if (fused) {
+            const uop *cv = &u->ops[i + 1];
+            o->gn_conv3(be, ptr(u, cv->out, B, x, out), ptr(u, op->in0, B, x, out), op->w, op->b,
+                        op->groups, u->c.eps, op->silu, cv->w, cv->b, B, op->cin, op->h, op->w_,
+                        cv->cout, u->scratch);
+        } else {
+            run_op(m, u, op, t, x, out, B);
+        }
         if (u->prof) {
             o->sync(be, NULL);
-            dfx_profile_entry *e = &u->prof_e[op->kind];
+            dfx_profile_entry *e = &u->prof_e[fused ? U_GNCONV : op->kind];
             e->calls++;
             e->seconds += dfx_seconds() - t0;
-            e->flops += op->flops * B;
+            e->flops += (op->flops + (fused ? u->ops[i + 1].flops : 0.0)) * B;
         }
+        i += fused;
     }
 }
 
@@ -1120,6 +1134,30 @@ static int unet_describe(const dfx_model *m, char *buf, size_t cap)
     return n;
 }
 
+/* Marks the GroupNorms that gn_conv3 can run together with the 3x3
+ * convolution after them (nothing else reads their output), before the
+ * arena is planned. */
+static int find_fusions(unet_impl *u, dfx_error *err)
+{
+    u->fuse = dfx_alloc((size_t)u->nops + 1, 1, "U-Net fusions", err);
+    if (!u->fuse) return -1;
+    for (int i = 0; i + 1 < u->nops; i++) {
+        const uop *g = &u->ops[i], *c = &u->ops[i + 1];
+        if (g->kind != U_GN || c->kind != U_CONV || g->out < 0 || c->in0 != g->out ||
+            c->k != 3 || c->stride != 1 || c->pad != 1 || c->cin != g->cin || c->h != g->h ||
+            c->w_ != g->w_)
+            continue;
+        int other = 0;
+        for (int j = 0; j < u->nops; j++)
+            if (j != i + 1 && (u->ops[j].in0 == g->out || u->ops[j].in1 == g->out)) other = 1;
+        u->fuse[i] = !other;
+        /* the pair reads the GroupNorm's input while it writes the
+         * convolution's output: they must not share memory */
+        if (u->fuse[i] && g->in0 >= 0 && u->bufs[g->in0].last < i + 1) u->bufs[g->in0].last = i + 1;
+    }
+    return 0;
+}
+
 static void unet_destroy(dfx_model *m)
 {
     unet_impl *u = m->impl;
@@ -1127,6 +1165,7 @@ static void unet_destroy(dfx_model *m)
     free_plan(m, u);
     free_jplan(m, u);
     free(u->dep);
+    free(u->fuse);
     for (int i = 0; i < u->nweights; i++) m->be->ops->free(m->be, u->weights[i]);
     free(u->weights);
     free(u->ops);
@@ -1157,6 +1196,7 @@ static unet_impl *load_graph(dfx_model *m, dfx_st_file *f, const dfx_model_vt *v
     if (parse(&u->c, &m->cfg, f->path, err)) return NULL;
     builder bd = {m, u, f, err, 0};
     if (make(&bd)) return NULL;
+    if (m->be->ops->gn_conv3 && find_fusions(u, err)) return NULL;
     u->arena_per_sample = plan_offsets(u);
     m->info.n_params = u->params;
     m->info.flops = u->flops;

@@ -53,7 +53,8 @@ static int conv3_direct(int k, int stride, int pad)
  * im2col matrix and the product's packed columns */
 static size_t conv_per_thread(int Cin, int H, int W, int k, int stride, int pad)
 {
-    if (conv3_direct(k, stride, pad)) return dfx_cpu_conv3_scratch(Cin, H, W);
+    if (conv3_direct(k, stride, pad)) /* + the normalised sample of gn_conv3 */
+        return dfx_cpu_conv3_scratch(Cin, H, W) + (size_t)Cin * H * W;
     return conv_col(Cin, H, W, k, stride, pad) + dfx_cpu_gemm_scratch(Cin * k * k);
 }
 
@@ -153,7 +154,7 @@ static void im2col(float *col, const float *x, int c0, int Cin, int H, int W, in
 static void conv3(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                   int B, int Cin, int H, int W, int Cout, float *scratch)
 {
-    const size_t thr = dfx_cpu_conv3_scratch(Cin, H, W), pad = dfx_cpu_conv3_padded(Cin, H, W);
+    const size_t thr = conv_per_thread(Cin, H, W, 3, 1, 1), pad = dfx_cpu_conv3_padded(Cin, H, W);
     const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
               blocks = (N + nb - 1) / nb;
     if (B < be->threads && blocks > 1) {
@@ -340,6 +341,42 @@ void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *
             float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
             gn_apply(y + off + (size_t)c * HW, xs + (size_t)c * HW, HW, sc, sh, act);
         }
+    }
+}
+
+/* GroupNorm(+SiLU) of one sample into the thread's scratch, then the 3x3
+ * convolution of it: the normalised activations stay in the cache instead
+ * of going through memory for the whole batch. Statistics and the
+ * elementwise map are group_norm's (same sums, same order, whole planes),
+ * so the values are bit for bit those of the two ops. */
+void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *gamma,
+                      const float *beta, int groups, float eps, int act, const float *w,
+                      const float *bias, int B, int Cin, int H, int W, int Cout, float *scratch)
+{
+    const int HW = H * W, cg = Cin / groups;
+    const size_t thr = conv_per_thread(Cin, H, W, 3, 1, 1),
+                 pad = dfx_cpu_conv3_scratch(Cin, H, W);
+    const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
+              blocks = (N + nb - 1) / nb;
+    const int nt = nthreads(be, B);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *xp = scratch + (size_t)tid() * thr, *h = xp + pad;
+        const float *xb = x + (size_t)b * Cin * HW;
+        for (int g = 0; g < groups; g++) {
+            double mean, inv;
+            gn_stats(xb + (size_t)g * cg * HW, (size_t)cg * HW, eps, &mean, &inv);
+            for (int c = g * cg; c < (g + 1) * cg; c++) {
+                const float sc = (float)(inv * gamma[c]),
+                            sh = (float)(beta[c] - mean * inv * gamma[c]);
+                gn_apply(h + (size_t)c * HW, xb + (size_t)c * HW, HW, sc, sh, act);
+            }
+        }
+        dfx_cpu_conv3_pad_tail(xp, Cin, H, W);
+        dfx_cpu_conv3_pad(xp, h, 0, Cin, H, W);
+        dfx_cpu_conv3(y + (size_t)b * Cout * HW, w, Cout, Cin, H, W, xp, 0, blocks * nb, bias,
+                      xp + dfx_cpu_conv3_padded(Cin, H, W));
     }
 }
 

@@ -7,6 +7,9 @@
 void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                     int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
                     float *scratch);
+void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *gamma,
+                      const float *beta, int groups, float eps, int silu, const float *w,
+                      const float *bias, int B, int Cin, int H, int W, int Cout, float *scratch);
 void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
                         const float *beta, int B, int C, int HW, int groups, float eps, int silu);
 void dfx_cpu_linear(dfx_backend *be, float *y, const float *x, const float *w, const float *b,

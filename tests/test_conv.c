@@ -4,7 +4,8 @@
  * through im2col; output channels that do not fill a tile of 8, columns
  * that do not fill a tile of 32, planes narrower than a tile; with and
  * without bias; 1 and 2 threads; one sample and a batch. A sample's values
- * must be bit-identical alone, in a batch and with either thread count. */
+ * must be bit-identical alone, in a batch and with either thread count, and
+ * GroupNorm fused into the convolution must give exactly the two ops. */
 #include "backend.h"
 #include "check.h"
 
@@ -102,6 +103,29 @@ int main(void)
         CHECK(same, "shape %zu: values depend on the thread count or the batch", si);
         free(x), free(w), free(bias), free(one);
         for (int v = 0; v < 4; v++) free(y[v]);
+    }
+    /* GroupNorm(+SiLU) and a 3x3 convolution as one op: exactly the two ops */
+    for (int act = 0; act < 2; act++) {
+        enum { GB = 4, GC = 12, GH = 9, GW = 13, GO = 11, GG = 3 };
+        const size_t nx = (size_t)GB * GC * GH * GW, ny = (size_t)GB * GO * GH * GW;
+        float *x = malloc(nx * sizeof(float)), *t = malloc(nx * sizeof(float));
+        float *w = malloc((size_t)GO * GC * 9 * sizeof(float)), *bias = malloc(GO * sizeof(float));
+        float gamma[GC], beta[GC], *y1 = malloc(ny * sizeof(float)), *y2 = malloc(ny * sizeof(float));
+        for (size_t i = 0; i < nx; i++) x[i] = 3.0f * urand() + 1.0f;
+        for (int i = 0; i < GO * GC * 9; i++) w[i] = urand() / 6.0f;
+        for (int i = 0; i < GO; i++) bias[i] = urand();
+        for (int i = 0; i < GC; i++) gamma[i] = 1.0f + 0.5f * urand(), beta[i] = 0.3f * urand();
+        size_t ns = be2->ops->conv_scratch(be2, GB, GC, GH, GW, 3, 1, 1);
+        float *scr = malloc(ns * sizeof(float));
+        be2->ops->group_norm(be2, t, x, gamma, beta, GB, GC, GH * GW, GG, 1e-5f, act);
+        be2->ops->conv2d(be2, y1, t, w, bias, GB, GC, GH, GW, GO, 3, 1, 1, scr);
+        be2->ops->gn_conv3(be2, y2, x, gamma, beta, GG, 1e-5f, act, w, bias, GB, GC, GH, GW, GO,
+                           scr);
+        int same = memcmp(y1, y2, ny * sizeof(float)) == 0;
+        printf("group_norm%s + conv2d as one op: %s\n", act ? "+silu" : "",
+               same ? "identical" : "DIFFERENT");
+        CHECK(same, "gn_conv3 (silu %d) differs from group_norm then conv2d", act);
+        free(x), free(t), free(w), free(bias), free(y1), free(y2), free(scr);
     }
     dfx_backend_destroy(be1);
     dfx_backend_destroy(be2);

@@ -497,6 +497,7 @@ static dfx_backend *mock_create(void)
     o->graph_refill = m_graph_refill;
     o->graph_launch = m_graph_launch;
     o->graph_free = m_graph_free;
+    o->gn_conv3 = NULL; /* like the CUDA backend: GroupNorm and convolution apart */
     be->ops = o;
     return be;
 }
