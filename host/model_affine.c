@@ -9,7 +9,6 @@
 #include "model.h"
 #include "safetensors.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 

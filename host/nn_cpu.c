@@ -151,6 +151,13 @@ static void im2col(float *col, const float *x, int c0, int Cin, int H, int W, in
             }
 }
 
+/* The first column of thread j's share when `blocks` tiles of nb columns
+ * are split over nt threads (tile boundaries only). */
+static int tile_split(int blocks, int nb, int j, int nt)
+{
+    return (int)((long)blocks * j / nt) * nb;
+}
+
 static void conv3(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                   int B, int Cin, int H, int W, int Cout, float *scratch)
 {
@@ -170,8 +177,8 @@ static void conv3(dfx_backend *be, float *y, const float *x, const float *w, con
 #pragma omp for schedule(static)
                 for (int j = 0; j < nt; j++)
                     dfx_cpu_conv3(y + (size_t)b * Cout * H * W, w, Cout, Cin, H, W, scratch,
-                                  (int)((long)blocks * j / nt) * nb,
-                                  (int)((long)blocks * (j + 1) / nt) * nb, bias, out);
+                                  tile_split(blocks, nb, j, nt), tile_split(blocks, nb, j + 1, nt),
+                                  bias, out);
             }
         }
         return;
@@ -195,15 +202,15 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                     int B, int Cin, int H, int W, int Cout, int k, int stride, int pad,
                     float *scratch)
 {
+    if (conv3_direct(k, stride, pad)) {
+        conv3(be, y, x, w, bias, B, Cin, H, W, Cout, scratch);
+        return;
+    }
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
     const int N = Ho * Wo, K = Cin * k * k;
     const size_t per = conv_col(Cin, H, W, k, stride, pad),
                  thr = conv_per_thread(Cin, H, W, k, stride, pad);
     const int nb = dfx_cpu_gemm_block(), blocks = (N + nb - 1) / nb;
-    if (conv3_direct(k, stride, pad)) {
-        conv3(be, y, x, w, bias, B, Cin, H, W, Cout, scratch);
-        return;
-    }
     if (B < be->threads && blocks > 1) {
         const int nt = be->threads < blocks ? be->threads : blocks;
         for (int b = 0; b < B; b++) {
@@ -220,8 +227,8 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                 float *gs = scratch + per + (size_t)tid() * dfx_cpu_gemm_scratch(K);
 #pragma omp for schedule(static)
                 for (int j = 0; j < nt; j++) {
-                    const int n0 = (int)((long)blocks * j / nt) * nb,
-                              n1 = j + 1 == nt ? N : (int)((long)blocks * (j + 1) / nt) * nb;
+                    const int n0 = tile_split(blocks, nb, j, nt),
+                              n1 = j + 1 == nt ? N : tile_split(blocks, nb, j + 1, nt);
                     dfx_cpu_gemm_bias(yb, N, w, Cout, K, col, N, n0, n1, bias, gs);
                 }
             }
@@ -322,38 +329,42 @@ DFX_CLONES static void gn_apply(float *y, const float *x, int n, float sc, float
     }
 }
 
+/* Group g (channels g cg .. (g + 1) cg - 1) of one sample x [C, HW] into y. */
+static void gn_group(float *y, const float *x, const float *gamma, const float *beta, int g,
+                     int cg, int HW, float eps, int act)
+{
+    const size_t off = (size_t)g * cg * HW;
+    double mean, inv;
+    gn_stats(x + off, (size_t)cg * HW, eps, &mean, &inv);
+    for (int c = 0; c < cg; c++) {
+        const int ch = g * cg + c;
+        const float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
+        gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW, sc, sh, act);
+    }
+}
+
 void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
                         const float *beta, int B, int C, int HW, int groups, float eps, int act)
 {
-    const int cg = C / groups;
-    const size_t n = (size_t)cg * HW;
     int nt = nthreads_work(be, B * groups, (size_t)B * C * HW);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int bg = 0; bg < B * groups; bg++) {
-        int b = bg / groups, g = bg % groups;
-        size_t off = ((size_t)b * C + (size_t)g * cg) * HW;
-        const float *xs = x + off;
-        double mean, inv;
-        gn_stats(xs, n, eps, &mean, &inv);
-        for (int c = 0; c < cg; c++) {
-            int ch = g * cg + c;
-            float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
-            gn_apply(y + off + (size_t)c * HW, xs + (size_t)c * HW, HW, sc, sh, act);
-        }
+        const size_t off = (size_t)(bg / groups) * C * HW;
+        gn_group(y + off, x + off, gamma, beta, bg % groups, C / groups, HW, eps, act);
     }
 }
 
 /* GroupNorm(+SiLU) of one sample into the thread's scratch, then the 3x3
  * convolution of it: the normalised activations stay in the cache instead
- * of going through memory for the whole batch. Statistics and the
- * elementwise map are group_norm's (same sums, same order, whole planes),
- * so the values are bit for bit those of the two ops. */
+ * of going through memory for the whole batch. The normalisation is
+ * group_norm's own gn_group, so the values are bit for bit those of the
+ * two ops. */
 void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *gamma,
                       const float *beta, int groups, float eps, int act, const float *w,
                       const float *bias, int B, int Cin, int H, int W, int Cout, float *scratch)
 {
-    const int HW = H * W, cg = Cin / groups;
+    const int HW = H * W;
     const size_t thr = conv_per_thread(Cin, H, W, 3, 1, 1),
                  pad = dfx_cpu_conv3_scratch(Cin, H, W);
     const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
@@ -364,15 +375,7 @@ void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *ga
     for (int b = 0; b < B; b++) {
         float *xp = scratch + (size_t)tid() * thr, *h = xp + pad;
         const float *xb = x + (size_t)b * Cin * HW;
-        for (int g = 0; g < groups; g++) {
-            double mean, inv;
-            gn_stats(xb + (size_t)g * cg * HW, (size_t)cg * HW, eps, &mean, &inv);
-            for (int c = g * cg; c < (g + 1) * cg; c++) {
-                const float sc = (float)(inv * gamma[c]),
-                            sh = (float)(beta[c] - mean * inv * gamma[c]);
-                gn_apply(h + (size_t)c * HW, xb + (size_t)c * HW, HW, sc, sh, act);
-            }
-        }
+        for (int g = 0; g < groups; g++) gn_group(h, xb, gamma, beta, g, Cin / groups, HW, eps, act);
         dfx_cpu_conv3_pad_tail(xp, Cin, H, W);
         dfx_cpu_conv3_pad(xp, h, 0, Cin, H, W);
         dfx_cpu_conv3(y + (size_t)b * Cout * HW, w, Cout, Cin, H, W, xp, 0, blocks * nb, bias,
