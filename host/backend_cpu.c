@@ -7,6 +7,7 @@
  */
 #include "backend.h"
 #include "nn_cpu.h"
+#include "cpu_isa.h"
 #include "error.h"
 #include "philox.h"
 
@@ -269,6 +270,16 @@ static const dfx_backend_ops cpu_ops = {
     /* no graphs: graph_begin .. graph_free stay NULL */
 };
 
+const char *dfx_cpu_path(void)
+{
+    return dfx_isa_name(dfx_cpu_isa());
+}
+
+const char *dfx_cpu_path_error(void)
+{
+    return dfx_cpu_isa_error();
+}
+
 const char *dfx_blas_core(void)
 {
     return openblas_get_corename();
@@ -301,6 +312,10 @@ const char *dfx_blas_better_core(void)
 
 dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
 {
+    if (dfx_cpu_isa_error()) {
+        dfx_fail(err, "%s", dfx_cpu_isa_error());
+        return NULL;
+    }
     dfx_backend *be = dfx_alloc(1, sizeof *be, "CPU backend", err);
     if (!be) return NULL;
     if (threads <= 0) {
@@ -321,8 +336,9 @@ dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
         if (strncmp(line, "model name", 10) == 0 && strchr(line, ':')) {
             const char *v = strchr(line, ':') + 1;
             while (*v == ' ') v++;
-            snprintf(be->device, sizeof be->device, "%.*s, %d threads, OpenBLAS %s kernels",
-                     (int)strcspn(v, "\n"), v, threads, dfx_blas_core());
+            snprintf(be->device, sizeof be->device,
+                     "%.*s, %d threads, %s path, OpenBLAS %s kernels", (int)strcspn(v, "\n"),
+                     v, threads, dfx_isa_name(dfx_cpu_isa()), dfx_blas_core());
             break;
         }
     if (f) fclose(f);

@@ -65,6 +65,12 @@ enum { DFX_PRECISION_FP32 = 0, DFX_PRECISION_TF32 = 1, DFX_PRECISION_BF16 = 2 };
 int dfx_backend_set_precision(dfx_backend *be, const char *mode, dfx_error *err);
 /* "fp32", "tf32" or "bf16". */
 const char *dfx_backend_precision(const dfx_backend *be);
+/* The CPU backend's instruction-set path in use: "avx512", "avx2" or
+ * "baseline", chosen by the CPU's features; the environment variable
+ * DIFFLUX_ISA forces a lower one. dfx_cpu_path_error() is NULL, or why
+ * DIFFLUX_ISA was refused (creating a CPU backend then fails with it). */
+const char *dfx_cpu_path(void);
+const char *dfx_cpu_path_error(void);
 /* The OpenBLAS kernel set in use ("SkylakeX", "Haswell", ...), and a
  * faster one this CPU supports when OpenBLAS fell back to pre-AVX2
  * kernels on a CPU model it does not know (NULL otherwise). OpenBLAS reads

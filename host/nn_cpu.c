@@ -7,6 +7,8 @@
  */
 #include "nn_cpu.h"
 
+#include "cpu_isa.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
@@ -259,87 +261,18 @@ static inline float dsilu(float v)
     return s * (1.0f + v * (1.0f - s));
 }
 
-/* exp(x) for the SiLU of the normalised activations, in a form compilers
- * vectorise (no calls, no branches): x = k ln2 + r with |r| <= ln2 / 2 (k
- * by the round-to-nearest trick of adding 1.5 * 2^23), exp(r) by its
- * Taylor polynomial to degree 7 (truncation below 6e-9 relative), times
- * 2^k built in the exponent bits. Within 2 ulp of expf; x is clamped to
- * [-87, 88], where it stays a normal float. */
-static inline float exp_vec(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float kf = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    const float r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f; /* ln2 in two parts */
-    float p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
-    p = 1.0f / 720.0f + r * p;
-    p = 1.0f / 120.0f + r * p;
-    p = 1.0f / 24.0f + r * p;
-    p = 1.0f / 6.0f + r * p;
-    p = 0.5f + r * p;
-    p = 1.0f + r * p;
-    p = 1.0f + r * p;
-    union {
-        int32_t i;
-        float f;
-    } sc = {((int32_t)kf + 127) << 23};
-    return p * sc.f;
-}
-
-/* The hot loops of the elementwise layers, compiled for AVX-512, AVX2 and
- * the baseline, picked at load time by the CPU (GCC's target_clones).
- * nn_cpu.c is built with -fno-trapping-math, so the clamps and selects in
- * them vectorise. */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__ELF__)
-#define DFX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DFX_CLONES
-#endif
-
-/* GroupNorm statistics of n values: the mean and 1 / sqrt(var + eps), from
- * one pass of double sums (vectorised; a float mean of 100 with unit
- * variance keeps 11 of double's 16 digits in E[x^2] - mean^2). */
-DFX_CLONES static void gn_stats(const float *xs, size_t n, float eps, double *mean, double *inv)
-{
-    double s = 0.0, s2 = 0.0;
-#pragma omp simd reduction(+ : s, s2)
-    for (size_t i = 0; i < n; i++) {
-        const double v = xs[i];
-        s += v;
-        s2 += v * v;
-    }
-    const double m = s / (double)n;
-    double var = s2 / (double)n - m * m;
-    if (var < 0) var = 0;
-    *mean = m;
-    *inv = 1.0 / sqrt(var + (double)eps);
-}
-
-/* y = x sc + sh, then SiLU if act. */
-DFX_CLONES static void gn_apply(float *y, const float *x, int n, float sc, float sh, int act)
-{
-    if (act) {
-#pragma omp simd
-        for (int i = 0; i < n; i++) {
-            const float v = x[i] * sc + sh;
-            y[i] = v / (1.0f + exp_vec(-v));
-        }
-    } else {
-#pragma omp simd
-        for (int i = 0; i < n; i++) y[i] = x[i] * sc + sh;
-    }
-}
-
 /* Group g (channels g cg .. (g + 1) cg - 1) of one sample x [C, HW] into y. */
 static void gn_group(float *y, const float *x, const float *gamma, const float *beta, int g,
                      int cg, int HW, float eps, int act)
 {
     const size_t off = (size_t)g * cg * HW;
+    const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     double mean, inv;
-    gn_stats(x + off, (size_t)cg * HW, eps, &mean, &inv);
+    kn->gn_stats(x + off, (size_t)cg * HW, eps, &mean, &inv);
     for (int c = 0; c < cg; c++) {
         const int ch = g * cg + c;
         const float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
-        gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW, sc, sh, act);
+        kn->gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW, sc, sh, act);
     }
 }
 
@@ -399,7 +332,7 @@ void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const fl
         size_t off = ((size_t)b * C + (size_t)g * cg) * HW;
         const float *xs = x + off, *ds = dx + off;
         double mean, inv;
-        gn_stats(xs, n, eps, &mean, &inv);
+        dfx_cpu_kernels_get()->gn_stats(xs, n, eps, &mean, &inv);
         /* mean(dx) and mean(xh dx), xh = (x - mean) inv */
         double sd = 0.0, sxd = 0.0;
         for (size_t i = 0; i < n; i++) {

@@ -41,7 +41,7 @@ size_t dfx_cpu_gemm_scratch(int K);
  * (gemm_cpu.c): conv3_pad fills channels c0 .. c1 - 1 of xp (conv3_padded
  * floats; conv3_pad_tail zeroes its end once), conv3 computes the
  * padded-layout columns n0 .. n1 - 1 (multiples of gemm_block, at most
- * conv3_columns) of y [M, H W] using out (gemm_block * 8 floats). */
+ * conv3_columns) of y [M, H W] using out (conv3_scratch - conv3_padded floats). */
 size_t dfx_cpu_conv3_padded(int Cin, int H, int W);
 size_t dfx_cpu_conv3_scratch(int Cin, int H, int W);
 int dfx_cpu_conv3_columns(int H, int W);

@@ -34,6 +34,10 @@ expect 2 "--out FILE is required" -- "$DFX" make-gmm
 expect 2 "unknown option" -- "$DFX" info --nope
 
 # runtime errors: exit 1, naming the file or option
+expect 1 "DIFFLUX_ISA=sse9: unknown path" -- env DIFFLUX_ISA=sse9 "$DFX" sample --model "$MODEL" --n 1 --out "$TMP/isa.png"
+expect 0 "CPU path (baseline|avx2|avx512)" -- "$DFX" --version
+expect 0 "CPU path baseline" -- env DIFFLUX_ISA=baseline "$DFX" --version
+[ ! -e "$TMP/isa.png" ] || { echo "FAIL: a refused DIFFLUX_ISA still wrote a grid"; fails=$((fails + 1)); }
 expect 1 "cannot open model file '$TMP/none.safetensors'" -- "$DFX" sample --model "$TMP/none.safetensors"
 head -c 100 /dev/urandom >"$TMP/garbage.safetensors"
 expect 1 "$TMP/garbage.safetensors" -- "$DFX" sample --model "$TMP/garbage.safetensors"

@@ -1,16 +1,19 @@
 /* The CPU convolution (gemm_cpu.c, nn_cpu.c) against a direct summation in
  * double precision, over shapes that exercise every path: 3x3 stride 1
  * read from padded planes, 1x1 on the input, other kernels and strides
- * through im2col; output channels that do not fill a tile of 8, columns
- * that do not fill a tile of 32, planes narrower than a tile; with and
- * without bias; 1 and 2 threads; one sample and a batch. A sample's values
- * must be bit-identical alone, in a batch and with either thread count, and
- * GroupNorm fused into the convolution must give exactly the two ops. */
+ * through im2col; output channels that do not fill a tile (8 rows on
+ * AVX-512, 4 on AVX2 and the baseline), columns that do not fill one (32,
+ * 24, 8), planes narrower than a tile; with and without bias; 1 and 2
+ * threads; one sample and a batch. A sample's values must be bit-identical
+ * alone, in a batch and with either thread count, and GroupNorm fused into
+ * the convolution must give exactly the two ops. ctest runs this on every
+ * instruction-set path the CPU has (DIFFLUX_ISA, tests/isa.sh). */
 #include "backend.h"
 #include "check.h"
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int Cin, H, W, Cout, k, stride, pad;
@@ -20,6 +23,7 @@ static const shape SHAPES[] = {
     {3, 5, 7, 5, 3, 1, 1},    /* tiny: rows and columns left over */
     {8, 28, 28, 16, 3, 1, 1}, /* full tiles, 840 padded columns */
     {32, 14, 14, 13, 3, 1, 1}, {24, 7, 7, 1, 3, 1, 1}, /* one output channel */
+    {9, 6, 33, 7, 3, 1, 1},    /* a row of padded columns wider than every tile */
     {20, 9, 11, 24, 1, 1, 0},  /* 1x1, read in place */
     {300, 6, 6, 9, 1, 1, 0},   /* 1x1 with K large: columns copied first */
     {16, 14, 14, 16, 3, 2, 1}, /* strided, im2col */
@@ -52,6 +56,12 @@ int main(void)
     dfx_error err;
     dfx_backend *be1 = dfx_backend_create("cpu", 1, &err), *be2 = dfx_backend_create("cpu", 2, &err);
     if (!be1 || !be2) return fprintf(stderr, "%s\n", err.msg), 1;
+    /* the path asked for is the path that runs */
+    const char *want = getenv("DIFFLUX_ISA");
+    printf("CPU path %s (DIFFLUX_ISA %s)\n", dfx_cpu_path(), want ? want : "unset");
+    if (want && *want && strcmp(want, "auto") != 0)
+        CHECK(strcmp(want, dfx_cpu_path()) == 0, "DIFFLUX_ISA=%s ran the %s path", want,
+              dfx_cpu_path());
     enum { B = 3 };
     for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++) {
         const shape *s = &SHAPES[si];

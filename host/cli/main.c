@@ -77,9 +77,13 @@ static int dispatch(int argc, char **argv)
         return CLI_OK;
     }
     if (strcmp(c, "--version") == 0) {
-        printf("difflux %s (%s backend%s%s)\n", DFX_VERSION,
+        printf("difflux %s (%s backend%s%s; CPU path %s)\n", DFX_VERSION,
                dfx_have_cuda() ? "cpu and cuda" : "cpu", dfx_have_cuda() ? "s" : "",
-               cli_have_mpi() ? ", MPI" : "");
+               cli_have_mpi() ? ", MPI" : "", dfx_cpu_path());
+        if (dfx_cpu_path_error()) {
+            fprintf(stderr, "difflux: %s\n", dfx_cpu_path_error());
+            return CLI_FAIL;
+        }
         return CLI_OK;
     }
     fprintf(stderr, "difflux: unknown command '%s' (try difflux --help)\n", c);

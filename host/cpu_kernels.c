@@ -1,0 +1,181 @@
+/*
+ * The CPU backend's hot loops, one source compiled once per instruction-set
+ * path (CMakeLists.txt: DFX_KERNEL_ISA = baseline, avx2 or avx512, each
+ * with its own -m flags); cpu_isa.c picks the table at run time.
+ *
+ * The convolutions' register tile is sized to each path's register file:
+ *   avx512  8 rows x 32 columns: 16 accumulators of the 32 zmm registers
+ *   avx2    4 rows x 24 columns: 12 accumulators of the 16 ymm registers
+ *           (8 x 32 would spill on every multiply-add)
+ *   baseline 4 rows x 8 columns of 4-float vectors (SSE2, or NEON elsewhere)
+ * Every output value is bias + w[o,0] x[0,n] + w[o,1] x[1,n] + ..., summed
+ * in that order (with fused multiply-adds where the path has them: the
+ * file is built with -ffp-contract=fast), whether it lies in a full tile,
+ * an edge tile or a leftover row: a value never depends on where the
+ * columns were split. The avx2 and avx512 paths therefore compute the same
+ * products; only the baseline, without FMA, rounds differently.
+ *
+ * The GroupNorm sums run in eight fixed lanes, whatever the vector width.
+ * Built with -fno-trapping-math: the clamps and selects vectorise.
+ */
+#include "cpu_isa.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(DFX_KERNEL_ISA_avx512)
+enum { VW = 16, MR = 8, NV = 2 };
+#elif defined(DFX_KERNEL_ISA_avx2)
+enum { VW = 8, MR = 4, NV = 3 };
+#else
+enum { VW = 4, MR = 4, NV = 2 };
+#endif
+enum { NR = VW * NV };
+
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define TABLE CAT(dfx_cpu_kernels_, DFX_KERNEL_ISA)
+#define STR2(a) #a
+#define STR(a) STR2(a)
+
+#if defined(__GNUC__)
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+
+/* unaligned loads and stores (macros: no vector crosses a call) */
+#define LOADV(v, p) memcpy(&(v), (p), sizeof(vf))
+#define STOREV(p, v) memcpy((p), &(v), sizeof(vf))
+
+static void tile(float *y, size_t ldy, const float *w, size_t K, const float *x, const int *off,
+                 const float *bias)
+{
+    vf acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        const float b = bias ? bias[i] : 0.0f;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0} + b;
+    }
+    for (size_t k = 0; k < K; k++) {
+        vf xv[NV];
+        const float *xk = x + off[k];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) LOADV(xv[v], xk + v * VW);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            const float wv = w[i * K + k];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[i][v] = wv * xv[v] + acc[i][v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) STOREV(y + i * ldy + v * VW, acc[i][v]);
+}
+#else
+static void tile(float *y, size_t ldy, const float *w, size_t K, const float *x, const int *off,
+                 const float *bias)
+{
+    for (int i = 0; i < MR; i++)
+        for (int n = 0; n < NR; n++) {
+            float a = bias ? bias[i] : 0.0f;
+            for (size_t k = 0; k < K; k++) a = w[i * K + k] * x[off[k] + n] + a;
+            y[i * ldy + n] = a;
+        }
+}
+#endif
+
+static void rows_left(float *y, size_t ldy, const float *w, int M, size_t K, const float *x,
+                      const int *off, int n0, int n1, const float *bias)
+{
+    for (int i = 0; i < M; i++) {
+        float *r = y + i * ldy;
+        const float b = bias ? bias[i] : 0.0f;
+        for (int n = n0; n < n1; n++) r[n] = b;
+        for (size_t k = 0; k < K; k++) {
+            const float wv = w[i * K + k];
+            const float *xr = x + off[k];
+            for (int n = n0; n < n1; n++) r[n] = wv * xr[n] + r[n];
+        }
+    }
+}
+
+/* GroupNorm statistics of n values from double sums in eight lanes (value
+ * i into lane i mod 8, the lanes added in a fixed tree): the same sums on
+ * every vector width. A float mean of 100 with unit variance keeps 11 of
+ * double's 16 digits in E[x^2] - mean^2. */
+static void gn_stats(const float *xs, size_t n, float eps, double *mean, double *inv)
+{
+    double s[8] = {0}, s2[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const double v = xs[i + j];
+            s[j] += v;
+            s2[j] += v * v;
+        }
+    for (int j = 0; i < n; i++, j++) {
+        const double v = xs[i];
+        s[j] += v;
+        s2[j] += v * v;
+    }
+    const double t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    const double t2 = ((s2[0] + s2[1]) + (s2[2] + s2[3])) + ((s2[4] + s2[5]) + (s2[6] + s2[7]));
+    const double m = t / (double)n;
+    double var = t2 / (double)n - m * m;
+    if (var < 0) var = 0;
+    *mean = m;
+    *inv = 1.0 / __builtin_sqrt(var + (double)eps);
+}
+
+/* exp(x) for the SiLU of the normalised activations, in a form compilers
+ * vectorise (no calls, no branches): x = k ln2 + r with |r| <= ln2 / 2 (k
+ * by the round-to-nearest trick of adding 1.5 * 2^23), exp(r) by its
+ * Taylor polynomial to degree 7 (truncation below 6e-9 relative), times
+ * 2^k built in the exponent bits. Within 2 ulp of expf; x is clamped to
+ * [-87, 88], where it stays a normal float. */
+static inline float exp_vec(float x)
+{
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float kf = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+    const float r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f; /* ln2 in two parts */
+    float p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
+    p = 1.0f / 720.0f + r * p;
+    p = 1.0f / 120.0f + r * p;
+    p = 1.0f / 24.0f + r * p;
+    p = 1.0f / 6.0f + r * p;
+    p = 0.5f + r * p;
+    p = 1.0f + r * p;
+    p = 1.0f + r * p;
+    union {
+        int32_t i;
+        float f;
+    } sc = {((int32_t)kf + 127) << 23};
+    return p * sc.f;
+}
+
+/* y = x sc + sh, then SiLU if act. */
+static void gn_apply(float *y, const float *x, int n, float sc, float sh, int act)
+{
+    if (act) {
+#pragma omp simd
+        for (int i = 0; i < n; i++) {
+            const float v = x[i] * sc + sh;
+            y[i] = v / (1.0f + exp_vec(-v));
+        }
+    } else {
+#pragma omp simd
+        for (int i = 0; i < n; i++) y[i] = x[i] * sc + sh;
+    }
+}
+
+const dfx_cpu_kernels TABLE = {
+    .name = STR(DFX_KERNEL_ISA),
+    .mr = MR,
+    .nr = NR,
+    .tile = tile,
+    .rows_left = rows_left,
+    .gn_stats = gn_stats,
+    .gn_apply = gn_apply,
+};
