@@ -20,11 +20,12 @@ typedef enum { DFX_ISA_BASELINE = 0, DFX_ISA_AVX2, DFX_ISA_AVX512, DFX_ISA_COUNT
 /* The kernels of one path (cpu_kernels.c). */
 typedef struct dfx_cpu_kernels {
     const char *name;
-    int mr, nr; /* the register tile: rows (output channels) x columns (pixels) */
-    /* y[0..mr)[0..nr) (row stride ldy) = bias + w[0..mr)[0..K) x[0..K)[0..nr),
-     * row k of x at x + off[k]; w's rows K apart. */
-    void (*tile)(float *y, size_t ldy, const float *w, size_t K, const float *x,
-                 const int *off, const float *bias);
+    int mr, nr, vw; /* the register tile: rows (output channels) x columns
+                       (pixels), nr / vw vectors of vw floats */
+    /* tile[v]: y[0..mr)[0..v vw) (row stride ldy) = bias + w[0..mr)[0..K) x[0..K)[0..v vw),
+     * row k of x at x + off[k], w's rows K apart; v = nr / vw is the full tile. */
+    void (*tile[4])(float *y, size_t ldy, const float *w, size_t K, const float *x,
+                    const int *off, const float *bias);
     /* The same for M < mr rows and the columns n0 .. n1 - 1, summed in the same order. */
     void (*rows_left)(float *y, size_t ldy, const float *w, int M, size_t K, const float *x,
                       const int *off, int n0, int n1, const float *bias);

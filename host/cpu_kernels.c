@@ -25,10 +25,13 @@
 
 #if defined(DFX_KERNEL_ISA_avx512)
 enum { VW = 16, MR = 8, NV = 2 };
+#define NV_MAX3 0
 #elif defined(DFX_KERNEL_ISA_avx2)
 enum { VW = 8, MR = 4, NV = 3 };
+#define NV_MAX3 1
 #else
 enum { VW = 4, MR = 4, NV = 2 };
+#define NV_MAX3 0
 #endif
 enum { NR = VW * NV };
 
@@ -45,43 +48,59 @@ typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 #define LOADV(v, p) memcpy(&(v), (p), sizeof(vf))
 #define STOREV(p, v) memcpy((p), &(v), sizeof(vf))
 
-static void tile(float *y, size_t ldy, const float *w, size_t K, const float *x, const int *off,
-                 const float *bias)
-{
-    vf acc[MR][NV];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++) {
-        const float b = bias ? bias[i] : 0.0f;
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0} + b;
+/* The tile NVV vectors wide (NVV <= NV): the full tile, and the narrower
+ * ones that finish a row of columns without computing a whole tile of
+ * padding. */
+#define DEFINE_TILE(NVV)                                                                      \
+    static void tile##NVV(float *y, size_t ldy, const float *w, size_t K, const float *x,     \
+                          const int *off, const float *bias)                                  \
+    {                                                                                         \
+        vf acc[MR][NVV];                                                                      \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                  \
+        {                                                                                     \
+            const float b = bias ? bias[i] : 0.0f;                                            \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[i][v] = (vf){0} + b;    \
+        }                                                                                     \
+        for (size_t k = 0; k < K; k++) {                                                      \
+            vf xv[NVV];                                                                       \
+            const float *xk = x + off[k];                                                     \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) LOADV(xv[v], xk + v * VW);  \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                              \
+            {                                                                                 \
+                const float wv = w[i * K + k];                                                \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[i][v] =             \
+                    wv * xv[v] + acc[i][v];                                                   \
+            }                                                                                 \
+        }                                                                                     \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                  \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                             \
+                STOREV(y + i * ldy + v * VW, acc[i][v]);                                      \
     }
-    for (size_t k = 0; k < K; k++) {
-        vf xv[NV];
-        const float *xk = x + off[k];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) LOADV(xv[v], xk + v * VW);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; i++) {
-            const float wv = w[i * K + k];
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[i][v] = wv * xv[v] + acc[i][v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) STOREV(y + i * ldy + v * VW, acc[i][v]);
-}
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+#if NV_MAX3
+DEFINE_TILE(3)
+#endif
 #else
-static void tile(float *y, size_t ldy, const float *w, size_t K, const float *x, const int *off,
-                 const float *bias)
+static void tile_n(float *y, size_t ldy, const float *w, size_t K, const float *x,
+                   const int *off, const float *bias, int nc)
 {
     for (int i = 0; i < MR; i++)
-        for (int n = 0; n < NR; n++) {
+        for (int n = 0; n < nc; n++) {
             float a = bias ? bias[i] : 0.0f;
             for (size_t k = 0; k < K; k++) a = w[i * K + k] * x[off[k] + n] + a;
             y[i * ldy + n] = a;
         }
+}
+static void tile1(float *y, size_t ldy, const float *w, size_t K, const float *x,
+                  const int *off, const float *bias)
+{
+    tile_n(y, ldy, w, K, x, off, bias, VW);
+}
+static void tile2(float *y, size_t ldy, const float *w, size_t K, const float *x,
+                  const int *off, const float *bias)
+{
+    tile_n(y, ldy, w, K, x, off, bias, 2 * VW);
 }
 #endif
 
@@ -174,7 +193,12 @@ const dfx_cpu_kernels TABLE = {
     .name = STR(DFX_KERNEL_ISA),
     .mr = MR,
     .nr = NR,
-    .tile = tile,
+    .vw = VW,
+#if NV_MAX3
+    .tile = {NULL, tile1, tile2, tile3},
+#else
+    .tile = {NULL, tile1, tile2},
+#endif
     .rows_left = rows_left,
     .gn_stats = gn_stats,
     .gn_apply = gn_apply,

@@ -41,6 +41,8 @@ void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const fl
 {
     const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     const int MR = kn->mr, NR = kn->nr;
+    void (*const full)(float *, size_t, const float *, size_t, const float *, const int *,
+                       const float *) = kn->tile[NR / kn->vw];
     const int Mt = M - M % MR;
     float *panel = scratch, *out = scratch + (size_t)K * NR;
     int off[K > 0 ? K : 1], xoff[K > 0 ? K : 1];
@@ -53,7 +55,7 @@ void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const fl
         const int nc = n1 - n < NR ? n1 - n : NR;
         if (direct && nc == NR) {
             for (int o = 0; o < Mt; o += MR)
-                kn->tile(y + (size_t)o * ldy + n, (size_t)ldy, w + (size_t)o * K, (size_t)K,
+                full(y + (size_t)o * ldy + n, (size_t)ldy, w + (size_t)o * K, (size_t)K,
                          x + n, xoff, bias ? bias + o : NULL);
             continue;
         }
@@ -68,10 +70,10 @@ void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const fl
         for (int o = 0; o < Mt; o += MR) {
             const float *wo = w + (size_t)o * K, *bo = bias ? bias + o : NULL;
             if (nc == NR) {
-                kn->tile(y + (size_t)o * ldy + n, (size_t)ldy, wo, (size_t)K, panel, off, bo);
+                full(y + (size_t)o * ldy + n, (size_t)ldy, wo, (size_t)K, panel, off, bo);
                 continue;
             }
-            kn->tile(out, NR, wo, (size_t)K, panel, off, bo);
+            full(out, NR, wo, (size_t)K, panel, off, bo);
             for (int i = 0; i < MR; i++)
                 memcpy(y + (size_t)(o + i) * ldy + n, out + (size_t)i * NR,
                        (size_t)nc * sizeof(float));
@@ -83,17 +85,23 @@ void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const fl
 }
 
 /* ---- 3x3 "same" convolution straight from a zero-bordered copy of x ----
- * The padded planes are (H + 2) x (W + 2); output pixel (oy, ox) is column
- * n = oy (W + 2) + ox of a product whose row k = (c, ky, kx) starts at
- * c (H + 2)(W + 2) + ky (W + 2) + kx: every row of the im2col matrix is a
- * contiguous run of the padded input, so nothing is copied but the border.
- * The two columns per row that fall in the border are computed and
- * dropped; the last tile reads past the planes into a zeroed tail of 2 NR
- * floats. */
+ * Each padded plane is a zero, then H + 2 rows of Wp = W + 1 values: a
+ * zero row, the H rows of x each followed by a zero (the right border of
+ * its row and the left border of the next), and a zero row. Output pixel
+ * (oy, ox) is column n = oy Wp + ox of a product whose row k = (c, ky, kx)
+ * starts at c plane + ky Wp + kx: every row of the im2col matrix is a
+ * contiguous run of the padded input, so nothing is copied but the input.
+ * The one column per row that falls on the border is computed and dropped;
+ * the last tile reads past the planes into a zeroed tail. */
+
+static int plane_of(int H, int W)
+{
+    return (H + 2) * (W + 1) + 1;
+}
 
 size_t dfx_cpu_conv3_padded(int Cin, int H, int W)
 {
-    return (size_t)Cin * (H + 2) * (W + 2) + 2 * TILE_MAX;
+    return (size_t)Cin * plane_of(H, W) + 2 * TILE_MAX;
 }
 
 size_t dfx_cpu_conv3_scratch(int Cin, int H, int W)
@@ -103,44 +111,44 @@ size_t dfx_cpu_conv3_scratch(int Cin, int H, int W)
 
 int dfx_cpu_conv3_columns(int H, int W)
 {
-    return H * (W + 2);
+    return H * (W + 1);
 }
 
 void dfx_cpu_conv3_pad(float *xp, const float *x, int c0, int c1, int H, int W)
 {
-    const int Wp = W + 2;
-    const size_t plane = (size_t)(H + 2) * Wp;
+    const int Wp = W + 1;
+    const size_t plane = (size_t)plane_of(H, W);
     for (int c = c0; c < c1; c++) {
         float *p = xp + (size_t)c * plane;
         memset(p, 0, (size_t)(Wp + 1) * sizeof(float));
         for (int iy = 0; iy < H; iy++) {
-            float *r = p + (size_t)(iy + 1) * Wp + 1;
+            float *r = p + 1 + (size_t)(iy + 1) * Wp;
             memcpy(r, x + ((size_t)c * H + iy) * W, (size_t)W * sizeof(float));
-            r[W] = r[W + 1] = 0.0f; /* this row's right border, the next one's left */
+            r[W] = 0.0f;
         }
-        memset(p + (size_t)(H + 1) * Wp + 1, 0, (size_t)(Wp - 1) * sizeof(float));
+        memset(p + 1 + (size_t)(H + 1) * Wp, 0, (size_t)Wp * sizeof(float));
     }
 }
 
 void dfx_cpu_conv3_pad_tail(float *xp, int Cin, int H, int W)
 {
-    memset(xp + (size_t)Cin * (H + 2) * (W + 2), 0, 2 * TILE_MAX * sizeof(float));
+    memset(xp + (size_t)Cin * plane_of(H, W), 0, 2 * TILE_MAX * sizeof(float));
 }
 
-/* out [rows, NR] -> y [rows, H W] for padded-layout columns n .. n + NR - 1 */
-static void scatter(float *y, const float *out, int rows, int NR, int n, int H, int W)
+/* out [rows, ldo] -> y [rows, H W] for padded-layout columns n .. n + nc - 1 */
+static void scatter(float *y, const float *out, int ldo, int rows, int nc, int n, int H, int W)
 {
-    const int Wp = W + 2, HW = H * W;
-    for (int j = 0; j < NR;) {
+    const int Wp = W + 1, HW = H * W;
+    for (int j = 0; j < nc;) {
         const int np = n + j, oy = np / Wp, ox = np % Wp;
         if (oy >= H) break;
         if (ox >= W) {
             j += Wp - ox;
             continue;
         }
-        const int run = W - ox < NR - j ? W - ox : NR - j;
+        const int run = W - ox < nc - j ? W - ox : nc - j;
         for (int i = 0; i < rows; i++)
-            memcpy(y + (size_t)i * HW + oy * W + ox, out + (size_t)i * NR + j,
+            memcpy(y + (size_t)i * HW + oy * W + ox, out + (size_t)i * ldo + j,
                    (size_t)run * sizeof(float));
         j += run;
     }
@@ -151,22 +159,25 @@ void dfx_cpu_conv3(float *y, const float *w, int M, int Cin, int H, int W, const
 {
     const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     const int MR = kn->mr, NR = kn->nr;
-    const int Wp = W + 2, K = Cin * 9, HW = H * W;
-    const int plane = (H + 2) * Wp;
+    const int Wp = W + 1, K = Cin * 9, HW = H * W;
+    const int plane = plane_of(H, W);
     int off[K];
     for (int c = 0; c < Cin; c++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) off[(c * 3 + ky) * 3 + kx] = c * plane + ky * Wp + kx;
-    const int Mt = M - M % MR;
+    const int Mt = M - M % MR, N = dfx_cpu_conv3_columns(H, W);
     for (int n = n0; n < n1; n += NR) {
+        /* the last tile only as many vectors wide as the columns need */
+        const int nv = N - n >= NR ? NR / kn->vw : (N - n + kn->vw - 1) / kn->vw;
         for (int o = 0; o < Mt; o += MR) {
-            kn->tile(out, NR, w + (size_t)o * K, (size_t)K, xp + n, off, bias ? bias + o : NULL);
-            scatter(y + (size_t)o * HW, out, MR, NR, n, H, W);
+            kn->tile[nv](out, NR, w + (size_t)o * K, (size_t)K, xp + n, off,
+                         bias ? bias + o : NULL);
+            scatter(y + (size_t)o * HW, out, NR, MR, nv * kn->vw, n, H, W);
         }
         if (Mt < M) {
             kn->rows_left(out, NR, w + (size_t)Mt * K, M - Mt, (size_t)K, xp + n, off, 0, NR,
                           bias ? bias + Mt : NULL);
-            scatter(y + (size_t)Mt * HW, out, M - Mt, NR, n, H, W);
+            scatter(y + (size_t)Mt * HW, out, NR, M - Mt, NR, n, H, W);
         }
     }
 }
