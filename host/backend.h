@@ -130,8 +130,8 @@ typedef struct dfx_backend_ops {
      * of B. */
     size_t (*conv_scratch)(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                            int pad);
-    size_t (*attention_scratch)(dfx_backend *be, int B, int HW, int heads);
-    size_t (*attention_jvp_scratch)(dfx_backend *be, int B, int HW, int heads);
+    size_t (*attention_scratch)(dfx_backend *be, int B, int C, int HW, int heads);
+    size_t (*attention_jvp_scratch)(dfx_backend *be, int B, int C, int HW, int heads);
     /* Precision of the matrix products (DFX_PRECISION_*); NULL: FP32 only. */
     int (*set_precision)(dfx_backend *be, int mode, dfx_error *err);
 

@@ -33,6 +33,8 @@ typedef struct dfx_cpu_kernels {
      * y = x sc + sh (then SiLU if act). */
     void (*gn_stats)(const float *x, size_t n, float eps, double *mean, double *inv);
     void (*gn_apply)(float *y, const float *x, int n, float sc, float sh, int act);
+    /* softmax down each column of P [J, I] in place (sums in double) */
+    void (*softmax_cols)(float *P, int J, int I);
 } dfx_cpu_kernels;
 
 /* The path in use (decided once; DIFFLUX_ISA read then). When DIFFLUX_ISA

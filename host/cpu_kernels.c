@@ -151,17 +151,16 @@ static void gn_stats(const float *xs, size_t n, float eps, double *mean, double 
 #if defined(__GNUC__)
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
 
-/* SiLU(v) = v / (1 + exp(-v)) on a vector, exp in a form without calls or
- * branches: x = k ln2 + r with |r| <= ln2 / 2 (k by the round-to-nearest
- * trick of adding 1.5 * 2^23), exp(r) by its Taylor polynomial to degree 7
- * (truncation below 6e-9 relative), times 2^k built in the exponent bits:
- * within 2 ulp of expf. x is clamped to [-87, 88], where 2^k stays a
- * normal float, by masks (a select would let the compiler split the whole
- * computation into one copy per case). Elementwise: a value does not
- * depend on the vector width, nor on its place in the vector. */
-static inline vf silu_vec(vf v)
+/* exp(x) on a vector, in a form without calls or branches: x = k ln2 + r
+ * with |r| <= ln2 / 2 (k by the round-to-nearest trick of adding 1.5 *
+ * 2^23), exp(r) by its Taylor polynomial to degree 7 (truncation below
+ * 6e-9 relative), times 2^k built in the exponent bits: within 2 ulp of
+ * expf. x is clamped to [-87, 88], where 2^k stays a normal float, by masks
+ * (a select would let the compiler split the whole computation into one
+ * copy per case). Elementwise: a value depends neither on the vector width
+ * nor on its place in the vector. */
+static inline vf exp_vec(vf x)
 {
-    vf x = -v;
     const vf lo = (vf){0} - 87.0f, hi = (vf){0} + 88.0f;
     const vi below = x < lo, above = x > hi;
     x = (vf)(((vi)x & ~(below | above)) | ((vi)lo & below) | ((vi)hi & above));
@@ -175,8 +174,66 @@ static inline vf silu_vec(vf v)
     p = 0.5f + r * p;
     p = 1.0f + r * p;
     p = 1.0f + r * p;
-    const vf scale = (vf)((__builtin_convertvector(kf, vi) + 127) << 23);
-    return v / (1.0f + p * scale);
+    return p * (vf)((__builtin_convertvector(kf, vi) + 127) << 23);
+}
+
+/* SiLU(v) = v / (1 + exp(-v)) */
+static inline vf silu_vec(vf v)
+{
+    return v / (1.0f + exp_vec(-v));
+}
+
+/* Softmax down each column of P [J, I] in place: the column's maximum
+ * subtracted, exp, the sum over j in double in the order of j. VW columns
+ * at a time; the last I mod VW through zero-padded vectors. */
+static void softmax_cols(float *P, int J, int I)
+{
+    typedef double vd __attribute__((vector_size(VW * sizeof(double))));
+    for (int i0 = 0; i0 < I; i0 += VW) {
+        const int nc = I - i0 < VW ? I - i0 : VW;
+        vf mx, v;
+        vd sum = {0};
+#define LOADC(v, j)                                                                           \
+    do {                                                                                      \
+        if (nc == VW) {                                                                       \
+            LOADV(v, P + (size_t)(j) * I + i0);                                               \
+            break;                                                                            \
+        }                                                                                     \
+        float b_[VW] = {0};                                                                   \
+        memcpy(b_, P + (size_t)(j) * I + i0, (size_t)nc * sizeof(float));                     \
+        LOADV(v, b_);                                                                         \
+    } while (0)
+#define STOREC(j, v)                                                                          \
+    do {                                                                                      \
+        if (nc == VW) {                                                                       \
+            STOREV(P + (size_t)(j) * I + i0, v);                                              \
+            break;                                                                            \
+        }                                                                                     \
+        float b_[VW];                                                                         \
+        STOREV(b_, v);                                                                        \
+        memcpy(P + (size_t)(j) * I + i0, b_, (size_t)nc * sizeof(float));                     \
+    } while (0)
+        LOADC(mx, 0);
+        for (int j = 1; j < J; j++) {
+            LOADC(v, j);
+            const vi gt = v > mx;
+            mx = (vf)(((vi)v & gt) | ((vi)mx & ~gt));
+        }
+        for (int j = 0; j < J; j++) {
+            LOADC(v, j);
+            v = exp_vec(v - mx);
+            sum += __builtin_convertvector(v, vd);
+            STOREC(j, v);
+        }
+        const vf inv = __builtin_convertvector(1.0 / sum, vf);
+        for (int j = 0; j < J; j++) {
+            LOADC(v, j);
+            v *= inv;
+            STOREC(j, v);
+        }
+#undef LOADC
+#undef STOREC
+    }
 }
 
 /* y = x sc + sh, then SiLU if act; the last n mod VW values through a
@@ -232,6 +289,20 @@ static void gn_apply(float *y, const float *x, int n, float sc, float sh, int ac
 }
 #endif
 
+#if !defined(__GNUC__)
+static void softmax_cols(float *P, int J, int I)
+{
+    for (int i = 0; i < I; i++) {
+        float mx = P[i];
+        for (int j = 1; j < J; j++) mx = P[(size_t)j * I + i] > mx ? P[(size_t)j * I + i] : mx;
+        double sum = 0.0;
+        for (int j = 0; j < J; j++) sum += (P[(size_t)j * I + i] = exp_poly(P[(size_t)j * I + i] - mx));
+        const float inv = (float)(1.0 / sum);
+        for (int j = 0; j < J; j++) P[(size_t)j * I + i] *= inv;
+    }
+}
+#endif
+
 const dfx_cpu_kernels TABLE = {
     .name = STR(DFX_KERNEL_ISA),
     .mr = MR,
@@ -245,4 +316,5 @@ const dfx_cpu_kernels TABLE = {
     .rows_left = rows_left,
     .gn_stats = gn_stats,
     .gn_apply = gn_apply,
+    .softmax_cols = softmax_cols,
 };

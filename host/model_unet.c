@@ -628,7 +628,8 @@ static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
         size_t s = 0;
         if (op->kind == U_CONV)
             s = be->ops->conv_scratch(be, B, op->cin, op->h, op->w_, op->k, op->stride, op->pad);
-        if (op->kind == U_ATTN) s = be->ops->attention_scratch(be, B, op->h * op->w_, op->heads);
+        if (op->kind == U_ATTN)
+            s = be->ops->attention_scratch(be, B, op->cin, op->h * op->w_, op->heads);
         if (s > scratch) scratch = s;
     }
     u->arena = dfx_be_alloc(be, u->arena_per_sample * B * sizeof(float), "U-Net activations",
@@ -691,7 +692,8 @@ static int plan_jvp(dfx_model *m, unet_impl *u, int B, dfx_error *err)
         const uop *op = &u->ops[i];
         size_t s = 0;
         if (!op->tan0 && !op->tan1) continue;
-        if (op->kind == U_ATTN) s = o->attention_jvp_scratch(be, B, op->h * op->w_, op->heads);
+        if (op->kind == U_ATTN)
+            s = o->attention_jvp_scratch(be, B, op->cin, op->h * op->w_, op->heads);
         if (op->kind == U_LINEAR && op->silu) s = (size_t)B * op->cin;
         if (s > scratch) scratch = s;
     }

@@ -68,17 +68,23 @@ size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k
     return (size_t)nt * conv_per_thread(Cin, H, W, k, stride, pad);
 }
 
-size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads)
+/* Per thread: one head's transposed probabilities P^T [HW, HW] and the
+ * products' scratch. */
+static size_t attn_per_thread(int C, int HW, int heads)
 {
-    (void)heads;
-    return (size_t)nthreads(be, B) * (size_t)HW * HW;
+    const int d = C / heads, K = d > HW ? d : HW;
+    return (size_t)HW * HW + dfx_cpu_gemm_scratch(K);
 }
 
-/* P and dP of one head per thread. */
-size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads)
+size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int C, int HW, int heads)
 {
-    (void)heads;
-    return (size_t)nthreads(be, B) * 2 * (size_t)HW * HW;
+    return (size_t)nthreads(be, B) * attn_per_thread(C, HW, heads);
+}
+
+/* P^T and dP^T of one head per thread, and the column sums of the tangent. */
+size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int C, int HW, int heads)
+{
+    return (size_t)nthreads(be, B) * (attn_per_thread(C, HW, heads) + (size_t)HW * HW + 2 * HW);
 }
 
 /* col [Cin k k, Ho Wo]: the receptive fields of x [Cin, H, W] as columns,
@@ -424,21 +430,18 @@ void dfx_cpu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C,
     }
 }
 
-/* P [HW, HW] = softmax over j of scale sum_c q[c, i] k[c, j], one head
- * (q, k [d, HW]): the attention weights, computed the same way by the
- * forward and by its tangent. */
-static void attn_probs(float *P, const float *q, const float *k, int HW, int d, float scale)
+/* PT [HW, HW]: PT[j, i] = softmax over j of scale sum_c q[c, i] k[c, j],
+ * one head (q, k [d, HW]): the attention weights, transposed, computed the
+ * same way by the forward and by its tangent. kt [HW, d] is work space
+ * (the head's slice of the output, written only afterwards); gs the
+ * products' scratch. */
+static void attn_probs(float *PT, const float *q, const float *k, int HW, int d, float scale,
+                       float *kt, float *gs)
 {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, d, scale, q, HW, k, HW, 0.0f,
-                P, HW);
-    for (int i = 0; i < HW; i++) {
-        float *row = P + (size_t)i * HW, mx = row[0];
-        for (int j = 1; j < HW; j++) mx = row[j] > mx ? row[j] : mx;
-        double sum = 0.0;
-        for (int j = 0; j < HW; j++) sum += (row[j] = expf(row[j] - mx));
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < HW; j++) row[j] *= inv;
-    }
+    for (int c = 0; c < d; c++)
+        for (int j = 0; j < HW; j++) kt[(size_t)j * d + c] = scale * k[(size_t)c * HW + j];
+    dfx_cpu_gemm_bias(PT, HW, kt, HW, d, q, HW, 0, HW, NULL, gs);
+    dfx_cpu_kernels_get()->softmax_cols(PT, HW, HW);
 }
 
 void dfx_cpu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
@@ -446,60 +449,66 @@ void dfx_cpu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C
 {
     const int d = C / heads;
     const float scale = 1.0f / sqrtf((float)d);
+    const size_t thr = attn_per_thread(C, HW, heads);
     int nt = nthreads(be, B);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int b = 0; b < B; b++) {
-        float *S = scratch + (size_t)tid() * HW * HW;
+        float *PT = scratch + (size_t)tid() * thr, *gs = PT + (size_t)HW * HW;
         const float *base = qkv + (size_t)b * 3 * C * HW;
         for (int h = 0; h < heads; h++) {
             const float *q = base + (size_t)h * d * HW;
             const float *k = base + (size_t)(C + h * d) * HW;
             const float *v = base + (size_t)(2 * C + h * d) * HW;
-            attn_probs(S, q, k, HW, d, scale);
-            /* o[c, i] = sum_j v[c, j] S[i, j] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, HW, HW, 1.0f, v, HW, S, HW,
-                        0.0f, o + ((size_t)b * C + (size_t)h * d) * HW, HW);
+            float *oh = o + ((size_t)b * C + (size_t)h * d) * HW;
+            attn_probs(PT, q, k, HW, d, scale, oh, gs);
+            /* o[c, i] = sum_j v[c, j] PT[j, i] */
+            dfx_cpu_gemm_bias(oh, HW, v, d, HW, PT, HW, 0, HW, NULL, gs);
         }
     }
 }
 
 /* o = v P^T with P the softmax of S = scale q^T k, so
  * do = dv P^T + v dP^T, dP = P * (dS - rowsum(P * dS)) (the softmax's
- * Jacobian applied to each row of dS), dS = scale (dq^T k + q^T dk). */
+ * Jacobian applied to each row of dS), dS = scale (dq^T k + q^T dk); here
+ * with the transposes (PT[j, i] = P[i, j]), column by column. */
 void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const float *dqkv,
                            int B, int C, int HW, int heads, float *scratch)
 {
     const int d = C / heads;
     const float scale = 1.0f / sqrtf((float)d);
+    const size_t pt = attn_per_thread(C, HW, heads), thr = pt + (size_t)HW * HW + 2 * HW;
     int nt = nthreads(be, B);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int b = 0; b < B; b++) {
-        float *P = scratch + (size_t)tid() * 2 * HW * HW, *D = P + (size_t)HW * HW;
+        float *PT = scratch + (size_t)tid() * thr, *gs = PT + (size_t)HW * HW, *D = PT + pt;
+        double *dot = (double *)(void *)(D + (size_t)HW * HW);
         const float *base = qkv + (size_t)b * 3 * C * HW, *dbase = dqkv + (size_t)b * 3 * C * HW;
         for (int h = 0; h < heads; h++) {
             const size_t oq = (size_t)h * d * HW, ok = (size_t)(C + h * d) * HW,
                          ov = (size_t)(2 * C + h * d) * HW;
-            attn_probs(P, base + oq, base + ok, HW, d, scale);
-            /* D = dS = scale (dq^T k + q^T dk) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, d, scale, dbase + oq, HW,
-                        base + ok, HW, 0.0f, D, HW);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, d, scale, base + oq, HW,
-                        dbase + ok, HW, 1.0f, D, HW);
-            /* D = dP, row by row (the row sum in double) */
-            for (int i = 0; i < HW; i++) {
-                const float *p = P + (size_t)i * HW;
-                float *r = D + (size_t)i * HW;
-                double dot = 0.0;
-                for (int j = 0; j < HW; j++) dot += (double)p[j] * r[j];
-                for (int j = 0; j < HW; j++) r[j] = (float)((double)p[j] * (r[j] - dot));
-            }
-            /* dout[c, i] = sum_j dv[c, j] P[i, j] + v[c, j] dP[i, j] */
             float *o = dout + ((size_t)b * C + (size_t)h * d) * HW;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, HW, HW, 1.0f, dbase + ov, HW,
-                        P, HW, 0.0f, o, HW);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, HW, HW, 1.0f, base + ov, HW,
+            attn_probs(PT, base + oq, base + ok, HW, d, scale, o, gs);
+            /* D = dS^T = scale (dk^T q + k^T dq) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, d, scale, dbase + ok, HW,
+                        base + oq, HW, 0.0f, D, HW);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, d, scale, base + ok, HW,
+                        dbase + oq, HW, 1.0f, D, HW);
+            /* D = dP^T, column by column (the column sum in double) */
+            for (int i = 0; i < HW; i++) dot[i] = 0.0;
+            for (int j = 0; j < HW; j++)
+                for (int i = 0; i < HW; i++)
+                    dot[i] += (double)PT[(size_t)j * HW + i] * D[(size_t)j * HW + i];
+            for (int j = 0; j < HW; j++)
+                for (int i = 0; i < HW; i++) {
+                    const size_t ji = (size_t)j * HW + i;
+                    D[ji] = (float)((double)PT[ji] * (D[ji] - dot[i]));
+                }
+            /* dout[c, i] = sum_j dv[c, j] PT[j, i] + v[c, j] dPT[j, i] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, HW, HW, 1.0f, dbase + ov, HW,
+                        PT, HW, 0.0f, o, HW);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, HW, HW, 1.0f, base + ov, HW,
                         D, HW, 1.0f, o, HW);
         }
     }

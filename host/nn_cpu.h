@@ -52,7 +52,7 @@ void dfx_cpu_conv3(float *y, const float *w, int M, int Cin, int H, int W, const
 int dfx_cpu_gemm_block(void); /* columns per tile: split column ranges at its multiples */
 size_t dfx_cpu_conv_scratch(dfx_backend *be, int B, int Cin, int H, int W, int k, int stride,
                             int pad);
-size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int HW, int heads);
-size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads);
+size_t dfx_cpu_attention_scratch(dfx_backend *be, int B, int C, int HW, int heads);
+size_t dfx_cpu_attention_jvp_scratch(dfx_backend *be, int B, int C, int HW, int heads);
 
 #endif

@@ -1433,9 +1433,10 @@ static void cu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int 
 
 /* CPU twin: dfx_cpu_attention_scratch. One HW x HW score matrix per sample
  * of a chunk (the heads take turns in it). */
-static size_t cu_attention_scratch(dfx_backend *be, int B, int HW, int heads)
+static size_t cu_attention_scratch(dfx_backend *be, int B, int C, int HW, int heads)
 {
     (void)be;
+    (void)C;
     (void)heads;
     if (HW <= 0) return 0;
     const size_t per = (size_t)HW * HW;
@@ -1482,7 +1483,7 @@ static int attention_queue(cu_impl *cu, float *o, const float *qkv, int B, int C
     if (!fits_int(HW)) return dfx_fail(err, "cuda attention: %d positions", HW);
     if (!scratch)
         return dfx_fail(err, "cuda attention: no scratch (attention_scratch asks for %zu floats)",
-                        cu_attention_scratch(NULL, B, HW, heads));
+                        cu_attention_scratch(NULL, B, C, HW, heads));
     cublasHandle_t h;
     if (blas_handle(cu, &h, op, err)) return -1;
     const int d = C / heads;
@@ -1524,9 +1525,10 @@ static void cu_attention(dfx_backend *be, float *o, const float *qkv, int B, int
 
 /* CPU twin: dfx_cpu_attention_jvp_scratch. P and dP of one head per sample
  * of a chunk: the chunk's P matrices, then its dP matrices. */
-static size_t cu_attention_jvp_scratch(dfx_backend *be, int B, int HW, int heads)
+static size_t cu_attention_jvp_scratch(dfx_backend *be, int B, int C, int HW, int heads)
 {
     (void)be;
+    (void)C;
     (void)heads;
     if (HW <= 0) return 0;
     const size_t per = 2 * (size_t)HW * HW;
@@ -1570,7 +1572,7 @@ static int attention_jvp_queue(cu_impl *cu, float *dout, const float *qkv, const
         return dfx_fail(err,
                         "cuda attention_jvp: no scratch (attention_jvp_scratch asks for %zu "
                         "floats)",
-                        cu_attention_jvp_scratch(NULL, B, HW, heads));
+                        cu_attention_jvp_scratch(NULL, B, C, HW, heads));
     cublasHandle_t h;
     if (blas_handle(cu, &h, op, err)) return -1;
     const int d = C / heads;

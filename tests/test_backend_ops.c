@@ -818,7 +818,7 @@ static void attention_run(dfx_backend *be, int B, int C, int HW, int heads, cons
 {
     const size_t n = (size_t)B * C * HW;
     float *dq = up_f(be, qkv, 3 * n), *dy = junk_f(be, n);
-    size_t ns = be->ops->attention_scratch(be, B, HW, heads);
+    size_t ns = be->ops->attention_scratch(be, B, C, HW, heads);
     float *ds = ns ? dev_alloc(be, ns * sizeof(float)) : NULL;
     be->ops->attention(be, dy, dq, B, C, HW, heads, ds);
     down_f(be, out, dy, n);
@@ -839,7 +839,7 @@ static void test_attention(int B, int C, int HW, int heads, float scale)
     snprintf(name, sizeof name, "attention B=%d C=%d HW=%d heads=%d (qkv x%g)", B, C, HW, heads,
              scale);
     snprintf(extra, sizeof extra, "scratch %.1f MiB",
-             (double)gpu->ops->attention_scratch(gpu, B, HW, heads) * 4.0 / 1048576.0);
+             (double)gpu->ops->attention_scratch(gpu, B, C, HW, heads) * 4.0 / 1048576.0);
     compare(name, got, ref, n, NN_TOL, extra);
     if (B > 1) {
         float *one = xmalloc(per * sizeof(float));
@@ -1017,7 +1017,7 @@ static void attention_jvp_run(dfx_backend *be, int B, int C, int HW, int heads,
 {
     const size_t n = (size_t)B * C * HW;
     float *dq = up_f(be, qkv, 3 * n), *ddq = up_f(be, dqkv, 3 * n), *dy = junk_f(be, n);
-    size_t ns = be->ops->attention_jvp_scratch(be, B, HW, heads);
+    size_t ns = be->ops->attention_jvp_scratch(be, B, C, HW, heads);
     float *ds = ns ? dev_alloc(be, ns * sizeof(float)) : NULL;
     be->ops->attention_jvp(be, dy, dq, ddq, B, C, HW, heads, ds);
     down_f(be, out, dy, n);
@@ -1040,7 +1040,7 @@ static void test_attention_jvp(int B, int C, int HW, int heads, float scale)
     snprintf(name, sizeof name, "attention_jvp B=%d C=%d HW=%d heads=%d (qkv x%g)", B, C, HW,
              heads, scale);
     snprintf(extra, sizeof extra, "scratch %.1f MiB",
-             (double)gpu->ops->attention_jvp_scratch(gpu, B, HW, heads) * 4.0 / 1048576.0);
+             (double)gpu->ops->attention_jvp_scratch(gpu, B, C, HW, heads) * 4.0 / 1048576.0);
     compare(name, got, ref, n, JVP_TOL, extra);
     if (B > 1) {
         float *one = xmalloc(per * sizeof(float));

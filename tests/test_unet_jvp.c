@@ -352,8 +352,8 @@ static void ops_attention(int B, int C, int HW, int heads)
     float *q = malloc(n3 * sizeof *q), *dq = malloc(n3 * sizeof *dq), *qp = malloc(n3 * sizeof *qp);
     float *yp = malloc(n * sizeof *yp), *ym = malloc(n * sizeof *ym), *dy = malloc(n * sizeof *dy);
     double *fd = malloc(n * sizeof *fd);
-    size_t ns = be->ops->attention_scratch(be, B, HW, heads),
-           nj = be->ops->attention_jvp_scratch(be, B, HW, heads);
+    size_t ns = be->ops->attention_scratch(be, B, C, HW, heads),
+           nj = be->ops->attention_jvp_scratch(be, B, C, HW, heads);
     float *s = malloc((ns > nj ? ns : nj) * sizeof *s + 4);
     fill(q, n3, 7, 1.5f, 0.0f); /* logits of a few units: far from uniform */
     fill(dq, n3, 8, 1.0f, 0.0f);
