@@ -130,6 +130,16 @@ void dfx_cpu_conv3_pad(float *xp, const float *x, int c0, int c1, int H, int W)
     }
 }
 
+int dfx_cpu_conv3_row_stride(int W)
+{
+    return W + 1;
+}
+
+float *dfx_cpu_conv3_plane(float *xp, int c, int H, int W)
+{
+    return xp + (size_t)c * plane_of(H, W) + 1 + (W + 1);
+}
+
 void dfx_cpu_conv3_pad_tail(float *xp, int Cin, int H, int W)
 {
     memset(xp + (size_t)Cin * plane_of(H, W), 0, 2 * TILE_MAX * sizeof(float));

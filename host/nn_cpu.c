@@ -55,8 +55,7 @@ static int conv3_direct(int k, int stride, int pad)
  * im2col matrix and the product's packed columns */
 static size_t conv_per_thread(int Cin, int H, int W, int k, int stride, int pad)
 {
-    if (conv3_direct(k, stride, pad)) /* + the normalised sample of gn_conv3 */
-        return dfx_cpu_conv3_scratch(Cin, H, W) + (size_t)Cin * H * W;
+    if (conv3_direct(k, stride, pad)) return dfx_cpu_conv3_scratch(Cin, H, W);
     return conv_col(Cin, H, W, k, stride, pad) + dfx_cpu_gemm_scratch(Cin * k * k);
 }
 
@@ -267,19 +266,30 @@ static inline float dsilu(float v)
     return s * (1.0f + v * (1.0f - s));
 }
 
-/* Group g (channels g cg .. (g + 1) cg - 1) of one sample x [C, HW] into y. */
+/* The scale and shift of each channel of group g (channels g cg .. (g + 1)
+ * cg - 1) of one sample x [C, HW]: GroupNorm is y = x sc[c] + sh[c]. */
+static void gn_coefs(float *sc, float *sh, const float *x, const float *gamma, const float *beta,
+                     int g, int cg, int HW, float eps)
+{
+    double mean, inv;
+    dfx_cpu_kernels_get()->gn_stats(x + (size_t)g * cg * HW, (size_t)cg * HW, eps, &mean, &inv);
+    for (int c = 0; c < cg; c++) {
+        const int ch = g * cg + c;
+        sc[c] = (float)(inv * gamma[ch]);
+        sh[c] = (float)(beta[ch] - mean * inv * gamma[ch]);
+    }
+}
+
+/* Group g of one sample x [C, HW] into y. */
 static void gn_group(float *y, const float *x, const float *gamma, const float *beta, int g,
                      int cg, int HW, float eps, int act)
 {
     const size_t off = (size_t)g * cg * HW;
-    const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
-    double mean, inv;
-    kn->gn_stats(x + off, (size_t)cg * HW, eps, &mean, &inv);
-    for (int c = 0; c < cg; c++) {
-        const int ch = g * cg + c;
-        const float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
-        kn->gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW, sc, sh, act);
-    }
+    float sc[cg], sh[cg];
+    gn_coefs(sc, sh, x, gamma, beta, g, cg, HW, eps);
+    for (int c = 0; c < cg; c++)
+        dfx_cpu_kernels_get()->gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW,
+                                        sc[c], sh[c], act);
 }
 
 void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
@@ -294,29 +304,38 @@ void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *
     }
 }
 
-/* GroupNorm(+SiLU) of one sample into the thread's scratch, then the 3x3
- * convolution of it: the normalised activations stay in the cache instead
- * of going through memory for the whole batch. The normalisation is
- * group_norm's own gn_group, so the values are bit for bit those of the
- * two ops. */
+/* GroupNorm(+SiLU) of one sample applied in place to its zero-bordered
+ * copy, then the 3x3 convolution of that: the normalised activations stay
+ * in the cache instead of going through memory for the whole batch. The
+ * statistics and the elementwise function are group_norm's own (gn_coefs,
+ * gn_apply), so the values are bit for bit those of the two ops; the
+ * border zeros that gn_apply passes over are zeroed again. */
 void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *gamma,
                       const float *beta, int groups, float eps, int act, const float *w,
                       const float *bias, int B, int Cin, int H, int W, int Cout, float *scratch)
 {
-    const int HW = H * W;
-    const size_t thr = conv_per_thread(Cin, H, W, 3, 1, 1),
-                 pad = dfx_cpu_conv3_scratch(Cin, H, W);
+    const int HW = H * W, cg = Cin / groups, Wp = dfx_cpu_conv3_row_stride(W);
+    const size_t thr = conv_per_thread(Cin, H, W, 3, 1, 1);
     const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
               blocks = (N + nb - 1) / nb;
+    const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     const int nt = nthreads(be, B);
     (void)nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int b = 0; b < B; b++) {
-        float *xp = scratch + (size_t)tid() * thr, *h = xp + pad;
+        float *xp = scratch + (size_t)tid() * thr;
         const float *xb = x + (size_t)b * Cin * HW;
-        for (int g = 0; g < groups; g++) gn_group(h, xb, gamma, beta, g, Cin / groups, HW, eps, act);
         dfx_cpu_conv3_pad_tail(xp, Cin, H, W);
-        dfx_cpu_conv3_pad(xp, h, 0, Cin, H, W);
+        dfx_cpu_conv3_pad(xp, xb, 0, Cin, H, W);
+        for (int g = 0; g < groups; g++) {
+            float sc[cg], sh[cg];
+            gn_coefs(sc, sh, xb, gamma, beta, g, cg, HW, eps);
+            for (int c = 0; c < cg; c++) {
+                float *p = dfx_cpu_conv3_plane(xp, g * cg + c, H, W);
+                kn->gn_apply(p, p, (H - 1) * Wp + W, sc[c], sh[c], act);
+                for (int iy = 0; iy + 1 < H; iy++) p[(size_t)iy * Wp + W] = 0.0f;
+            }
+        }
         dfx_cpu_conv3(y + (size_t)b * Cout * HW, w, Cout, Cin, H, W, xp, 0, blocks * nb, bias,
                       xp + dfx_cpu_conv3_padded(Cin, H, W));
     }

@@ -47,6 +47,10 @@ size_t dfx_cpu_conv3_scratch(int Cin, int H, int W);
 int dfx_cpu_conv3_columns(int H, int W);
 void dfx_cpu_conv3_pad(float *xp, const float *x, int c0, int c1, int H, int W);
 void dfx_cpu_conv3_pad_tail(float *xp, int Cin, int H, int W);
+/* Where channel c's H rows of W values lie in xp (row_stride apart, each
+ * followed by a border zero). */
+float *dfx_cpu_conv3_plane(float *xp, int c, int H, int W);
+int dfx_cpu_conv3_row_stride(int W);
 void dfx_cpu_conv3(float *y, const float *w, int M, int Cin, int H, int W, const float *xp,
                    int n0, int n1, const float *bias, float *out);
 int dfx_cpu_gemm_block(void); /* columns per tile: split column ranges at its multiples */
