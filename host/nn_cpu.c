@@ -165,6 +165,15 @@ static int tile_split(int blocks, int nb, int j, int nt)
     return (int)((long)blocks * j / nt) * nb;
 }
 
+/* A lone sample's columns go to the threads in one piece each: finer
+ * pieces taken as threads come free were measured slower, idle and shared
+ * alike (BENCHMARKS.md). Values never depend on the split. */
+static int pieces(int blocks, int nt)
+{
+    (void)blocks;
+    return nt;
+}
+
 static void conv3(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                   int B, int Cin, int H, int W, int Cout, float *scratch)
 {
@@ -172,7 +181,8 @@ static void conv3(dfx_backend *be, float *y, const float *x, const float *w, con
     const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
               blocks = (N + nb - 1) / nb;
     if (B < be->threads && blocks > 1) {
-        const int nt = be->threads < blocks ? be->threads : blocks;
+        const int nt = be->threads < blocks ? be->threads : blocks,
+                  parts = pieces(blocks, nt);
         dfx_cpu_conv3_pad_tail(scratch, Cin, H, W);
         for (int b = 0; b < B; b++) {
 #pragma omp parallel num_threads(nt)
@@ -182,16 +192,16 @@ static void conv3(dfx_backend *be, float *y, const float *x, const float *w, con
                     dfx_cpu_conv3_pad(scratch, x + (size_t)b * Cin * H * W, c, c + 1, H, W);
                 float *out = scratch + pad + (size_t)tid() * (thr - pad);
 #pragma omp for schedule(static)
-                for (int j = 0; j < nt; j++)
+                for (int j = 0; j < parts; j++)
                     dfx_cpu_conv3(y + (size_t)b * Cout * H * W, w, Cout, Cin, H, W, scratch,
-                                  tile_split(blocks, nb, j, nt), tile_split(blocks, nb, j + 1, nt),
-                                  bias, out);
+                                  tile_split(blocks, nb, j, parts),
+                                  tile_split(blocks, nb, j + 1, parts), bias, out);
             }
         }
         return;
     }
     const int nt = nthreads(be, B);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *xp = scratch + (size_t)tid() * thr;
         dfx_cpu_conv3_pad_tail(xp, Cin, H, W);
@@ -219,7 +229,8 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                  thr = conv_per_thread(Cin, H, W, k, stride, pad);
     const int nb = dfx_cpu_gemm_block(), blocks = (N + nb - 1) / nb;
     if (B < be->threads && blocks > 1) {
-        const int nt = be->threads < blocks ? be->threads : blocks;
+        const int nt = be->threads < blocks ? be->threads : blocks,
+                  parts = pieces(blocks, nt);
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * Cin * H * W;
             float *yb = y + (size_t)b * Cout * N;
@@ -233,9 +244,9 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                 }
                 float *gs = scratch + per + (size_t)tid() * dfx_cpu_gemm_scratch(K);
 #pragma omp for schedule(static)
-                for (int j = 0; j < nt; j++) {
-                    const int n0 = tile_split(blocks, nb, j, nt),
-                              n1 = j + 1 == nt ? N : tile_split(blocks, nb, j + 1, nt);
+                for (int j = 0; j < parts; j++) {
+                    const int n0 = tile_split(blocks, nb, j, parts),
+                              n1 = j + 1 == parts ? N : tile_split(blocks, nb, j + 1, parts);
                     dfx_cpu_gemm_bias(yb, N, w, Cout, K, col, N, n0, n1, bias, gs);
                 }
             }
@@ -243,7 +254,7 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
         return;
     }
     const int nt = nthreads(be, B);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * Cin * H * W;
         float *yb = y + (size_t)b * Cout * N;
@@ -321,7 +332,7 @@ void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *ga
     const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     const int nt = nthreads(be, B);
     (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *xp = scratch + (size_t)tid() * thr;
         const float *xb = x + (size_t)b * Cin * HW;
@@ -471,7 +482,7 @@ void dfx_cpu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C
     const size_t thr = attn_per_thread(C, HW, heads);
     int nt = nthreads(be, B);
     (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *PT = scratch + (size_t)tid() * thr, *gs = PT + (size_t)HW * HW;
         const float *base = qkv + (size_t)b * 3 * C * HW;
@@ -499,7 +510,7 @@ void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const
     const size_t pt = attn_per_thread(C, HW, heads), thr = pt + (size_t)HW * HW + 2 * HW;
     int nt = nthreads(be, B);
     (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *PT = scratch + (size_t)tid() * thr, *gs = PT + (size_t)HW * HW, *D = PT + pt;
         double *dot = (double *)(void *)(D + (size_t)HW * HW);
