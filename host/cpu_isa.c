@@ -38,6 +38,9 @@ int dfx_isa_supported(dfx_isa isa)
     if (!kernels_of(isa)) return 0;
 #ifdef DFX_ISA_X86_KERNELS
     __builtin_cpu_init();
+#ifdef DFX_EMULATE_AVX512 /* test build: the avx512 tiling in AVX2 instructions */
+    if (isa == DFX_ISA_AVX512) isa = DFX_ISA_AVX2;
+#endif
     if (isa == DFX_ISA_AVX512) return __builtin_cpu_supports("avx512f");
     if (isa == DFX_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
