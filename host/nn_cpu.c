@@ -422,11 +422,15 @@ void dfx_cpu_linear(dfx_backend *be, float *y, const float *x, const float *w, c
     }
 }
 
+/* The memory-bound layers: one pass each, split over samples (channel
+ * planes) when there is enough of it to wake the threads for. */
 void dfx_cpu_add_channel(dfx_backend *be, float *y, const float *e, int B, int C, int HW)
 {
-    (void)be;
+    int nt = nthreads_work(be, B * C, (size_t)B * C * HW);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int bc = 0; bc < B * C; bc++) {
-        float v = e[bc];
+        const float v = e[bc];
         float *yc = y + (size_t)bc * HW;
         for (int i = 0; i < HW; i++) yc[i] += v;
     }
@@ -434,14 +438,23 @@ void dfx_cpu_add_channel(dfx_backend *be, float *y, const float *e, int B, int C
 
 void dfx_cpu_add(dfx_backend *be, float *y, const float *a, const float *b, size_t n)
 {
-    (void)be;
-    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    enum { CHUNK = 1 << 14 };
+    const long chunks = (long)((n + CHUNK - 1) / CHUNK);
+    int nt = nthreads_work(be, (int)(chunks < be->threads ? chunks : be->threads), n);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long c = 0; c < chunks; c++) {
+        const size_t i0 = (size_t)c * CHUNK, i1 = i0 + CHUNK < n ? i0 + CHUNK : n;
+        for (size_t i = i0; i < i1; i++) y[i] = a[i] + b[i];
+    }
 }
 
 void dfx_cpu_concat(dfx_backend *be, float *y, const float *a, int Ca, const float *b, int Cb,
                     int B, int HW)
 {
-    (void)be;
+    int nt = nthreads_work(be, B, (size_t)B * (Ca + Cb) * HW);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int s = 0; s < B; s++) {
         float *ys = y + (size_t)s * (Ca + Cb) * HW;
         memcpy(ys, a + (size_t)s * Ca * HW, sizeof(float) * (size_t)Ca * HW);
@@ -451,12 +464,17 @@ void dfx_cpu_concat(dfx_backend *be, float *y, const float *a, int Ca, const flo
 
 void dfx_cpu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C, int H, int W)
 {
-    (void)be;
+    int nt = nthreads_work(be, B * C, (size_t)B * C * 4 * H * W);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int bc = 0; bc < B * C; bc++) {
         const float *xc = x + (size_t)bc * H * W;
         float *yc = y + (size_t)bc * 4 * H * W;
-        for (int i = 0; i < 2 * H; i++)
-            for (int j = 0; j < 2 * W; j++) yc[i * 2 * W + j] = xc[(i / 2) * W + j / 2];
+        for (int i = 0; i < H; i++) {
+            float *r = yc + (size_t)2 * i * 2 * W;
+            for (int j = 0; j < W; j++) r[2 * j] = r[2 * j + 1] = xc[(size_t)i * W + j];
+            memcpy(r + 2 * W, r, (size_t)2 * W * sizeof(float));
+        }
     }
 }
 
