@@ -41,7 +41,10 @@ enum { NR = VW * NV };
 #define STR2(a) #a
 #define STR(a) STR2(a)
 
-#if defined(__GNUC__)
+#if !defined(__GNUC__)
+#error "host/cpu_kernels.c needs the GNU C vector extensions (GCC or Clang)"
+#endif
+
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 
 /* unaligned loads and stores (macros: no vector crosses a call) */
@@ -80,28 +83,6 @@ DEFINE_TILE(1)
 DEFINE_TILE(2)
 #if NV_MAX3
 DEFINE_TILE(3)
-#endif
-#else
-static void tile_n(float *y, size_t ldy, const float *w, size_t K, const float *x,
-                   const int *off, const float *bias, int nc)
-{
-    for (int i = 0; i < MR; i++)
-        for (int n = 0; n < nc; n++) {
-            float a = bias ? bias[i] : 0.0f;
-            for (size_t k = 0; k < K; k++) a = w[i * K + k] * x[off[k] + n] + a;
-            y[i * ldy + n] = a;
-        }
-}
-static void tile1(float *y, size_t ldy, const float *w, size_t K, const float *x,
-                  const int *off, const float *bias)
-{
-    tile_n(y, ldy, w, K, x, off, bias, VW);
-}
-static void tile2(float *y, size_t ldy, const float *w, size_t K, const float *x,
-                  const int *off, const float *bias)
-{
-    tile_n(y, ldy, w, K, x, off, bias, 2 * VW);
-}
 #endif
 
 static void rows_left(float *y, size_t ldy, const float *w, int M, size_t K, const float *x,
@@ -148,7 +129,6 @@ static void gn_stats(const float *xs, size_t n, float eps, double *mean, double 
     *inv = 1.0 / __builtin_sqrt(var + (double)eps);
 }
 
-#if defined(__GNUC__)
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
 
 /* exp(x) on a vector, in a form without calls or branches: x = k ln2 + r
@@ -259,49 +239,7 @@ static void gn_apply(float *y, const float *x, int n, float sc, float sh, int ac
         memcpy(y + i, buf, (size_t)(n - i) * sizeof(float));
     }
 }
-#else
-static float exp_poly(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float kf = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    const float r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;
-    float p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
-    p = 1.0f / 720.0f + r * p;
-    p = 1.0f / 120.0f + r * p;
-    p = 1.0f / 24.0f + r * p;
-    p = 1.0f / 6.0f + r * p;
-    p = 0.5f + r * p;
-    p = 1.0f + r * p;
-    p = 1.0f + r * p;
-    union {
-        int32_t i;
-        float f;
-    } sc = {((int32_t)kf + 127) << 23};
-    return p * sc.f;
-}
 
-static void gn_apply(float *y, const float *x, int n, float sc, float sh, int act)
-{
-    for (int i = 0; i < n; i++) {
-        const float v = x[i] * sc + sh;
-        y[i] = act ? v / (1.0f + exp_poly(-v)) : v;
-    }
-}
-#endif
-
-#if !defined(__GNUC__)
-static void softmax_cols(float *P, int J, int I)
-{
-    for (int i = 0; i < I; i++) {
-        float mx = P[i];
-        for (int j = 1; j < J; j++) mx = P[(size_t)j * I + i] > mx ? P[(size_t)j * I + i] : mx;
-        double sum = 0.0;
-        for (int j = 0; j < J; j++) sum += (P[(size_t)j * I + i] = exp_poly(P[(size_t)j * I + i] - mx));
-        const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < J; j++) P[(size_t)j * I + i] *= inv;
-    }
-}
-#endif
 
 const dfx_cpu_kernels TABLE = {
     .name = STR(DFX_KERNEL_ISA),
