@@ -12,11 +12,11 @@
  * in that order (with fused multiply-adds where the path has them: the
  * file is built with -ffp-contract=fast), whether it lies in a full tile,
  * an edge tile or a leftover row: a value never depends on where the
- * columns were split. The avx2 and avx512 paths therefore compute the same
- * products; only the baseline, without FMA, rounds differently.
- *
- * The GroupNorm sums run in eight fixed lanes, whatever the vector width.
- * Built with -fno-trapping-math: the clamps and selects vectorise.
+ * columns were split. The GroupNorm sums run in eight fixed lanes, whatever
+ * the vector width, and the SiLU and the attention's softmax are
+ * elementwise vector code. So the avx2 and avx512 paths give the same
+ * samples bit for bit (tests/test_isa_paths.sh); only the baseline, without
+ * FMA, rounds differently. Built with -fno-trapping-math.
  */
 #include "cpu_isa.h"
 
