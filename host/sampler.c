@@ -17,7 +17,7 @@ static const sampler_def defs[] = {
     /* deterministic: the probability-flow ODE */
     {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, ALL, 50}, 1, DFX_SF_VEL, 0,
      dfx_run_euler},
-    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, ALL, 30}, 3,
+    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, ALL, 16}, 3,
      DFX_SF_VEL, 0, dfx_run_heun},
     {{"rk4", "classical fourth-order Runge-Kutta", 4, 4, 0, ALL, 20}, 5, DFX_SF_VEL, 0,
      dfx_run_rk4},
