@@ -5,8 +5,16 @@
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 shopt -s nullglob
-pts=(models/checkpoints/*.pt)
-[ ${#pts[@]} -gt 0 ] || { echo "no checkpoints to store"; exit 0; }
+# only the checkpoints that differ from their newest committed version
+# (restore.sh brings back all of them; storing an unchanged one again would
+# add its megabytes to the submission's diffs twice)
+pts=()
+for f in models/checkpoints/*.pt; do
+    rev=$(git log --all -1 --format=%H --diff-filter=AM -- "$f")
+    if [ -n "$rev" ] && [ "$(git hash-object "$f")" = "$(git rev-parse "$rev:$f")" ]; then continue; fi
+    pts+=("$f")
+done
+[ ${#pts[@]} -gt 0 ] || { echo "no changed checkpoints to store"; exit 0; }
 git diff --cached --quiet || { echo "store.sh: commit or unstage what is staged first"; exit 1; }
 git add -f "${pts[@]}"
 git commit -q -m "Training checkpoints: ${*:-$(basename -a "${pts[@]}" | tr '\n' ' ')}"
