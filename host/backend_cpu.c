@@ -338,7 +338,7 @@ dfx_backend *dfx_backend_cpu_create(int threads, dfx_error *err)
             while (*v == ' ') v++;
             snprintf(be->device, sizeof be->device,
                      "%.*s, %d threads, %s path, OpenBLAS %s kernels", (int)strcspn(v, "\n"),
-                     v, threads, dfx_isa_name(dfx_cpu_isa()), dfx_blas_core());
+                     v, threads, dfx_cpu_path(), dfx_blas_core());
             break;
         }
     if (f) fclose(f);

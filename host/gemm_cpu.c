@@ -55,8 +55,8 @@ void dfx_cpu_gemm_bias(float *y, int ldy, const float *w, int M, int K, const fl
         const int nc = n1 - n < NR ? n1 - n : NR;
         if (direct && nc == NR) {
             for (int o = 0; o < Mt; o += MR)
-                full(y + (size_t)o * ldy + n, (size_t)ldy, w + (size_t)o * K, (size_t)K,
-                         x + n, xoff, bias ? bias + o : NULL);
+                full(y + (size_t)o * ldy + n, (size_t)ldy, w + (size_t)o * K, (size_t)K, x + n,
+                     xoff, bias ? bias + o : NULL);
             continue;
         }
         if (nc == NR)

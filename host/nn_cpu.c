@@ -165,15 +165,6 @@ static int tile_split(int blocks, int nb, int j, int nt)
     return (int)((long)blocks * j / nt) * nb;
 }
 
-/* A lone sample's columns go to the threads in one piece each: finer
- * pieces taken as threads come free were measured slower, idle and shared
- * alike (BENCHMARKS.md). Values never depend on the split. */
-static int pieces(int blocks, int nt)
-{
-    (void)blocks;
-    return nt;
-}
-
 static void conv3(dfx_backend *be, float *y, const float *x, const float *w, const float *bias,
                   int B, int Cin, int H, int W, int Cout, float *scratch)
 {
@@ -181,8 +172,10 @@ static void conv3(dfx_backend *be, float *y, const float *x, const float *w, con
     const int nb = dfx_cpu_gemm_block(), N = dfx_cpu_conv3_columns(H, W),
               blocks = (N + nb - 1) / nb;
     if (B < be->threads && blocks > 1) {
-        const int nt = be->threads < blocks ? be->threads : blocks,
-                  parts = pieces(blocks, nt);
+        /* one static piece of columns per thread: finer pieces taken as
+         * threads come free were slower, idle and shared alike
+         * (BENCHMARKS.md, "OpenMP waiting") */
+        const int nt = be->threads < blocks ? be->threads : blocks;
         dfx_cpu_conv3_pad_tail(scratch, Cin, H, W);
         for (int b = 0; b < B; b++) {
 #pragma omp parallel num_threads(nt)
@@ -192,10 +185,10 @@ static void conv3(dfx_backend *be, float *y, const float *x, const float *w, con
                     dfx_cpu_conv3_pad(scratch, x + (size_t)b * Cin * H * W, c, c + 1, H, W);
                 float *out = scratch + pad + (size_t)tid() * (thr - pad);
 #pragma omp for schedule(static)
-                for (int j = 0; j < parts; j++)
+                for (int j = 0; j < nt; j++)
                     dfx_cpu_conv3(y + (size_t)b * Cout * H * W, w, Cout, Cin, H, W, scratch,
-                                  tile_split(blocks, nb, j, parts),
-                                  tile_split(blocks, nb, j + 1, parts), bias, out);
+                                  tile_split(blocks, nb, j, nt), tile_split(blocks, nb, j + 1, nt),
+                                  bias, out);
             }
         }
         return;
@@ -229,8 +222,7 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                  thr = conv_per_thread(Cin, H, W, k, stride, pad);
     const int nb = dfx_cpu_gemm_block(), blocks = (N + nb - 1) / nb;
     if (B < be->threads && blocks > 1) {
-        const int nt = be->threads < blocks ? be->threads : blocks,
-                  parts = pieces(blocks, nt);
+        const int nt = be->threads < blocks ? be->threads : blocks;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * Cin * H * W;
             float *yb = y + (size_t)b * Cout * N;
@@ -244,9 +236,9 @@ void dfx_cpu_conv2d(dfx_backend *be, float *y, const float *x, const float *w, c
                 }
                 float *gs = scratch + per + (size_t)tid() * dfx_cpu_gemm_scratch(K);
 #pragma omp for schedule(static)
-                for (int j = 0; j < parts; j++) {
-                    const int n0 = tile_split(blocks, nb, j, parts),
-                              n1 = j + 1 == parts ? N : tile_split(blocks, nb, j + 1, parts);
+                for (int j = 0; j < nt; j++) {
+                    const int n0 = tile_split(blocks, nb, j, nt),
+                              n1 = j + 1 == nt ? N : tile_split(blocks, nb, j + 1, nt);
                     dfx_cpu_gemm_bias(yb, N, w, Cout, K, col, N, n0, n1, bias, gs);
                 }
             }
@@ -278,16 +270,16 @@ static inline float dsilu(float v)
 }
 
 /* The scale and shift of each channel of group g (channels g cg .. (g + 1)
- * cg - 1) of one sample x [C, HW]: GroupNorm is y = x sc[c] + sh[c]. */
-static void gn_coefs(float *sc, float *sh, const float *x, const float *gamma, const float *beta,
-                     int g, int cg, int HW, float eps)
+ * cg - 1) of one sample x [C, HW]: GroupNorm is y = x sc[c] + sh[c]; the
+ * group's mean and 1 / sqrt(var + eps) into *mean, *inv. */
+static void gn_coefs(float *sc, float *sh, double *mean, double *inv, const float *x,
+                     const float *gamma, const float *beta, int g, int cg, int HW, float eps)
 {
-    double mean, inv;
-    dfx_cpu_kernels_get()->gn_stats(x + (size_t)g * cg * HW, (size_t)cg * HW, eps, &mean, &inv);
+    dfx_cpu_kernels_get()->gn_stats(x + (size_t)g * cg * HW, (size_t)cg * HW, eps, mean, inv);
     for (int c = 0; c < cg; c++) {
         const int ch = g * cg + c;
-        sc[c] = (float)(inv * gamma[ch]);
-        sh[c] = (float)(beta[ch] - mean * inv * gamma[ch]);
+        sc[c] = (float)(*inv * gamma[ch]);
+        sh[c] = (float)(beta[ch] - *mean * *inv * gamma[ch]);
     }
 }
 
@@ -296,11 +288,12 @@ static void gn_group(float *y, const float *x, const float *gamma, const float *
                      int cg, int HW, float eps, int act)
 {
     const size_t off = (size_t)g * cg * HW;
+    const dfx_cpu_kernels *kn = dfx_cpu_kernels_get();
     float sc[cg], sh[cg];
-    gn_coefs(sc, sh, x, gamma, beta, g, cg, HW, eps);
+    double mean, inv;
+    gn_coefs(sc, sh, &mean, &inv, x, gamma, beta, g, cg, HW, eps);
     for (int c = 0; c < cg; c++)
-        dfx_cpu_kernels_get()->gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW,
-                                        sc[c], sh[c], act);
+        kn->gn_apply(y + off + (size_t)c * HW, x + off + (size_t)c * HW, HW, sc[c], sh[c], act);
 }
 
 void dfx_cpu_group_norm(dfx_backend *be, float *y, const float *x, const float *gamma,
@@ -340,7 +333,8 @@ void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *ga
         dfx_cpu_conv3_pad(xp, xb, 0, Cin, H, W);
         for (int g = 0; g < groups; g++) {
             float sc[cg], sh[cg];
-            gn_coefs(sc, sh, xb, gamma, beta, g, cg, HW, eps);
+            double mean, inv;
+            gn_coefs(sc, sh, &mean, &inv, xb, gamma, beta, g, cg, HW, eps);
             for (int c = 0; c < cg; c++) {
                 float *p = dfx_cpu_conv3_plane(xp, g * cg + c, H, W);
                 kn->gn_apply(p, p, (H - 1) * Wp + W, sc[c], sh[c], act);
@@ -352,8 +346,8 @@ void dfx_cpu_gn_conv3(dfx_backend *be, float *y, const float *x, const float *ga
     }
 }
 
-/* The tangent of dfx_cpu_group_norm, with the same statistics (same sums
- * in the same order) and the same forward value v at which SiLU' is taken. */
+/* The tangent of dfx_cpu_group_norm, with the same statistics and
+ * coefficients (gn_coefs) and the forward value v at which SiLU' is taken. */
 void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const float *dx,
                             const float *gamma, const float *beta, int B, int C, int HW,
                             int groups, float eps, int act)
@@ -367,8 +361,9 @@ void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const fl
         int b = bg / groups, g = bg % groups;
         size_t off = ((size_t)b * C + (size_t)g * cg) * HW;
         const float *xs = x + off, *ds = dx + off;
+        float sc[cg], sh[cg];
         double mean, inv;
-        dfx_cpu_kernels_get()->gn_stats(xs, n, eps, &mean, &inv);
+        gn_coefs(sc, sh, &mean, &inv, x + (size_t)b * C * HW, gamma, beta, g, cg, HW, eps);
         /* mean(dx) and mean(xh dx), xh = (x - mean) inv */
         double sd = 0.0, sxd = 0.0;
         for (size_t i = 0; i < n; i++) {
@@ -378,13 +373,13 @@ void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const fl
         const double dmean = sd / (double)n, cxd = sxd * inv / (double)n;
         for (int c = 0; c < cg; c++) {
             int ch = g * cg + c;
-            float sc = (float)(inv * gamma[ch]), sh = (float)(beta[ch] - mean * inv * gamma[ch]);
             const float *xc = xs + (size_t)c * HW, *dc = ds + (size_t)c * HW;
             float *yc = dy + off + (size_t)c * HW;
             for (int i = 0; i < HW; i++) {
                 double xh = (xc[i] - mean) * inv;
                 double dv = gamma[ch] * inv * (dc[i] - dmean - xh * cxd);
-                if (act) dv *= dsilu(xc[i] * sc + sh); /* the forward's v */
+                /* the forward's v, to rounding (the kernels fuse its multiply-add) */
+                if (act) dv *= dsilu(xc[i] * sc[c] + sh[c]);
                 yc[i] = (float)dv;
             }
         }
@@ -531,6 +526,8 @@ void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *PT = scratch + (size_t)tid() * thr, *gs = PT + (size_t)HW * HW, *D = PT + pt;
+        /* 2 HW floats hold HW doubles, aligned: the offsets before them (2 HW^2
+         * + K nr + 256 floats per thread, nr even) are all even */
         double *dot = (double *)(void *)(D + (size_t)HW * HW);
         const float *base = qkv + (size_t)b * 3 * C * HW, *dbase = dqkv + (size_t)b * 3 * C * HW;
         for (int h = 0; h < heads; h++) {
