@@ -100,36 +100,40 @@ static void rows_left(float *y, size_t ldy, const float *w, int M, size_t K, con
     }
 }
 
-/* GroupNorm statistics of n values from double sums in eight lanes (value
- * i into lane i mod 8, the lanes added in a fixed tree): the same sums on
- * every vector width. A float mean of 100 with unit variance keeps 11 of
- * double's 16 digits in E[x^2] - mean^2. */
-static void gn_stats(const float *xs, size_t n, float eps, double *mean, double *inv)
+/* Sum of n values (or of their squared deviations from c, if sq) in double
+ * in eight lanes (value i into lane i mod 8, the lanes added in a fixed
+ * tree): the same sum on every vector width. */
+static double lane_sum(const float *xs, size_t n, double c, int sq)
 {
-    double s[8] = {0}, s2[8] = {0};
+    double s[8] = {0};
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            const double v = xs[i + j];
-            s[j] += v;
-            s2[j] += v * v;
+            const double v = xs[i + j] - c;
+            s[j] += sq ? v * v : v;
         }
     for (int j = 0; i < n; i++, j++) {
-        const double v = xs[i];
-        s[j] += v;
-        s2[j] += v * v;
+        const double v = xs[i] - c;
+        s[j] += sq ? v * v : v;
     }
-    const double t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    const double t2 = ((s2[0] + s2[1]) + (s2[2] + s2[3])) + ((s2[4] + s2[5]) + (s2[6] + s2[7]));
-    const double m = t / (double)n;
-    double var = t2 / (double)n - m * m;
-    if (var < 0) var = 0;
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* GroupNorm statistics of n values in two passes, as the CUDA backend
+ * computes them: the mean, then the mean squared deviation from it (no
+ * cancellation, whatever the mean; E[x^2] - mean^2 would lose digits when
+ * the mean is large against the spread). */
+static void gn_stats(const float *xs, size_t n, float eps, double *mean, double *inv)
+{
+    const double m = lane_sum(xs, n, 0.0, 0) / (double)n;
+    const double var = lane_sum(xs, n, m, 1) / (double)n;
     *mean = m;
     *inv = 1.0 / __builtin_sqrt(var + (double)eps);
 }
 
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
+typedef uint32_t vu __attribute__((vector_size(VW * sizeof(uint32_t))));
 
 /* exp(x) on a vector, in a form without calls or branches: x = k ln2 + r
  * with |r| <= ln2 / 2 (k by the round-to-nearest trick of adding 1.5 *
@@ -137,7 +141,7 @@ typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
  * 6e-9 relative), times 2^k built in the exponent bits: within 2 ulp of
  * expf. x is clamped to [-87, 88], where 2^k stays a normal float, by masks
  * (a select would let the compiler split the whole computation into one
- * copy per case). Elementwise: a value depends neither on the vector width
+ * copy per case); NaN stays NaN. Elementwise: a value depends neither on the vector width
  * nor on its place in the vector. */
 static inline vf exp_vec(vf x)
 {
@@ -154,7 +158,11 @@ static inline vf exp_vec(vf x)
     p = 0.5f + r * p;
     p = 1.0f + r * p;
     p = 1.0f + r * p;
-    return p * (vf)((__builtin_convertvector(kf, vi) + 127) << 23);
+    /* a NaN x gives a NaN p; its k becomes 0 before the conversion, which
+     * would be undefined for NaN (and the shift for the negative result) */
+    const vi finite = kf == kf;
+    const vi k = __builtin_convertvector((vf)((vi)kf & finite), vi);
+    return p * (vf)((vu)(k + 127) << 23);
 }
 
 /* SiLU(v) = v / (1 + exp(-v)) */

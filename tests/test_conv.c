@@ -10,6 +10,7 @@
  * instruction-set path the CPU has (DIFFLUX_ISA, tests/isa.sh). */
 #include "backend.h"
 #include "check.h"
+#include "cpu_isa.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -136,6 +137,46 @@ int main(void)
                same ? "identical" : "DIFFERENT");
         CHECK(same, "gn_conv3 (silu %d) differs from group_norm then conv2d", act);
         free(x), free(t), free(w), free(bias), free(y1), free(y2), free(scr);
+    }
+    /* GroupNorm statistics against two passes in long double, on values
+     * whose mean is a million times their spread: E[x^2] - mean^2 in
+     * double would be off by about 1e-3 here */
+    {
+        enum { GN = 3000 };
+        float *x = malloc(GN * sizeof(float));
+        for (int i = 0; i < GN; i++) x[i] = 3.0e6f + 2.0f * urand();
+        long double m = 0, v = 0;
+        for (int i = 0; i < GN; i++) m += x[i];
+        m /= GN;
+        for (int i = 0; i < GN; i++) v += (x[i] - m) * (x[i] - m);
+        v /= GN;
+        const double inv_ref = (double)(1.0L / sqrtl(v + 1e-5L));
+        double mean, inv;
+        dfx_cpu_kernels_get()->gn_stats(x, GN, 1e-5f, &mean, &inv);
+        const double em = fabs(mean - (double)m) / (double)m, ei = fabs(inv / inv_ref - 1.0);
+        printf("group_norm statistics, mean 3e6 spread 1.2: relative error %.1e (mean), "
+               "%.1e (1/sd)\n", em, ei);
+        CHECK(em < 1e-13 && ei < 1e-10, "GroupNorm statistics lose digits: %.1e, %.1e", em, ei);
+        free(x);
+    }
+    /* a NaN activation gives NaN in its group (through SiLU's exp), and
+     * leaves the other groups alone: no undefined conversion on the way */
+    {
+        enum { NC = 4, NHW = 37 };
+        float x[NC * NHW], y[NC * NHW], gamma[NC], beta[NC];
+        for (int i = 0; i < NC * NHW; i++) x[i] = urand();
+        for (int i = 0; i < NC; i++) gamma[i] = 1.0f, beta[i] = 0.0f;
+        x[5] = NAN;
+        be2->ops->group_norm(be2, y, x, gamma, beta, 1, NC, NHW, 2, 1e-5f, 1);
+        int nan_first = 1, finite_rest = 1;
+        for (int i = 0; i < NC * NHW; i++) {
+            if (i < NC / 2 * NHW) nan_first &= isnan(y[i]);
+            else finite_rest &= isfinite(y[i]);
+        }
+        printf("group_norm+silu with a NaN input: %s\n",
+               nan_first && finite_rest ? "NaN in its group only" : "WRONG");
+        CHECK(nan_first && finite_rest, "a NaN input: NaN group %d, finite rest %d", nan_first,
+              finite_rest);
     }
     dfx_backend_destroy(be1);
     dfx_backend_destroy(be2);
