@@ -21,6 +21,9 @@
  *    ahead of the GPU).
  *  - Results handed to the host (err_norm, count_nonfinite, download) are
  *    copied and the stream is synchronised before returning.
+ *  - free does not synchronise: queued kernels may still read the memory,
+ *    so the pointer is held back and cudaFree'd the next time the stream
+ *    drains anyway (cu_free).
  *  - Per-row work is done by one block (or warp) per row in a fixed order,
  *    so results do not depend on the batch size, like the CPU backend.
  *
@@ -93,6 +96,8 @@ extern "C" {
 
 #define DFX_CUDA_BLOCK 256     /* threads per block; a multiple of 32       */
 #define DFX_CUDA_SLOTS 4       /* coefficient staging slots in flight       */
+#define DFX_CUDA_DEFER 64      /* frees held back before the backend drains the
+                                * stream to release them (cu_free)        */
 #define DFX_CUDA_BLAS_WORKSPACE ((size_t)32 << 20) /* cuBLAS workspace, bytes
                                     * (NVIDIA's recommendation for Hopper) */
 #ifndef DFX_CUDA_MAX_GRID
@@ -185,6 +190,8 @@ typedef struct cu_impl {
     int precision;       /* DFX_PRECISION_* (set_precision)                 */
     double peak[3];      /* measured GEMM rate per precision, GFLOP/s       */
     dfx_backend_ops ops; /* this backend's table (be->ops points here) */
+    void **defer;        /* cu_free'd, cudaFree'd once the stream drains    */
+    int ndefer, capdefer;
     int failed;        /* a void op could not queue its work */
     dfx_error pending; /* ... and why (sticky) */
 } cu_impl;
@@ -272,13 +279,38 @@ static unsigned blocks_for(size_t n, size_t per_block)
     return (unsigned)b;
 }
 
+/* cudaFree of the pointers cu_free held back (none of the stream's work
+ * can still use them: called right after the stream has drained). Not in
+ * a graph pass, where cudaFree would break a capture. */
+static void release_deferred(cu_impl *cu)
+{
+    if (cu->gmode != GM_NONE) return;
+    for (int i = 0; i < cu->ndefer; i++) {
+        cudaError_t ce = cudaFree(cu->defer[i]);
+        if (ce != cudaSuccess) {
+            dfx_error e;
+            cu_fail(&e, "free", "cudaFree", ce, __LINE__);
+            cu_record(cu, &e);
+        }
+    }
+    cu->ndefer = 0;
+}
+
+/* Waits for the stream's queued work, then releases the held-back frees. */
+static int drain(cu_impl *cu, const char *op, dfx_error *err)
+{
+    CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
+    release_deferred(cu);
+    return 0;
+}
+
 /* Device scratch of at least `bytes`. Growing frees the old buffer, which
  * queued kernels may still use: synchronise first. */
 static int work_reserve(cu_impl *cu, size_t bytes, const char *op, dfx_error *err)
 {
     if (bytes <= cu->work_cap) return 0;
     size_t cap = cu->work_cap * 2 > bytes ? cu->work_cap * 2 : bytes;
-    CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
+    if (drain(cu, op, err)) return -1;
     if (cu->work) CU_TRY(op, err, cudaFree(cu->work));
     cu->work = NULL;
     cu->work_cap = 0;
@@ -297,7 +329,7 @@ static int slot_reserve(cu_impl *cu, stage_slot *sl, size_t doubles, const char 
     /* The copy out of the pinned half, and queued kernels that may still
      * read the device half, must have finished. */
     CU_TRY(op, err, cudaEventSynchronize(sl->done));
-    CU_TRY(op, err, cudaStreamSynchronize(cu->stream));
+    if (drain(cu, op, err)) return -1;
     if (sl->host) CU_TRY(op, err, cudaFreeHost(sl->host));
     if (sl->dev) CU_TRY(op, err, cudaFree(sl->dev));
     sl->host = NULL;
@@ -476,34 +508,56 @@ static __device__ double block_max(double v, double *sh)
 
 /* --------------------------------------------------------------- memory */
 
-/* CPU twin: cpu_alloc. NULL on failure (callers report out of memory). */
+/* CPU twin: cpu_alloc. NULL on failure (callers report out of memory).
+ * When memory runs out while frees are held back (cu_free), the stream is
+ * drained, they are released, and the allocation is tried again. */
 static void *cu_alloc(dfx_backend *be, size_t bytes)
 {
-    (void)be;
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+    cu_impl *cu = impl_of(be);
+    for (int attempt = 0;; attempt++) {
+        void *p = NULL;
+        if (cudaMalloc(&p, bytes ? bytes : 256) == cudaSuccess) return p;
         (void)cudaGetLastError(); /* not sticky: clear it */
-        return NULL;
+        dfx_error e;
+        if (attempt > 0 || cu->ndefer == 0 || cu->gmode != GM_NONE || drain(cu, "alloc", &e))
+            return NULL;
     }
-    return p;
 }
 
-/* CPU twin: cpu_free. Queued kernels may still use p: synchronise first. */
+/* CPU twin: cpu_free. Kernels queued before may still use p, and cudaFree
+ * would wait for the whole device: p is held back instead and released
+ * when the stream drains anyway (the next upload, download, sync, result
+ * read-back, or scratch growth), or after DFX_CUDA_DEFER frees, so that
+ * freeing costs no synchronisation of its own. A free inside a graph pass
+ * is held back likewise (a synchronisation there would break a capture). */
 static void cu_free(dfx_backend *be, void *p)
 {
     cu_impl *cu = impl_of(be);
     if (!p) return;
     dfx_error e;
-    cudaError_t ce = cudaStreamSynchronize(cu->stream);
-    if (ce != cudaSuccess) {
-        cu_fail(&e, "free", "cudaStreamSynchronize", ce, __LINE__);
-        cu_record(cu, &e);
+    if (cu->ndefer == cu->capdefer) {
+        const int cap = cu->capdefer ? 2 * cu->capdefer : DFX_CUDA_DEFER;
+        void **d = (void **)realloc(cu->defer, (size_t)cap * sizeof *d);
+        if (!d) { /* no host memory for the list: the old way, at once */
+            if (cu->gmode != GM_NONE) {
+                dfx_fail(&e, "cuda free: out of host memory inside a graph pass");
+                cu_record(cu, &e);
+                return;
+            }
+            cudaError_t ce = cudaStreamSynchronize(cu->stream);
+            if (ce == cudaSuccess) ce = cudaFree(p);
+            if (ce != cudaSuccess) {
+                cu_fail(&e, "free", "cudaFree", ce, __LINE__);
+                cu_record(cu, &e);
+            }
+            return;
+        }
+        cu->defer = d;
+        cu->capdefer = cap;
     }
-    ce = cudaFree(p);
-    if (ce != cudaSuccess) {
-        cu_fail(&e, "free", "cudaFree", ce, __LINE__);
+    cu->defer[cu->ndefer++] = p;
+    if (cu->ndefer >= DFX_CUDA_DEFER && cu->gmode == GM_NONE && drain(cu, "free", &e))
         cu_record(cu, &e);
-    }
 }
 
 /* CPU twin: cpu_copy. Synchronous: src may be reused on return. */
@@ -513,8 +567,7 @@ static int cu_upload(dfx_backend *be, void *dst, const void *src, size_t bytes, 
     if (cu_outside_graph(cu, "upload", err) || cu_check_pending(cu, err)) return -1;
     if (!bytes) return 0;
     CU_TRY("upload", err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu->stream));
-    CU_TRY("upload", err, cudaStreamSynchronize(cu->stream));
-    return 0;
+    return drain(cu, "upload", err);
 }
 
 /* CPU twin: cpu_copy. Waits for queued work that writes src. */
@@ -526,8 +579,7 @@ static int cu_download(dfx_backend *be, void *dst, const void *src, size_t bytes
     if (!bytes) return 0;
     CU_TRY("download", err,
            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
-    CU_TRY("download", err, cudaStreamSynchronize(cu->stream));
-    return 0;
+    return drain(cu, "download", err);
 }
 
 /* CPU twin: cpu_sync. */
@@ -535,7 +587,7 @@ static int cu_sync(dfx_backend *be, dfx_error *err)
 {
     cu_impl *cu = impl_of(be);
     if (cu_outside_graph(cu, "sync", err)) return -1;
-    CU_TRY("sync", err, cudaStreamSynchronize(cu->stream));
+    if (drain(cu, "sync", err)) return -1;
     CU_TRY("sync", err, cudaGetLastError());
     return cu_check_pending(cu, err);
 }
@@ -555,19 +607,28 @@ typedef struct lincomb_args {
  * CPU's order with the CPU's roundings (__dmul_rn / __dadd_rn are never
  * fused into an FMA), so the result is the CPU's to the bit. A zero
  * coefficient skips its load. Each element is read and then written by the
- * same thread, so out may alias any x_i (no __restrict__). */
+ * same thread, so out may alias any x_i (no __restrict__).
+ *
+ * The loops over the terms are unrolled to DFX_LINCOMB_MAX with constant
+ * indices: p.x[i] is then read straight from the parameter bank and a row's
+ * coefficients stay in registers. (A run-time index into the by-value
+ * array would copy p into a local-memory stack frame, 104 bytes, and
+ * reload the pointers from it for every element.) */
 static __global__ void k_lincomb(lincomb_args p)
 {
     for (int r = blockIdx.y; r < p.rows; r += gridDim.y) {
         const size_t row = (size_t)r * p.cols;
         const double b = p.c0 ? p.c0[r] : 0.0;
+        double c[DFX_LINCOMB_MAX];
+#pragma unroll
+        for (int i = 0; i < DFX_LINCOMB_MAX; i++)
+            c[i] = i < p.k ? p.coef[(size_t)i * p.rows + r] : 0.0;
         for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < p.cols;
              j += (size_t)gridDim.x * blockDim.x) {
             double acc = b;
-            for (int i = 0; i < p.k; i++) {
-                const double c = p.coef[(size_t)i * p.rows + r];
-                if (c != 0.0) acc = __dadd_rn(acc, __dmul_rn(c, (double)p.x[i][row + j]));
-            }
+#pragma unroll
+            for (int i = 0; i < DFX_LINCOMB_MAX; i++)
+                if (c[i] != 0.0) acc = __dadd_rn(acc, __dmul_rn(c[i], (double)p.x[i][row + j]));
             p.out[row + j] = (float)acc;
         }
     }
@@ -683,8 +744,7 @@ static int cu_err_norm(dfx_backend *be, const float *e, const float *x0, const f
     CU_TRY("err_norm", err,
            cudaMemcpyAsync(out_host, dres, (size_t)rows * sizeof(double),
                            cudaMemcpyDeviceToHost, cu->stream));
-    CU_TRY("err_norm", err, cudaStreamSynchronize(cu->stream));
-    return 0;
+    return drain(cu, "err_norm", err);
 }
 
 /* ------------------------------------------------------ count_nonfinite */
@@ -719,7 +779,7 @@ static int cu_count_nonfinite(dfx_backend *be, const float *x, size_t n, size_t 
     CU_TRY("count_nonfinite", err,
            cudaMemcpyAsync(&host, cu->counter, sizeof host, cudaMemcpyDeviceToHost,
                            cu->stream));
-    CU_TRY("count_nonfinite", err, cudaStreamSynchronize(cu->stream));
+    if (drain(cu, "count_nonfinite", err)) return -1;
     *count = (size_t)host;
     return 0;
 }
@@ -1135,7 +1195,12 @@ static void cu_conv2d(dfx_backend *be, float *y, const float *x, const float *w,
 /* ----------------------------------------------------------- group_norm */
 
 /* The mean of a GroupNorm group and 1 / sqrt(var + eps), by the whole
- * block: two passes in double (the forward and its tangent share it). */
+ * block, in two passes over the group in double: the mean first, then the
+ * sum of squared deviations from it, var = sum (x - mean)^2 / n (biased).
+ * No E[x^2] - mean^2, which cancels when the mean is large against the
+ * spread. The CPU (host/cpu_kernels.c) computes the same two
+ * sums in double, in another order of summation: the statistics agree to
+ * double rounding, not to the bit. The forward and its tangent share this. */
 static __device__ void gn_block_stats(const float *xs, size_t n, float eps, double *sh,
                                       double *mean, double *inv)
 {
@@ -1152,9 +1217,10 @@ static __device__ void gn_block_stats(const float *xs, size_t n, float eps, doub
     *inv = 1.0 / sqrt(s2 / (double)n + (double)eps);
 }
 
-/* One block per (sample, group): mean, then the biased variance about it
- * (two passes, in double), then y = x sc + sh per channel with sc, sh
- * rounded to float exactly as the CPU rounds them (no FMA anywhere). */
+/* One block per (sample, group): the statistics (gn_block_stats: mean,
+ * then the biased variance about it, two passes in double), then
+ * y = x sc + sh per channel with sc, sh rounded to float exactly as the CPU
+ * rounds them (no FMA anywhere). */
 static __global__ void k_group_norm(float *y, const float *x, const float *gamma,
                                     const float *beta, int B, int C, int HW, int groups,
                                     float eps, int act)
@@ -1632,27 +1698,61 @@ static void cu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, con
  * folding of it) gives the CPU. */
 #define DFX_LN_10000 0x1.26bb1bbb55516p+3
 
+/* pi / 2 in three parts (the first two exact in double, their sum within
+ * 2^-160 of pi / 2), 2 / pi and 1 / pi, correctly rounded. */
+#define DFX_PIO2_1 0x1.921fb54442d18p+0
+#define DFX_PIO2_2 0x1.1a62633145c07p-54
+#define DFX_PIO2_3 -0x1.f1976b7ed8fbcp-110
+#define DFX_2_PI 0x1.45f306dc9c883p-1
+#define DFX_1_PI 0x1.45f306dc9c883p-2
+
+/* sin and cos of a in double, for |a| < 2^30. The library's sin / cos carry
+ * a Payne-Hanek reduction for huge arguments (a 40-byte local stack frame
+ * in every kernel that calls them, and a long branch); time embeddings
+ * never need it (|a| <= t scale). Here a = k pi/2 + r by Cody-Waite: a - k
+ * P1 is exact (a and k P1 are multiples of 2^-52 within 2 of each other,
+ * or k = 0), the P2 and P3 terms round once each, so r carries a relative
+ * error near 2^-53, as a correctly reduced argument would; sincospi(r / pi)
+ * on |r| <= pi/4 needs no reduction of its own; k mod 4 picks the signs. */
+static __device__ __forceinline__ void sincos_moderate(double a, double *sn, double *cs)
+{
+    const double k = rint(a * DFX_2_PI);
+    double r = fma(-k, DFX_PIO2_1, a);
+    r = fma(-k, DFX_PIO2_2, r);
+    r = fma(-k, DFX_PIO2_3, r);
+    double s, c;
+    sincospi(r * DFX_1_PI, &s, &c);
+    switch ((int)((long long)k & 3)) {
+    case 0: *sn = s; *cs = c; break;
+    case 1: *sn = c; *cs = -s; break;
+    case 2: *sn = -s; *cs = -c; break;
+    default: *sn = -c; *cs = s; break;
+    }
+}
+
 /* y[b, i] = sin(u f_i), y[b, half + i] = cos(u f_i), u = t[b] scale,
- * f_i = exp(-ln(10000) i / half): nn_cpu.c's expression, in double. */
+ * f_i = exp(-ln(10000) i / half): nn_cpu.c's expression, in double (the
+ * sine and cosine through sincos_moderate). */
 static __global__ void k_time_embed(float *y, const double *t, int B, int dim, double scale)
 {
     const int half = dim / 2;
-    const size_t total = (size_t)B * half;
-    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total;
-         p += (size_t)gridDim.x * blockDim.x) {
-        const size_t b = p / half;
-        const int i = (int)(p % half);
+    const int total = B * half; /* time_embed_queue: fits an int */
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < total; p += gridDim.x * blockDim.x) {
+        const int b = p / half, i = p % half;
         const double u = t[b] * scale;
         const double f = exp(-DFX_LN_10000 * (double)i / (double)half);
-        const double a = u * f;
-        y[b * dim + i] = (float)sin(a);
-        y[b * dim + half + i] = (float)cos(a);
+        double sn, cs;
+        sincos_moderate(u * f, &sn, &cs);
+        y[(size_t)b * dim + i] = (float)sn;
+        y[(size_t)b * dim + half + i] = (float)cs;
     }
 }
 
 static int time_embed_queue(cu_impl *cu, float *y, const double *t, int B, int dim,
                             double scale, dfx_error *err)
 {
+    if ((size_t)B * (size_t)(dim / 2) > (size_t)INT_MAX)
+        return dfx_fail(err, "cuda time_embed: %d x %d values", B, dim);
     const double *src[1] = {t};
     const size_t n[1] = {(size_t)B};
     const double *dev[1];
@@ -1881,6 +1981,8 @@ static void cu_graph_free(dfx_backend *be, dfx_graph *g)
     if (ce != cudaSuccess) {
         cu_fail(&e, "graph_free", "cudaStreamSynchronize", ce, __LINE__);
         cu_record(cu, &e);
+    } else {
+        release_deferred(cu);
     }
     if (g->exec) (void)cudaGraphExecDestroy(g->exec);
     if (g->dev) {
@@ -1913,6 +2015,8 @@ static void cu_destroy(dfx_backend *be)
             cu->graph = NULL;
         }
         if (cu->stream) (void)cudaStreamSynchronize(cu->stream);
+        for (int i = 0; i < cu->ndefer; i++) (void)cudaFree(cu->defer[i]);
+        free(cu->defer);
         for (int i = 0; i < DFX_CUDA_SLOTS; i++) {
             stage_slot *sl = &cu->slot[i];
             if (sl->host) (void)cudaFreeHost(sl->host);
@@ -2068,14 +2172,36 @@ extern "C" int dfx_cuda_device_count(void)
     return n > 0 ? n : 0;
 }
 
+/* The CUDA architectures this build carries (CMAKE_CUDA_ARCHITECTURES). */
+#ifndef DFX_CUDA_ARCHS
+#define DFX_CUDA_ARCHS "?"
+#endif
+
+/* "driver CUDA 12.4, runtime CUDA 13.0", or that there is no driver. */
+static void driver_versions(char *buf, size_t n)
+{
+    int dv = 0, rv = 0;
+    (void)cudaDriverGetVersion(&dv);
+    (void)cudaRuntimeGetVersion(&rv);
+    (void)cudaGetLastError();
+    if (dv == 0)
+        snprintf(buf, n, "no NVIDIA driver loaded; runtime CUDA %d.%d", rv / 1000, rv % 1000 / 10);
+    else
+        snprintf(buf, n, "driver CUDA %d.%d, runtime CUDA %d.%d%s", dv / 1000, dv % 1000 / 10,
+                 rv / 1000, rv % 1000 / 10,
+                 dv < rv ? ": the driver is too old for this build, update it" : "");
+}
+
 extern "C" dfx_backend *dfx_backend_cuda_create(dfx_error *err)
 {
     int n = 0;
+    char ver[160];
     cudaError_t ce = cudaGetDeviceCount(&n);
     if (ce != cudaSuccess || n <= 0) {
         (void)cudaGetLastError();
-        dfx_fail(err, "--device cuda: no CUDA device found (cudaGetDeviceCount: %s)",
-                 ce != cudaSuccess ? cudaGetErrorString(ce) : "0 devices");
+        driver_versions(ver, sizeof ver);
+        dfx_fail(err, "--device cuda: no CUDA device found (cudaGetDeviceCount: %s; %s)",
+                 ce != cudaSuccess ? cudaGetErrorString(ce) : "0 devices", ver);
         return NULL;
     }
     /* The current device (0 unless the caller chose one). Check that this
@@ -2091,11 +2217,22 @@ extern "C" dfx_backend *dfx_backend_cuda_create(dfx_error *err)
     cudaFuncAttributes fa;
     if ((ce = cudaFuncGetAttributes(&fa, k_lincomb)) != cudaSuccess) {
         (void)cudaGetLastError();
-        dfx_fail(err,
-                 "--device cuda: this build has no code for %s (compute capability %d.%d): "
-                 "%s; reconfigure with -DCMAKE_CUDA_ARCHITECTURES=%d%d",
-                 prop.name, prop.major, prop.minor, cudaGetErrorString(ce), prop.major,
-                 prop.minor);
+        driver_versions(ver, sizeof ver);
+        if (ce == cudaErrorUnsupportedPtxVersion || ce == cudaErrorInsufficientDriver)
+            dfx_fail(err,
+                     "--device cuda: %s (compute capability %d.%d) has no machine code in this "
+                     "build (CUDA architectures %s) and its driver cannot compile the build's "
+                     "PTX: %s (%s); update the driver, or reconfigure with "
+                     "-DCMAKE_CUDA_ARCHITECTURES=%d%d",
+                     prop.name, prop.major, prop.minor, DFX_CUDA_ARCHS, cudaGetErrorString(ce),
+                     ver, prop.major, prop.minor);
+        else
+            dfx_fail(err,
+                     "--device cuda: this build has no code for %s (compute capability %d.%d; "
+                     "built for CUDA architectures %s): %s; reconfigure with "
+                     "-DCMAKE_CUDA_ARCHITECTURES=%d%d (or add %d%d to that list)",
+                     prop.name, prop.major, prop.minor, DFX_CUDA_ARCHS, cudaGetErrorString(ce),
+                     prop.major, prop.minor, prop.major, prop.minor);
         return NULL;
     }
 
