@@ -1,6 +1,7 @@
 /* The model config: JSON stored in the safetensors __metadata__ (models/FORMAT.md). */
 #include "error.h"
 #include "model.h"
+#include "safetensors.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -67,8 +68,10 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
 {
     memset(c, 0, sizeof *c);
     if (!json) return dfx_fail(err, "%s: no difflux config in the file's __metadata__", file);
-    c->root = cJSON_Parse(json);
-    if (!c->root) return dfx_fail(err, "%s: the config in __metadata__ is not valid JSON", file);
+    /* strict: no duplicate keys, nothing after the value, every number a
+     * finite float32 (the walk names the key at fault) */
+    c->root = dfx_json_parse_strict(json, strlen(json), 1, file, err);
+    if (!c->root) return -1;
     const cJSON *r = c->root;
     if (!cJSON_IsObject(r)) goto bad;
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(r, "version");
@@ -104,7 +107,7 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
         }
         c->range_lo = cJSON_GetArrayItem(rg, 0)->valuedouble;
         c->range_hi = cJSON_GetArrayItem(rg, 1)->valuedouble;
-        if (!(c->range_hi > c->range_lo)) {
+        if (!((float)c->range_hi > (float)c->range_lo)) { /* as float32, too */
             dfx_fail(err, "%s: config: data.range must have low < high", file);
             goto fail;
         }

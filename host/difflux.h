@@ -161,10 +161,18 @@ typedef struct dfx_model_info {
 } dfx_model_info;
 
 dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err);
+/* The same from a file image in memory (size bytes at buf, not kept after
+ * the call); `name` stands for the file in messages. */
+dfx_model *dfx_model_load_mem(const void *buf, size_t size, const char *name, dfx_backend *be,
+                              dfx_error *err);
 void dfx_model_free(dfx_model *m);
 const dfx_model_info *dfx_model_get_info(const dfx_model *m);
 /* Write a human-readable description (architecture, tensors, provenance). */
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap);
+/* Bytes of scratch that evaluating batches of up to `rows` allocates
+ * (activations, convolution and attention scratch, conversion buffers),
+ * without allocating them: what a run needs beyond the weights. */
+size_t dfx_model_scratch_bytes(const dfx_model *m, int rows);
 /* Class conditioning: a class 0..K-1, DFX_CLASS_NONE (unconditional) or
  * DFX_CLASS_CYCLE (sample i gets class i mod K); guidance w mixes the
  * conditional and unconditional predictions as P_u + w (P_c - P_u)
@@ -454,7 +462,7 @@ typedef struct dfx_grid_layout {
 } dfx_grid_layout;
 
 /* n images [n, C, H, W] in data space; value v maps to pixel
- * 255 * clamp((v - lo) / (hi - lo), 0, 1). C must be 1 or 3. Written to a
+ * 255 * clamp((v - lo) / (hi - lo), 0, 1). C must be 1, 3 or 4. Written to a
  * temporary name and renamed, so a failure never leaves a partial file. */
 int dfx_write_png_grid(const char *file, const float *images, int n, int channels, int height,
                        int width, double lo, double hi, const dfx_grid_layout *layout,

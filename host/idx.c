@@ -1,9 +1,11 @@
 /* IDX files (the MNIST format), plain or gzip-compressed, through zlib. */
 #include "error.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 static int read_u32(gzFile g, uint32_t *v)
@@ -17,8 +19,14 @@ static int read_u32(gzFile g, uint32_t *v)
 static int read_idx(const char *file, uint32_t magic, int ndim, uint32_t *dims,
                     uint8_t **out, dfx_error *err)
 {
-    gzFile g = gzopen(file, "rb");
-    if (!g) return dfx_fail(err, "cannot open '%s': %s", file, strerror(errno));
+    *out = NULL;
+    int fd = dfx_open_regular(file, "IDX file", NULL, err);
+    if (fd < 0) return -1;
+    gzFile g = gzdopen(fd, "rb");
+    if (!g) {
+        close(fd);
+        return dfx_fail(err, "%s: cannot read: out of memory", file);
+    }
     uint32_t mg = 0;
     int rc = -1;
     size_t total = 1;
@@ -32,30 +40,41 @@ static int read_idx(const char *file, uint32_t magic, int ndim, uint32_t *dims,
             dfx_fail(err, "%s: bad dimension %d in the IDX header", file, i);
             goto done;
         }
+        /* three dimensions of up to 2^24 overflow 64 bits: check each product */
+        if (total > ((size_t)1 << 32) / dims[i]) {
+            dfx_fail(err, "%s: IDX data too large (more than 2^32 bytes)", file);
+            goto done;
+        }
         total *= dims[i];
     }
-    if (total > ((size_t)1 << 32)) {
-        dfx_fail(err, "%s: IDX data too large", file);
-        goto done;
-    }
-    *out = malloc(total);
-    if (!*out) {
-        dfx_fail(err, "%s: out of memory", file);
-        goto done;
-    }
-    size_t got = 0;
+    /* The buffer grows with the data that actually arrives, so a header
+     * that claims gigabytes costs only what the file holds. */
+    size_t got = 0, cap = 0;
+    uint8_t *buf = NULL;
     while (got < total) {
-        unsigned chunk = (unsigned)((total - got) > (1u << 30) ? (1u << 30) : (total - got));
-        int r = gzread(g, *out + got, chunk);
+        if (got == cap) {
+            size_t nc = cap ? 2 * cap : ((size_t)1 << 16);
+            if (nc > total) nc = total;
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) {
+                free(buf);
+                dfx_fail(err, "%s: out of memory", file);
+                goto done;
+            }
+            buf = nb;
+            cap = nc;
+        }
+        size_t want = cap - got < (1u << 30) ? cap - got : (1u << 30);
+        int r = gzread(g, buf + got, (unsigned)want);
         if (r <= 0) break;
         got += (size_t)r;
     }
     if (got != total) {
-        free(*out);
-        *out = NULL;
+        free(buf);
         dfx_fail(err, "%s: truncated IDX file (%zu of %zu bytes)", file, got, total);
         goto done;
     }
+    *out = buf;
     rc = 0;
 done:
     gzclose(g);

@@ -33,17 +33,17 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
     return m;
 }
 
-dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
+/* The model of an opened file (a path or a buffer), which it closes. */
+static dfx_model *load_opened(dfx_st_file *f, const char *file, dfx_backend *be,
+                              dfx_error *err)
 {
-    dfx_st_file f;
-    if (dfx_st_open(&f, file, err) != 0) return NULL;
     dfx_model *m = NULL;
     dfx_model_config cfg;
-    if (!f.format || strcmp(f.format, "difflux") != 0) {
+    if (!f->format || strcmp(f->format, "difflux") != 0) {
         dfx_fail(err, "%s: not a difflux model (__metadata__.format is not \"difflux\")", file);
         goto done;
     }
-    if (dfx_config_parse(&cfg, f.config, file, err) != 0) goto done;
+    if (dfx_config_parse(&cfg, f->config, file, err) != 0) goto done;
     m = dfx_model_new(be, &cfg, err);
     if (!m) {
         dfx_config_free(&cfg);
@@ -52,13 +52,13 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
     snprintf(m->file, sizeof m->file, "%s", file);
     int rc;
     if (strcmp(cfg.kind, "gmm") == 0)
-        rc = dfx_gmm_load(m, &f, err);
+        rc = dfx_gmm_load(m, f, err);
     else if (strcmp(cfg.kind, "unet") == 0)
-        rc = dfx_unet_load(m, &f, err);
+        rc = dfx_unet_load(m, f, err);
     else if (strcmp(cfg.kind, "affine") == 0)
-        rc = dfx_affine_load(m, &f, err);
+        rc = dfx_affine_load(m, f, err);
     else if (strcmp(cfg.kind, "classifier") == 0)
-        rc = dfx_classifier_load(m, &f, err);
+        rc = dfx_classifier_load(m, f, err);
     else
         rc = dfx_fail(err,
                       "%s: unknown model kind '%s' (this build knows: gmm, unet, affine, "
@@ -67,13 +67,13 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
     if (rc == 0 && cfg.start_full) {
         /* the Gaussian fitted to the path's noise end, full covariance */
         int64_t sm[1] = {(int64_t)m->dim}, ss[2] = {(int64_t)m->dim, (int64_t)m->dim};
-        rc = dfx_model_tensor(m, &f, "start.mean", 1, sm, &m->start_mean, err);
-        if (rc == 0) rc = dfx_model_tensor(m, &f, "start.scale", 2, ss, &m->start_scale, err);
+        rc = dfx_model_tensor(m, f, "start.mean", 1, sm, &m->start_mean, err);
+        if (rc == 0) rc = dfx_model_tensor(m, f, "start.scale", 2, ss, &m->start_scale, err);
         if (rc == 0 && !be->ops->linear)
             rc = dfx_fail(err, "%s: the %s backend cannot draw a full-covariance start", file,
                           be->name);
     }
-    if (rc == 0) rc = dfx_st_check_all_used(&f, err);
+    if (rc == 0) rc = dfx_st_check_all_used(f, err);
     if (rc == 0 && m->logspace && !m->analytic) {
         /* a network on the dale path sees x = exp(y) and predicts either the
          * ambient score grad_x log p ("score"; x grad_x log p + 1 is the
@@ -90,8 +90,23 @@ dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
         m = NULL;
     }
 done:
-    dfx_st_close(&f);
+    dfx_st_close(f);
     return m;
+}
+
+dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
+{
+    dfx_st_file f;
+    if (dfx_st_open(&f, file, err) != 0) return NULL;
+    return load_opened(&f, file, be, err);
+}
+
+dfx_model *dfx_model_load_mem(const void *buf, size_t size, const char *name, dfx_backend *be,
+                              dfx_error *err)
+{
+    dfx_st_file f;
+    if (dfx_st_open_mem(&f, buf, size, name, err) != 0) return NULL;
+    return load_opened(&f, name, be, err);
 }
 
 int dfx_model_tensor(dfx_model *m, dfx_st_file *f, const char *name, int ndim,

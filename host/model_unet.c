@@ -1372,3 +1372,29 @@ const char *dfx_classifier_label(const dfx_model *m, int k, char *buf, size_t ca
         snprintf(buf, cap, "%d", k);
     return buf;
 }
+
+size_t dfx_model_scratch_bytes(const dfx_model *m, int rows)
+{
+    const size_t R = rows > 1 ? (size_t)rows : 1, row = m->dim * sizeof(float);
+    /* dfx_model_reserve: the prediction, the conversion coefficients, exp(y) */
+    size_t bytes = R * row + R * 3 * sizeof(double) + (m->logspace ? R * row : 0);
+    if (m->vt != &unet_vt && m->vt != &classifier_vt) return bytes; /* O(rows) host scratch */
+    /* plan(): the activation arena, the largest op's scratch, the guidance
+     * buffer and labels; predict_graph's fixed input and output */
+    const unet_impl *u = m->impl;
+    dfx_backend *be = m->be;
+    size_t scratch = 1;
+    for (int i = 0; i < u->nops; i++) {
+        const uop *op = &u->ops[i];
+        size_t s = 0;
+        if (op->kind == U_CONV)
+            s = be->ops->conv_scratch(be, (int)R, op->cin, op->h, op->w_, op->k, op->stride,
+                                      op->pad);
+        if (op->kind == U_ATTN)
+            s = be->ops->attention_scratch(be, (int)R, op->cin, op->h * op->w_, op->heads);
+        if (s > scratch) scratch = s;
+    }
+    bytes += (u->arena_per_sample * R + scratch) * sizeof(float) + R * row + R * sizeof(int);
+    if (u->graphs) bytes += 2 * R * row;
+    return bytes;
+}

@@ -7,7 +7,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -38,6 +40,223 @@ static int json_uint(const cJSON *j, uint64_t *out)
     if (!(v >= 0.0) || v > 9007199254740992.0 || v != floor(v)) return -1;
     *out = (uint64_t)v;
     return 0;
+}
+
+/* ------------------------------------------------------- strict JSON */
+
+/* Four hex digits at s (len bytes left): their value, or -1. */
+static long hex4(const unsigned char *s, size_t len)
+{
+    if (len < 4) return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int c = s[i], d = c >= '0' && c <= '9'   ? c - '0'
+                          : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                          : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* What cJSON lets through and the format does not: a \u0000 escape (a NUL
+ * inside a C string would hide what follows it), raw control bytes in
+ * strings, and between tokens anything but JSON whitespace (cJSON skips
+ * every byte <= 32, and a byte-order mark). The offending byte in *at. */
+static const char *json_prescan(const unsigned char *s, size_t len, size_t *at)
+{
+    int in = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned c = s[i];
+        *at = i;
+        if (in) {
+            if (c == '"') {
+                in = 0;
+            } else if (c == '\\') {
+                if (i + 1 < len && s[i + 1] == 'u' && hex4(s + i + 2, len - i - 2) == 0)
+                    return "a \\u0000 (NUL) escape";
+                i++;
+            } else if (c < 0x20) {
+                return "a raw control byte inside a string";
+            }
+        } else if (c == '"') {
+            in = 1;
+        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            return "a control byte between tokens";
+        } else if (c >= 0x7f) {
+            return "a non-ASCII byte between tokens (a byte-order mark?)";
+        }
+    }
+    return NULL;
+}
+
+typedef struct json_walk {
+    const char *file;
+    int config; /* the config: numbers must be finite float32 values */
+    dfx_error *err;
+} json_walk;
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key that appears twice among an object's n children, or NULL:
+ * sorted, so a header of 200,000 tensors costs n log n comparisons. */
+static const char *duplicate_key(const cJSON *obj, int n, int *oom)
+{
+    const cJSON *a, *b;
+    if (n <= 8) {
+        for (a = obj->child; a; a = a->next)
+            for (b = a->next; b; b = b->next)
+                if (strcmp(a->string, b->string) == 0) return a->string;
+        return NULL;
+    }
+    const char **keys = malloc((size_t)n * sizeof *keys);
+    if (!keys) {
+        *oom = 1;
+        return NULL;
+    }
+    int k = 0;
+    for (a = obj->child; a; a = a->next) keys[k++] = a->string;
+    qsort(keys, (size_t)k, sizeof *keys, cmp_str);
+    const char *dup = NULL;
+    for (int i = 1; i < k && !dup; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0) dup = keys[i];
+    free(keys);
+    return dup;
+}
+
+/* Where a value sits, for messages: "unet.channel_mult[2]", or "the top level". */
+static const char *where(const char *path)
+{
+    return path[0] ? path : "the top level";
+}
+
+static int walk(const json_walk *w, const cJSON *j, char *path, size_t plen, size_t cap)
+{
+    const char *F = w->file, *P = w->config ? "config: " : "header: ";
+    if (cJSON_IsNumber(j) && w->config) {
+        double v = j->valuedouble;
+        if (!isfinite(v))
+            return dfx_fail(w->err, "%s: %s%s is not a finite number", F, P, where(path));
+        /* (float)v only within range: converting beyond it is undefined */
+        int over = fabs(v) > FLT_MAX, under = !over && v != 0.0 && (float)v == 0.0f;
+        if (over || under)
+            return dfx_fail(w->err, "%s: %s%s = %g does not fit a float32 (it would become %s)",
+                            F, P, where(path), v, under ? "0" : "Inf");
+    }
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return 0;
+    int n = 0, index = 0;
+    const cJSON *it;
+    for (it = j->child; it; it = it->next, n++) {
+        if (!cJSON_IsObject(j)) continue;
+        if (!it->string) return dfx_fail(w->err, "%s: %sa key without a name", F, P);
+        for (const unsigned char *c = (const unsigned char *)it->string; *c; c++)
+            if (*c < 0x20 || *c == 0x7f) {
+                if (!w->config && plen == 0)
+                    return dfx_fail(w->err, "%s: tensor name '%.*s...' holds the control byte 0x%02x",
+                                    F, (int)(c - (const unsigned char *)it->string), it->string,
+                                    *c);
+                return dfx_fail(w->err, "%s: %sa key in %s holds the control byte 0x%02x", F, P,
+                                where(path), *c);
+            }
+    }
+    if (cJSON_IsObject(j)) {
+        int oom = 0;
+        const char *dup = duplicate_key(j, n, &oom);
+        if (oom) return dfx_fail(w->err, "%s: out of memory", F);
+        if (dup && !w->config && plen == 0 && strcmp(dup, "__metadata__") != 0)
+            return dfx_fail(w->err, "%s: tensor '%s' appears twice", F, dup);
+        if (dup)
+            return dfx_fail(w->err, "%s: %skey '%s' appears twice in %s", F, P, dup, where(path));
+    }
+    for (it = j->child; it; it = it->next, index++) {
+        size_t o = plen;
+        if (cJSON_IsObject(j))
+            snprintf(path + o, cap - o, "%s%s", o ? "." : "", it->string);
+        else
+            snprintf(path + o, cap - o, "[%d]", index);
+        size_t len = strlen(path);
+        int rc = walk(w, it, path, len, cap);
+        path[o] = 0;
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+cJSON *dfx_json_parse_strict(const char *text, size_t len, int config, const char *file,
+                             dfx_error *err)
+{
+    const char *what = config ? "the config in __metadata__" : "the header";
+    const unsigned char *s = (const unsigned char *)text;
+    if (!config && len > 0 && s[0] != '{')
+        return dfx_fail(err, "%s: %s is not a JSON object (it starts with byte 0x%02x, not '{')",
+                        file, what, s[0]),
+               NULL;
+    size_t at = 0;
+    const char *bad = json_prescan(s, len, &at);
+    if (bad)
+        return dfx_fail(err, "%s: %s is not valid JSON here: %s at byte %zu", file, what, bad,
+                        at),
+               NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        const char *e = cJSON_GetErrorPtr();
+        long pos = (e && e >= text && e <= text + len) ? (long)(e - text) : -1;
+        return dfx_fail(err, "%s: %s is not valid JSON (error near byte %ld)", file, what, pos),
+               NULL;
+    }
+    /* the header may be padded with spaces, the config is JSON text */
+    size_t i = end && end >= text && end <= text + len ? (size_t)(end - text) : len;
+    for (; i < len; i++)
+        if (!(s[i] == ' ' || (config && (s[i] == '\t' || s[i] == '\n' || s[i] == '\r')))) {
+            dfx_fail(err,
+                     "%s: %s is not valid JSON here: byte 0x%02x after its end, at byte %zu (%s)",
+                     file, what, s[i], i,
+                     config ? "only whitespace may follow" : "only spaces may pad the header");
+            cJSON_Delete(root);
+            return NULL;
+        }
+    char path[256] = "";
+    json_walk w = {file, config, err};
+    if (walk(&w, root, path, 0, sizeof path) != 0) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* --------------------------------------------------------------- reader */
+
+int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err)
+{
+    /* O_NONBLOCK: opening a FIFO without a writer must not wait for one */
+    int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && !what) return dfx_fail(err, "%s: cannot open: %s", file, strerror(errno));
+    if (fd < 0) return dfx_fail(err, "cannot open %s '%s': %s", what, file, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return dfx_fail(err, "%s: cannot stat: %s", file, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        const char *kind = S_ISFIFO(st.st_mode)  ? "a FIFO"
+                           : S_ISDIR(st.st_mode) ? "a directory"
+                           : S_ISCHR(st.st_mode) ? "a character device"
+                           : S_ISBLK(st.st_mode) ? "a block device"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "not a plain file";
+        return dfx_fail(err, "%s: not a regular file (%s)", file, kind);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (size) *size = (size_t)st.st_size;
+    return fd;
 }
 
 static int cmp_begin(const void *a, const void *b)
@@ -116,21 +335,27 @@ static int parse_metadata(dfx_st_file *f, const cJSON *meta, dfx_error *err)
         if (!cJSON_IsString(it))
             return dfx_fail(err, "%s: __metadata__ value '%s' is not a string", f->path,
                             it->string);
-        if (strcmp(it->string, "format") == 0) f->format = dup_str(it->valuestring);
-        if (strcmp(it->string, "config") == 0) f->config = dup_str(it->valuestring);
+        /* keys are unique (dfx_json_parse_strict): each is set at most once */
+        char **slot = strcmp(it->string, "format") == 0   ? &f->format
+                      : strcmp(it->string, "config") == 0 ? &f->config
+                                                          : NULL;
+        if (!slot) continue;
+        free(*slot);
+        if (!(*slot = dup_str(it->valuestring))) return dfx_fail(err, "%s: out of memory", f->path);
     }
     return 0;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp((*(const dfx_st_tensor *const *)a)->name,
+                  (*(const dfx_st_tensor *const *)b)->name);
+}
+
 static int parse_header(dfx_st_file *f, const char *hdr, size_t len, dfx_error *err)
 {
-    cJSON *root = cJSON_ParseWithLength(hdr, len);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        long pos = (at && at >= hdr && at <= hdr + len) ? (long)(at - hdr) : -1;
-        return dfx_fail(err, "%s: the header is not valid JSON (error near byte %ld)", f->path,
-                        pos);
-    }
+    cJSON *root = dfx_json_parse_strict(hdr, len, 0, f->path, err);
+    if (!root) return -1;
     int rc = 0;
     if (!cJSON_IsObject(root)) {
         rc = dfx_fail(err, "%s: the header is not a JSON object", f->path);
@@ -138,7 +363,8 @@ static int parse_header(dfx_st_file *f, const char *hdr, size_t len, dfx_error *
     }
     int count = cJSON_GetArraySize(root);
     f->tensors = calloc((size_t)(count ? count : 1), sizeof *f->tensors);
-    if (!f->tensors) {
+    f->by_name = malloc((size_t)(count ? count : 1) * sizeof *f->by_name);
+    if (!f->tensors || !f->by_name) {
         rc = dfx_fail(err, "%s: out of memory", f->path);
         goto done;
     }
@@ -149,14 +375,17 @@ static int parse_header(dfx_st_file *f, const char *hdr, size_t len, dfx_error *
             if ((rc = parse_metadata(f, it, err)) != 0) goto done;
             continue;
         }
-        for (int i = 0; i < f->n; i++)
-            if (strcmp(f->tensors[i].name, it->string) == 0) {
-                rc = dfx_fail(err, "%s: tensor '%s' appears twice", f->path, it->string);
-                goto done;
-            }
         dfx_st_tensor *t = &f->tensors[f->n++];
         if ((rc = parse_tensor(f, it, t, err)) != 0) goto done;
     }
+    /* names sorted for dfx_st_get; the strict parse refused duplicates */
+    for (int i = 0; i < f->n; i++) f->by_name[i] = &f->tensors[i];
+    qsort(f->by_name, (size_t)f->n, sizeof *f->by_name, cmp_name);
+    for (int i = 1; i < f->n; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
+            rc = dfx_fail(err, "%s: tensor '%s' appears twice", f->path, f->by_name[i]->name);
+            goto done;
+        }
     /* No two tensors may share bytes. */
     dfx_st_tensor **order = malloc((size_t)(f->n ? f->n : 1) * sizeof *order);
     if (!order) {
@@ -180,46 +409,60 @@ done:
     return rc;
 }
 
+/* The whole file, size bytes at p: the length field, the header, the data. */
+static int parse_image(dfx_st_file *f, const unsigned char *p, size_t size, dfx_error *err)
+{
+    const char *path = f->path;
+    f->size = size;
+    if (size < 8)
+        return dfx_fail(err, "%s: not a safetensors file (%zu bytes, too short for a header)",
+                        path, size);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | p[i];
+    if (n > size - 8)
+        return dfx_fail(err,
+                        "%s: header length %llu exceeds the file size %zu (truncated file, or "
+                        "not a safetensors file)",
+                        path, (unsigned long long)n, size);
+    if (n > DFX_ST_MAX_HEADER || n < 2)
+        return dfx_fail(err, "%s: implausible header length %llu", path, (unsigned long long)n);
+    f->data = p + 8 + n;
+    f->data_len = size - 8 - (size_t)n;
+    return parse_header(f, (const char *)p + 8, (size_t)n, err);
+}
+
 int dfx_st_open(dfx_st_file *f, const char *path, dfx_error *err)
 {
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return dfx_fail(err, "cannot open model file '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return dfx_fail(err, "%s: not a regular file", path);
+    size_t size = 0;
+    int fd = dfx_open_regular(path, "model file", &size, err);
+    if (fd < 0) return -1;
+    const unsigned char *p = (const unsigned char *)"";
+    if (size >= 8) { /* shorter files are refused without mapping them */
+        f->map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (f->map == MAP_FAILED) {
+            f->map = NULL;
+            int e = errno;
+            close(fd);
+            return dfx_fail(err, "%s: cannot map the file: %s", path, strerror(e));
+        }
+        p = f->map;
     }
-    f->size = (size_t)st.st_size;
-    if (f->size < 8) {
-        close(fd);
-        return dfx_fail(err, "%s: not a safetensors file (%zu bytes, too short for a header)",
-                        path, f->size);
-    }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        return dfx_fail(err, "%s: cannot map the file: %s", path, strerror(errno));
-    }
-    const unsigned char *p = f->map;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | p[i];
-    if (n > f->size - 8) {
+    if (parse_image(f, p, size, err) != 0) {
         dfx_st_close(f);
-        return dfx_fail(err,
-                        "%s: header length %llu exceeds the file size %zu (truncated file, or "
-                        "not a safetensors file)",
-                        path, (unsigned long long)n, f->size);
+        return -1;
     }
-    if (n > DFX_ST_MAX_HEADER || n < 2) {
-        dfx_st_close(f);
-        return dfx_fail(err, "%s: implausible header length %llu", path, (unsigned long long)n);
-    }
-    f->data = p + 8 + n;
-    f->data_len = f->size - 8 - (size_t)n;
-    if (parse_header(f, (const char *)p + 8, (size_t)n, err) != 0) {
+    return 0;
+}
+
+int dfx_st_open_mem(dfx_st_file *f, const void *buf, size_t size, const char *name,
+                    dfx_error *err)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name);
+    if (parse_image(f, size ? buf : "", size, err) != 0) {
         dfx_st_close(f);
         return -1;
     }
@@ -231,6 +474,7 @@ void dfx_st_close(dfx_st_file *f)
     if (f->map) munmap(f->map, f->size);
     for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
     free(f->tensors);
+    free(f->by_name);
     free(f->format);
     free(f->config);
     char path[sizeof f->path];
@@ -247,27 +491,33 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
     if (o < cap) snprintf(buf + o, cap - o, "]");
 }
 
+static int cmp_key_name(const void *key, const void *elem)
+{
+    return strcmp((const char *)key, (*(const dfx_st_tensor *const *)elem)->name);
+}
+
 const dfx_st_tensor *dfx_st_get(dfx_st_file *f, const char *name, int ndim,
                                 const int64_t *shape, dfx_error *err)
 {
-    for (int i = 0; i < f->n; i++) {
-        dfx_st_tensor *t = &f->tensors[i];
-        if (strcmp(t->name, name) != 0) continue;
-        int ok = ndim < 0 || t->ndim == ndim;
-        for (int d = 0; ok && ndim > 0 && d < ndim; d++) ok = t->shape[d] == shape[d];
-        if (!ok) {
-            char want[128], got[128];
-            shape_str(want, sizeof want, ndim, shape);
-            shape_str(got, sizeof got, t->ndim, t->shape);
-            dfx_fail(err, "%s: tensor '%s' has shape %s, the config implies %s", f->path, name,
-                     got, want);
-            return NULL;
-        }
-        t->used = 1;
-        return t;
+    dfx_st_tensor **hit =
+        f->n ? bsearch(name, f->by_name, (size_t)f->n, sizeof *f->by_name, cmp_key_name) : NULL;
+    if (!hit) {
+        dfx_fail(err, "%s: missing tensor '%s'", f->path, name);
+        return NULL;
     }
-    dfx_fail(err, "%s: missing tensor '%s'", f->path, name);
-    return NULL;
+    dfx_st_tensor *t = *hit;
+    int ok = ndim < 0 || t->ndim == ndim;
+    for (int d = 0; ok && ndim > 0 && d < ndim; d++) ok = t->shape[d] == shape[d];
+    if (!ok) {
+        char want[128], got[128];
+        shape_str(want, sizeof want, ndim, shape);
+        shape_str(got, sizeof got, t->ndim, t->shape);
+        dfx_fail(err, "%s: tensor '%s' has shape %s, the config implies %s", f->path, name, got,
+                 want);
+        return NULL;
+    }
+    t->used = 1;
+    return t;
 }
 
 void dfx_st_to_f32(const dfx_st_file *f, const dfx_st_tensor *t, float *dst)

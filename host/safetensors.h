@@ -37,12 +37,18 @@ typedef struct dfx_st_file {
     const unsigned char *data; /* the data buffer */
     size_t data_len;
     int n;
-    dfx_st_tensor *tensors;
+    dfx_st_tensor *tensors;    /* in header order */
+    dfx_st_tensor **by_name;   /* the same, sorted by name */
     char *format; /* __metadata__["format"], or NULL */
     char *config; /* __metadata__["config"], or NULL */
 } dfx_st_file;
 
 int dfx_st_open(dfx_st_file *f, const char *path, dfx_error *err);
+/* The same checks on a file image in memory (size bytes at buf, which must
+ * outlive f); `name` stands for the file in messages. dfx_st_open maps the
+ * file and parses it through the same code. */
+int dfx_st_open_mem(dfx_st_file *f, const void *buf, size_t size, const char *name,
+                    dfx_error *err);
 void dfx_st_close(dfx_st_file *f);
 /* Finds a tensor, checks its shape (ndim < 0: any shape) and marks it used. */
 const dfx_st_tensor *dfx_st_get(dfx_st_file *f, const char *name, int ndim,
@@ -64,5 +70,21 @@ typedef struct dfx_st_out {
 /* Writes tensors with __metadata__ {"format": "difflux", "config": config}. */
 int dfx_st_write(const char *path, const char *config, const dfx_st_out *t, int n,
                  dfx_error *err);
+
+/* Strict JSON (models/FORMAT.md): len bytes of text, refused with a message
+ * naming `file` unless they are one JSON value with no duplicate key in any
+ * object, no \u0000 and no control byte in keys, nothing between tokens but
+ * JSON whitespace, and after the value only spaces (config = 0: the header,
+ * which must also be an object) or whitespace (config = 1: the config,
+ * whose numbers must also be finite and survive conversion to float32). */
+struct cJSON;
+struct cJSON *dfx_json_parse_strict(const char *text, size_t len, int config, const char *file,
+                                    dfx_error *err);
+
+/* Opens `file` for reading only if it is a regular file, without blocking
+ * on a FIFO or device: the descriptor and its size, or -1 with a message
+ * ("cannot open WHAT 'FILE': ..." with `what` the file's role, "model
+ * file"; "FILE: cannot open: ..." when what is NULL). */
+int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err);
 
 #endif

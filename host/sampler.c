@@ -8,6 +8,8 @@
 #include "names.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,6 +145,11 @@ void dfx_sampler_free(dfx_sampler *s)
     free(s->coef);
     free(s->nfe);
     free(s);
+}
+
+static const char *model_name(const dfx_model *m)
+{
+    return m->file[0] ? m->file : "(in memory)";
 }
 
 /* Fail early, before any work, where a conversion the sampler needs is
@@ -286,26 +293,57 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     if (check_grid(s, err)) goto fail;
     size_t bytes = (size_t)max_rows * s->dim * sizeof(float);
     s->x = dfx_be_alloc(s->be, bytes, "sampler state", err);
-    if (!s->x) goto fail;
+    if (!s->x) goto oom;
     for (int i = 0; i < def->nbuf; i++)
-        if (!(s->buf[i] = dfx_be_alloc(s->be, bytes, "sampler buffers", err))) goto fail;
+        if (!(s->buf[i] = dfx_be_alloc(s->be, bytes, "sampler buffers", err))) goto oom;
     s->t = dfx_alloc((size_t)max_rows, sizeof *s->t, "sampler", err);
     s->coef = dfx_alloc((size_t)(DFX_LINCOMB_MAX + 1) * max_rows, sizeof *s->coef, "sampler",
                         err);
     s->nfe = dfx_alloc((size_t)max_rows, sizeof *s->nfe, "sampler", err);
-    if (!s->t || !s->coef || !s->nfe) goto fail;
-    if (dfx_model_reserve(m, max_rows, err)) goto fail;
+    if (!s->t || !s->coef || !s->nfe) goto oom;
+    if (dfx_model_reserve(m, max_rows, err)) goto oom;
     return s;
+oom: /* name the model and the batch: a smaller --batch needs less */
+    dfx_fail_prefix(err, "model %s, %s sampler, batch of %d (about %.3g MB)", model_name(m),
+                    def->d.name, max_rows, (double)dfx_sampler_bytes(m, o, max_rows) / 1e6);
 fail:
     dfx_sampler_free(s);
     return NULL;
+}
+
+/* NaN or Inf from the very first evaluation of a run, on the finite start
+ * state, is the model's own fault, not the integration's. (Later
+ * evaluations are not checked: dopri5 rejects a trial step whose
+ * evaluation overflowed, and the state check after each step covers the
+ * others.) */
+static int first_eval_check(dfx_sampler *s, double t, const float *x, const float *out,
+                            dfx_error *err)
+{
+    size_t bad = 0, badx = 0, n = (size_t)s->rows * s->dim;
+    if (s->be->ops->count_nonfinite(s->be, out, n, &bad, err)) return -1;
+    if (!bad) return 0;
+    if (s->be->ops->count_nonfinite(s->be, x, n, &badx, err)) return -1;
+    unsigned long long a = (unsigned long long)s->first, b = a + (unsigned long long)s->rows - 1;
+    if (badx)
+        return dfx_fail(err,
+                        "model %s: the start state of samples %llu..%llu holds %zu NaN/Inf "
+                        "values (the model's fitted start distribution is broken; --path-start "
+                        "starts from the path's Gaussian instead)",
+                        model_name(s->m), a, b, badx);
+    return dfx_fail(err,
+                    "model %s itself produces NaN/Inf: %zu non-finite values at its first "
+                    "evaluation (t = %g, samples %llu..%llu, finite input); more steps will not "
+                    "help: the file's weights or configuration are at fault",
+                    model_name(s->m), bad, t, a, b);
 }
 
 int dfx_s_eval_rows(dfx_sampler *s, const double *t, const float *x, dfx_pred want, float *out,
                     const int *active, dfx_error *err)
 {
     for (int r = 0; r < s->rows; r++) s->nfe[r] += active ? (active[r] != 0) : 1;
-    return dfx_model_eval(s->m, t, x, want, out, s->rows, err);
+    if (dfx_model_eval(s->m, t, x, want, out, s->rows, err)) return -1;
+    if (s->evals++ == 0) return first_eval_check(s, t[0], x, out, err);
+    return 0;
 }
 
 int dfx_s_eval(dfx_sampler *s, double t, const float *x, dfx_pred want, float *out,
@@ -330,13 +368,20 @@ int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err)
 {
     size_t bad = 0;
     if (s->be->ops->count_nonfinite(s->be, s->x, (size_t)s->rows * s->dim, &bad, err)) return -1;
-    if (bad)
-        return dfx_fail(err,
-                        "sampler %s: %zu NaN/Inf values in samples %llu..%llu after step %d "
-                        "(t = %g); try more steps, another grid, or a shorter interval",
-                        s->def->d.name, bad, (unsigned long long)s->first,
-                        (unsigned long long)(s->first + (uint64_t)s->rows - 1), step, t);
-    return 0;
+    if (!bad) return 0;
+    char where[96];
+    if (step < 0)
+        snprintf(where, sizeof where, "at the end of the run");
+    else if (s->def->flags & DFX_SF_ADAPTIVE)
+        snprintf(where, sizeof where, "after adaptive step %d", step);
+    else
+        snprintf(where, sizeof where, "after step %d of %d", step, s->n);
+    return dfx_fail(err,
+                    "model %s, sampler %s: %zu NaN/Inf values in samples %llu..%llu %s (t = %g); "
+                    "the model's first evaluation was finite, so the integration diverged: try "
+                    "more steps, another grid or a shorter interval",
+                    model_name(s->m), s->def->d.name, bad, (unsigned long long)s->first,
+                    (unsigned long long)(s->first + (uint64_t)s->rows - 1), where, t);
 }
 
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t)
@@ -352,8 +397,14 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     if (rows < 1 || rows > s->max_rows)
         return dfx_fail(err, "batch of %d samples, but the sampler was planned for 1..%d", rows,
                         s->max_rows);
+    if (first_index > UINT64_MAX - (uint64_t)(rows - 1))
+        return dfx_fail(err,
+                        "samples %llu + %d run past the last sample index 2^64 - 1 (the indices "
+                        "would wrap around)",
+                        (unsigned long long)first_index, rows);
     dfx_sample_stats local;
     memset(&local, 0, sizeof local);
+    s->evals = 0;
     s->first = first_index;
     s->rows = rows;
     s->m->first_index = first_index;
@@ -437,4 +488,15 @@ int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, doubl
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
 {
     s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim, draw, stream);
+}
+
+size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows)
+{
+    int nbuf = DFX_SAMPLER_MAX_BUFS - 1; /* an unknown sampler: the most any needs */
+    for (int i = 0; i < N_DEFS; i++)
+        if (o && o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) nbuf = defs[i].nbuf;
+    if (rows < 1) rows = 1;
+    size_t state = (size_t)(1 + nbuf) * (size_t)rows * m->dim * sizeof(float);
+    size_t host = (size_t)rows * (sizeof(double) * (DFX_LINCOMB_MAX + 2) + sizeof(long));
+    return state + host + dfx_model_scratch_bytes(m, rows);
 }

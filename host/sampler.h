@@ -52,8 +52,13 @@ struct dfx_sampler {
     /* the batch being run */
     uint64_t first;
     int rows;
+    long evals;    /* network evaluations of this batch so far */
     dfx_sample_stats *st;
 };
+
+/* Bytes that dfx_sampler_create(m, o, rows) allocates: the state and the
+ * sampler's buffers plus the model's scratch (dfx_model_scratch_bytes). */
+size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows);
 
 /* Helpers for the step rules (sampler.c). */
 /* Evaluate the model prediction `want` at the same time for all rows. */

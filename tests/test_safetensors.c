@@ -7,6 +7,8 @@
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char dir[] = "/tmp/difflux-test-st-XXXXXX";
@@ -187,6 +189,279 @@ static void malformed(void)
     }
 }
 
+/* ------------------------------------------------ hardening (issue #17) */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Loading must succeed. */
+static void expect_load(const char *what)
+{
+    dfx_error err = {{0}};
+    dfx_model *m = dfx_model_load(path, be, &err);
+    CHECK(m != NULL, "%s: refused: %s", what, err.msg);
+    dfx_model_free(m);
+}
+
+/* The header text of the good model with `config`, as a malloc'd string. */
+static char *good_text(const char *config)
+{
+    cJSON *r = good_header(config);
+    char *h = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    return h;
+}
+
+/* Writes the good model's header with the first `from` replaced by `to`. */
+static void write_edited(const char *config, const char *from, const char *to, size_t ndata)
+{
+    char *h = good_text(config);
+    char *at = strstr(h, from);
+    CHECK(at != NULL, "'%s' not in the header", from);
+    size_t hl = strlen(h), fl = strlen(from), tl = strlen(to);
+    char *e = malloc(hl - fl + tl + 1);
+    size_t pre = at ? (size_t)(at - h) : hl;
+    memcpy(e, h, pre);
+    memcpy(e + pre, to, tl);
+    if (at) memcpy(e + pre + tl, at + fl, hl - pre - fl + 1);
+    else e[pre + tl] = 0;
+    write_raw(e, strlen(e), DATA, ndata, -1);
+    free(e);
+    free(h);
+}
+
+/* The config with the first `from` replaced by `to` (static buffer). */
+static const char *config_edit(const char *from, const char *to)
+{
+    static char buf[2048];
+    const char *at = strstr(CONFIG, from);
+    CHECK(at != NULL, "'%s' not in the config", from);
+    if (!at) return CONFIG;
+    snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - CONFIG), CONFIG, to, at + strlen(from));
+    return buf;
+}
+
+/* Rewrites fixture `src` into `path` with its config edited: the number
+ * at `key` inside section `sect` set to the JSON text `num` (which cJSON
+ * could not print: 1e999 is Inf). */
+static void fixture_with(const char *src, const char *sect, const char *key, const char *num)
+{
+    FILE *fp = fopen(src, "rb");
+    CHECK(fp != NULL, "open %s", src);
+    if (!fp) return;
+    fseek(fp, 0, SEEK_END);
+    size_t n = (size_t)ftell(fp);
+    rewind(fp);
+    unsigned char *b = malloc(n);
+    CHECK(fread(b, 1, n, fp) == n, "read %s", src);
+    fclose(fp);
+    size_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | b[i];
+    cJSON *h = cJSON_ParseWithLength((const char *)b + 8, hl);
+    cJSON *md = cJSON_GetObjectItem(h, "__metadata__");
+    cJSON *cfg = cJSON_Parse(cJSON_GetObjectItem(md, "config")->valuestring);
+    cJSON *sec = cJSON_GetObjectItem(cfg, sect);
+    cJSON_DeleteItemFromObject(sec, key);
+    cJSON_AddNumberToObject(sec, key, 424242.5);
+    char *ct = cJSON_PrintUnformatted(cfg), edited[8192];
+    char *at = strstr(ct, "424242.5");
+    snprintf(edited, sizeof edited, "%.*s%s%s", (int)(at - ct), ct, num, at + 8);
+    cJSON_ReplaceItemInObject(md, "config", cJSON_CreateString(edited));
+    char *ht = cJSON_PrintUnformatted(h);
+    write_raw(ht, strlen(ht), b + 8 + hl, n - 8 - hl, -1);
+    free(ht);
+    free(ct);
+    cJSON_Delete(cfg);
+    cJSON_Delete(h);
+    free(b);
+}
+
+/* 200,000 tiny tensors: the duplicate check was quadratic (208 to 330 s
+ * in a release build). The bound is generous: the loader takes half a
+ * second in a release build and 5 to 15 s under ASan on a loaded 2-core
+ * machine, so only a check that grows faster than n log n fails it. */
+static void many_tensors(void)
+{
+    enum { N = 200000 };
+    size_t cap = (size_t)N * 96 + 4096, o = 0;
+    char *h = malloc(cap), *cfg = good_text(CONFIG);
+    size_t cl = strlen(cfg);
+    memcpy(h, cfg, cl - 1); /* without the closing brace */
+    o = cl - 1;
+    for (int i = 0; i < N; i++)
+        o += (size_t)snprintf(h + o, cap - o,
+                              ",\"extra.%06d\":{\"dtype\":\"F32\",\"shape\":[1],"
+                              "\"data_offsets\":[%d,%d]}",
+                              i, 48 + 4 * i, 52 + 4 * i);
+    size_t body = o;
+    h[o++] = '}';
+    size_t nd = 48 + 4 * (size_t)N;
+    unsigned char *data = calloc(nd, 1);
+    memcpy(data, DATA, 48);
+    write_raw(h, o, data, nd, -1);
+    double t0 = now_s();
+    expect_fail("200k tensors", "unknown tensor 'extra.000000'");
+    double dt = now_s() - t0;
+    CHECK(dt < 60.0, "200,000 tensors took %.1f s to refuse (a quadratic check?)", dt);
+    /* and a duplicate at the very end is found as quickly */
+    o = body + (size_t)snprintf(h + body, cap - body,
+                                ",\"extra.000007\":{\"dtype\":\"F32\",\"shape\":[0],"
+                                "\"data_offsets\":[0,0]}}");
+    write_raw(h, o, data, nd, -1);
+    t0 = now_s();
+    expect_fail("200k tensors, one twice", "tensor 'extra.000007' appears twice");
+    dt = now_s() - t0;
+    CHECK(dt < 60.0, "200,000 tensors with a duplicate took %.1f s", dt);
+    printf("200,000 tensors: refused in %.2f s\n", dt);
+    free(data);
+    free(cfg);
+    free(h);
+}
+
+static void hardening(void)
+{
+    /* 13: the file size in the message is the file's, not 0 */
+    write_raw("{}", 2, NULL, 0, 1LL << 62);
+    expect_fail("huge header length", "exceeds the file size 10 ");
+
+    /* 4: duplicate keys at every level, refused (they leaked and resolved
+     * inconsistently) */
+    write_edited(CONFIG, "{\"format\":\"difflux\"", "{\"format\":\"difflux\",\"format\":\"x\"", 48);
+    expect_fail("format twice", "key 'format' appears twice in __metadata__");
+    write_edited(CONFIG, "\"config\":", "\"config\":\"{}\",\"config\":", 48);
+    expect_fail("config twice", "key 'config' appears twice in __metadata__");
+    write_edited(CONFIG, "{\"__metadata__\"", "{\"__metadata__\":{},\"__metadata__\"", 48);
+    expect_fail("__metadata__ twice", "key '__metadata__' appears twice");
+    write_edited(CONFIG, "\"dtype\":\"F32\"", "\"dtype\":\"F32\",\"dtype\":\"F16\"", 48);
+    expect_fail("dtype twice", "key 'dtype' appears twice in gmm.means");
+    write_header(good_header(config_edit("\"height\":2", "\"height\":2,\"height\":3")), 48);
+    expect_fail("config key twice", "config: key 'height' appears twice in image");
+    write_header(good_header(config_edit("\"kind\":\"gmm\"", "\"kind\":\"gmm\",\"kind\":\"unet\"")),
+                 48);
+    expect_fail("config kind twice", "config: key 'kind' appears twice in the top level");
+    write_header(good_header(config_edit("\"components\":2", "\"components\":2,\"components\":2")),
+                 48);
+    expect_fail("config kind section key twice", "key 'components' appears twice in gmm");
+
+    /* 5: a NUL hides the rest of a name; control bytes are no names */
+    write_edited(CONFIG, "\"gmm.means\"", "\"gmm.means\\u0000junk\"", 48);
+    expect_fail("NUL in a name", "\\u0000 (NUL) escape");
+    write_edited(CONFIG, "\"gmm.means\"", "\"gmm.means\\u001f\"", 48);
+    expect_fail("control byte in a name", "tensor name 'gmm.means...' holds the control byte 0x1f");
+    write_edited(CONFIG, "\"difflux\"", "\"difflux\\u0000junk\"", 48);
+    expect_fail("NUL in a value", "\\u0000 (NUL) escape");
+    write_header(good_header(config_edit("\"data\"", "\"da\\u0000ta\"")), 48);
+    expect_fail("NUL in a config key", "\\u0000 (NUL) escape");
+    write_header(good_header(config_edit("\"data\"", "\"da\\nta\"")), 48);
+    expect_fail("newline in a config key", "a key in the top level holds the control byte 0x0a");
+
+    /* 6: after the header only spaces; no BOM, no NUL padding, no garbage */
+    {
+        char *h = good_text(CONFIG), buf[4096];
+        size_t hl = strlen(h);
+        memcpy(buf, h, hl);
+        memcpy(buf + hl, "   ", 3);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_load("space padding");
+        memcpy(buf + hl, "\0\0\0", 3);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_fail("NUL padding", "control byte between tokens at byte");
+        memcpy(buf + hl, "xyz", 3);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_fail("trailing garbage", "after its end");
+        memcpy(buf + hl, "{} ", 3);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_fail("a second object", "after its end");
+        memcpy(buf + hl, "\n  ", 3);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_fail("newline padding", "only spaces may pad the header");
+        memcpy(buf, "\xef\xbb\xbf", 3);
+        memcpy(buf + 3, h, hl);
+        write_raw(buf, hl + 3, DATA, 48, -1);
+        expect_fail("byte-order mark", "starts with byte 0xef");
+        buf[0] = '{';
+        buf[1] = '\x01';
+        memcpy(buf + 2, h + 1, hl - 1);
+        write_raw(buf, hl + 1, DATA, 48, -1);
+        expect_fail("control byte between tokens", "control byte between tokens at byte 1");
+        free(h);
+    }
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "%s x", CONFIG);
+    write_header(good_header(cfg), 48);
+    expect_fail("garbage after the config", "config in __metadata__ is not valid JSON here");
+    snprintf(cfg, sizeof cfg, "%s{}", CONFIG);
+    write_header(good_header(cfg), 48);
+    expect_fail("two configs", "after its end");
+    snprintf(cfg, sizeof cfg, "\xef\xbb\xbf%s", CONFIG);
+    write_header(good_header(cfg), 48);
+    expect_fail("config with a BOM", "byte-order mark");
+    snprintf(cfg, sizeof cfg, "\n%s\n", CONFIG);
+    write_header(good_header(cfg), 48);
+    expect_load("config with whitespace around it");
+
+    /* 7: non-finite numbers, and numbers that float32 cannot hold */
+    write_header(good_header(config_edit("[-1,1]", "[-1e999,1]")), 48);
+    expect_fail("range -Inf", "config: data.range[0] is not a finite number");
+    write_header(good_header(config_edit("[-1,1]", "[-1,1e999]")), 48);
+    expect_fail("range Inf", "config: data.range[1] is not a finite number");
+    write_header(good_header(config_edit("[-1,1]", "[-1,1e39]")), 48);
+    expect_fail("range beyond float", "data.range[1] = 1e+39 does not fit a float32");
+    write_header(good_header(config_edit("[-1,1]", "[1,1.00000001]")), 48);
+    expect_fail("range empty in float", "data.range must have low < high");
+    write_header(good_header(config_edit("\"version\":1", "\"version\":1,\"note\":1e-300")), 48);
+    expect_fail("underflow anywhere", "config: note = 1e-300 does not fit a float32 (it would become 0)");
+    const char *unet = DFX_TEST_DATA "/fixtures/unet_tiny.safetensors";
+    const char *cls = DFX_TEST_DATA "/fixtures/classifier_tiny.safetensors";
+    fixture_with(unet, "unet", "time_scale", "1000");
+    expect_load("unet fixture, rewritten");
+    fixture_with(unet, "unet", "time_scale", "1e999");
+    expect_fail("unet time_scale Inf", "config: unet.time_scale is not a finite number");
+    fixture_with(unet, "unet", "norm_eps", "1e-300");
+    expect_fail("unet norm_eps 1e-300",
+                "config: unet.norm_eps = 1e-300 does not fit a float32 (it would become 0)");
+    fixture_with(cls, "classifier", "norm_eps", "1e-300");
+    expect_fail("classifier norm_eps 1e-300", "config: classifier.norm_eps = 1e-300");
+    fixture_with(unet, "path", "sigma_max", "-1e999");
+    expect_fail("path number -Inf", "config: path.sigma_max is not a finite number");
+
+    /* 3: only regular files are read (a FIFO would block: tests/test_loader.sh) */
+    {
+        dfx_error err = {{0}};
+        dfx_model *m = dfx_model_load(dir, be, &err);
+        CHECK(m == NULL && strstr(err.msg, "not a regular file (a directory)"), "directory: %s",
+              err.msg);
+        dfx_model_free(m);
+    }
+
+    /* the in-memory entry point shares the checks */
+    {
+        char *h = good_text(CONFIG);
+        size_t hl = strlen(h);
+        unsigned char *img = malloc(8 + hl + 48);
+        for (int i = 0; i < 8; i++) img[i] = (unsigned char)((unsigned long long)hl >> (8 * i));
+        memcpy(img + 8, h, hl);
+        memcpy(img + 8 + hl, DATA, 48);
+        dfx_error err = {{0}};
+        dfx_model *m = dfx_model_load_mem(img, 8 + hl + 48, "buffer", be, &err);
+        CHECK(m != NULL, "load from memory: %s", err.msg);
+        dfx_model_free(m);
+        m = dfx_model_load_mem(img, 8 + hl + 40, "buffer", be, &err);
+        CHECK(m == NULL && strstr(err.msg, "buffer: tensor"), "short buffer: %s", err.msg);
+        dfx_model_free(m);
+        m = dfx_model_load_mem(img, 5, "buffer", be, &err);
+        CHECK(m == NULL && strstr(err.msg, "too short"), "5-byte buffer: %s", err.msg);
+        dfx_model_free(m);
+        free(img);
+        free(h);
+    }
+    many_tensors();
+}
+
 /* Valid models in every storage dtype load and evaluate. */
 static void round_trips(void)
 {
@@ -300,6 +575,7 @@ int main(void)
     be = dfx_backend_create("cpu", 1, &err);
     round_trips();
     malformed();
+    hardening();
     sweep();
     unlink(path);
     rmdir(dir);

@@ -1,10 +1,15 @@
+#define _XOPEN_SOURCE 700
 #include "args.h"
+#include "difflux.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 const cli_opt *cli_find(const cli_opt *opts, int n, const char *name)
 {
@@ -17,6 +22,12 @@ static int set_value(const char *cmd, cli_opt *o, const char *v)
 {
     char *end = NULL;
     errno = 0;
+    /* strto* skip leading blanks, and strtoull takes " -1" as 2^64 - 1 */
+    if ((o->type == OPT_INT || o->type == OPT_DOUBLE) && isspace((unsigned char)*v)) {
+        fprintf(stderr, "difflux %s: --%s expects a number without leading blanks, got '%s'\n",
+                cmd, o->name, v);
+        return -1;
+    }
     switch (o->type) {
     case OPT_INT: {
         long x = strtol(v, &end, 10);
@@ -28,9 +39,10 @@ static int set_value(const char *cmd, cli_opt *o, const char *v)
         break;
     }
     case OPT_U64: {
-        if (*v == '-') {
-            fprintf(stderr, "difflux %s: --%s expects a non-negative integer, got '%s'\n", cmd,
-                    o->name, v);
+        if (!isdigit((unsigned char)*v)) {
+            fprintf(stderr,
+                    "difflux %s: --%s expects a non-negative integer (digits only), got '%s'\n",
+                    cmd, o->name, v);
             return -1;
         }
         unsigned long long x = strtoull(v, &end, 10);
@@ -137,4 +149,156 @@ int cli_parse_list(const char *s, double *v, int cap, int *n)
         else if (*s) return -1;
     }
     return *n ? 0 : -1;
+}
+
+int cli_check_threads(const char *cmd, int threads)
+{
+    if (threads >= 0 && threads <= CLI_MAX_THREADS) return CLI_OK;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    fprintf(stderr, "difflux %s: --threads must be in [0, %d] (0 = all %ld cores), got %d\n", cmd,
+            CLI_MAX_THREADS, cores, threads);
+    return CLI_USAGE;
+}
+
+int cli_check_max_memory(const char *cmd, const char *arg, double *bytes)
+{
+    *bytes = 0;
+    if (!arg || cli_parse_bytes(arg, bytes) == 0) return CLI_OK;
+    fprintf(stderr, "difflux %s: --max-memory expects a size like 8G, 512M or 65536, got '%s'\n",
+            cmd, arg);
+    return CLI_USAGE;
+}
+
+int cli_known_sampler(const char *name)
+{
+    const dfx_sampler_desc *descs;
+    int nd = dfx_samplers(&descs);
+    for (int i = 0; i < nd; i++)
+        if (strcmp(descs[i].name, name) == 0) return 1;
+    return 0;
+}
+
+int cli_parse_bytes(const char *s, double *bytes)
+{
+    if (!s || !isdigit((unsigned char)*s)) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || !isfinite(v) || v <= 0) return -1;
+    double unit = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 0: break;
+    case 'K': unit = 1024.0; break;
+    case 'M': unit = 1024.0 * 1024; break;
+    case 'G': unit = 1024.0 * 1024 * 1024; break;
+    case 'T': unit = 1024.0 * 1024 * 1024 * 1024; break;
+    default: return -1;
+    }
+    if (*end) {
+        end++;
+        if (*end == 'i') end++;
+        if (toupper((unsigned char)*end) == 'B') end++;
+    } else if (v != floor(v)) {
+        return -1; /* a fraction of a byte */
+    }
+    if (*end) return -1;
+    *bytes = v * unit;
+    return 0;
+}
+
+const char *cli_format_bytes(double b, char *buf, size_t cap)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    int u = 0;
+    while (b >= 1024.0 && u < 5) b /= 1024.0, u++;
+    snprintf(buf, cap, u ? "%.3g %s" : "%.0f %s", b, units[u]);
+    return buf;
+}
+
+/* dir/base -> realpath(dir)/base; 0, or -1 with errno when dir is not there */
+static int canonical(const char *path, char *out, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    const char *base = slash ? slash + 1 : path;
+    if (slash) {
+        size_t len = (size_t)(slash - path);
+        if (len >= sizeof dir) return errno = ENAMETOOLONG, -1;
+        memcpy(dir, path, len);
+        dir[len] = 0;
+        if (len == 0) snprintf(dir, sizeof dir, "/");
+    } else {
+        snprintf(dir, sizeof dir, ".");
+    }
+    char *real = realpath(dir, NULL);
+    if (!real) return -1;
+    struct stat st;
+    int isdir = stat(real, &st) == 0 && S_ISDIR(st.st_mode);
+    int n = snprintf(out, cap, "%s/%s", strcmp(real, "/") == 0 ? "" : real, base);
+    free(real);
+    if (!isdir) return errno = ENOTDIR, -1;
+    return n > 0 && (size_t)n < cap ? 0 : (errno = ENAMETOOLONG, -1);
+}
+
+/* The same file: the same canonical name, or the same inode where both exist. */
+static int same_file(const char *a, const char *b)
+{
+    char ca[8192], cb[8192];
+    if (canonical(a, ca, sizeof ca) == 0 && canonical(b, cb, sizeof cb) == 0 &&
+        strcmp(ca, cb) == 0)
+        return 1;
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+int cli_check_outputs(const char *cmd, const cli_file *outs, int nout, const cli_file *ins,
+                      int nin)
+{
+    for (int i = 0; i < nout; i++) {
+        const char *p = outs[i].path;
+        if (!p) continue;
+        char c[8192];
+        struct stat st;
+        size_t len = strlen(p);
+        if (len == 0 || p[len - 1] == '/' || (stat(p, &st) == 0 && S_ISDIR(st.st_mode))) {
+            fprintf(stderr, "difflux %s: --%s '%s' names a directory, not a file\n", cmd,
+                    outs[i].opt, p);
+            return CLI_USAGE;
+        }
+        if (canonical(p, c, sizeof c) != 0) {
+            int e = errno;
+            const char *slash = strrchr(p, '/');
+            int dl = slash ? (int)(slash - p) : 1;
+            fprintf(stderr, "difflux %s: --%s: cannot write '%s': the directory '%.*s' %s\n",
+                    cmd, outs[i].opt, p, dl ? dl : 1, slash ? p : ".",
+                    e == ENOENT    ? "does not exist"
+                    : e == ENOTDIR ? "is not a directory"
+                                   : strerror(e));
+            return CLI_FAIL;
+        }
+        char *slash = strrchr(c, '/');
+        *slash = 0;
+        if (access(*c ? c : "/", W_OK | X_OK) != 0) {
+            fprintf(stderr, "difflux %s: --%s: cannot write '%s': directory %s: %s\n", cmd,
+                    outs[i].opt, p, *c ? c : "/", strerror(errno));
+            return CLI_FAIL;
+        }
+        for (int j = 0; j < i; j++)
+            if (outs[j].path && same_file(p, outs[j].path)) {
+                fprintf(stderr,
+                        "difflux %s: --%s '%s' and --%s '%s' name the same file; one would "
+                        "overwrite the other\n",
+                        cmd, outs[j].opt, outs[j].path, outs[i].opt, p);
+                return CLI_USAGE;
+            }
+        for (int j = 0; j < nin; j++)
+            if (ins[j].path && same_file(p, ins[j].path)) {
+                fprintf(stderr,
+                        "difflux %s: --%s '%s' would overwrite the input --%s '%s'\n", cmd,
+                        outs[i].opt, p, ins[j].opt, ins[j].path);
+                return CLI_USAGE;
+            }
+    }
+    return CLI_OK;
 }

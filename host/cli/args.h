@@ -27,4 +27,28 @@ const cli_opt *cli_find(const cli_opt *opts, int n, const char *name);
 /* "a,b,c": 1 to cap finite numbers into v[*n]; -1 on anything else. */
 int cli_parse_list(const char *s, double *v, int cap, int *n);
 
+/* --threads: at most CLI_MAX_THREADS (OpenMP would end the process on a
+ * number it cannot start); CLI_OK, or CLI_USAGE with a message. */
+enum { CLI_MAX_THREADS = 1024 };
+int cli_check_threads(const char *cmd, int threads);
+/* "8G", "512M", "64K", "1.5GiB", "4096" (bytes; K = 1024): 0, or -1. */
+int cli_parse_bytes(const char *s, double *bytes);
+/* --max-memory (NULL: not given, *bytes = 0); CLI_OK, or CLI_USAGE with a message. */
+int cli_check_max_memory(const char *cmd, const char *arg, double *bytes);
+/* 1 when name is a sampler of dfx_samplers() */
+int cli_known_sampler(const char *name);
+/* "1.5 GiB" */
+const char *cli_format_bytes(double bytes, char *buf, size_t cap);
+
+/* An option naming a file (path NULL: not given). */
+typedef struct cli_file {
+    const char *opt, *path;
+} cli_file;
+/* Before any work: every output's directory exists and is writable, no
+ * output is a directory, no two outputs name the same file (also through
+ * ./x, a symbolic or a hard link) and no output is one of the inputs.
+ * CLI_OK, or CLI_USAGE / CLI_FAIL with a message naming the options. */
+int cli_check_outputs(const char *cmd, const cli_file *outs, int nout, const cli_file *ins,
+                      int nin);
+
 #endif

@@ -2,6 +2,8 @@
 #include "args.h"
 #include "cli.h"
 #include "difflux.h"
+#include "draw.h"
+#include "sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -30,7 +32,7 @@ typedef struct result {
 int cmd_bench(int argc, char **argv)
 {
     const char *model = NULL, *sampler = "heun", *device = "auto", *precision = "fp32", *batches = "1,8,64",
-               *json = NULL;
+               *json = NULL, *max_memory = NULL;
     int steps = 10, threads = 0, warmup = 1, repeat = 3, profile = 0;
     double peak = 0.0;
     cli_opt opts[] = {
@@ -41,7 +43,9 @@ int cmd_bench(int argc, char **argv)
         {"device", OPT_STR, &device, "D", "cpu, cuda or auto (auto)", 0},
         {"precision", OPT_STR, &precision, "P",
          "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
-        {"threads", OPT_INT, &threads, "T", "CPU threads (0 = all cores)", 0},
+        {"threads", OPT_INT, &threads, "T", "CPU threads, at most 1024 (0 = all cores)", 0},
+        {"max-memory", OPT_STR, &max_memory, "SIZE",
+         "refuse batch sizes needing more, e.g. 8G (default: the memory available)", 0},
         {"warmup", OPT_INT, &warmup, "K", "untimed runs per batch size (1)", 0},
         {"repeat", OPT_INT, &repeat, "K", "timed runs per batch size (3)", 0},
         {"peak", OPT_DOUBLE, &peak, "GFLOPS",
@@ -67,11 +71,23 @@ int cmd_bench(int argc, char **argv)
         return fprintf(stderr, "difflux bench: --batch expects sizes like 1,8,64, got '%s'\n",
                        batches),
                CLI_USAGE;
-    if (steps < 1 || warmup < 0 || repeat < 1 || threads < 0 || peak < 0)
-        return fprintf(stderr, "difflux bench: need --steps >= 1, --warmup >= 0, --repeat >= 1, "
-                               "--threads >= 0, --peak >= 0\n"),
+    if (steps < 1 || steps > 1000000 || warmup < 0 || repeat < 1 || !(peak >= 0))
+        return fprintf(stderr, "difflux bench: need --steps >= 1 (at most 1000000), --warmup "
+                               ">= 0, --repeat >= 1, --peak >= 0\n"),
+               CLI_USAGE;
+    if (cli_check_threads("bench", threads)) return CLI_USAGE;
+    double mem_limit = 0;
+    if (cli_check_max_memory("bench", max_memory, &mem_limit)) return CLI_USAGE;
+    if (!cli_known_sampler(sampler))
+        return fprintf(stderr, "difflux bench: unknown --sampler '%s' (difflux samplers lists "
+                               "them)\n",
+                       sampler),
                CLI_USAGE;
     if (!model) model = cli_default_model();
+    {
+        const cli_file outs[1] = {{"json", json}}, ins[1] = {{"model", model}};
+        if ((rc = cli_check_outputs("bench", outs, 1, ins, 1))) return rc;
+    }
     dfx_error err = {{0}};
     dfx_backend *be = dfx_backend_create(device, threads, &err);
     if (!be) return fprintf(stderr, "difflux bench: %s\n", err.msg), CLI_FAIL;
@@ -88,6 +104,19 @@ int cmd_bench(int argc, char **argv)
     if (!m) goto done;
     const dfx_model_info *mi = dfx_model_get_info(m);
     size_t dim = (size_t)mi->channels * mi->height * mi->width;
+    for (int bi = 0; bi < nb; bi++) { /* every batch size fits, before any timing */
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = sampler;
+        double run = (double)dfx_sampler_bytes(m, &o, bs[bi]), out_b = (double)bs[bi] * dim * 4;
+        double weights = (double)mi->n_params * sizeof(float);
+        char what[1200];
+        snprintf(what, sizeof what, "model %s, %s sampler, batch %d", model, sampler, bs[bi]);
+        int gpu = strcmp(dfx_backend_name(be), "cpu") != 0;
+        if (cli_mem_check(out_b + (gpu ? 0 : run), weights + run + out_b, mem_limit, what, "",
+                          &err))
+            goto done;
+    }
     if (peak == 0.0) peak = dfx_backend_peak_gflops(be);
     printf("model     %s (%s, %.4g MFLOP per evaluation)\n", model, mi->kind, mi->flops / 1e6);
     printf("device    %s: %s, %s matrix products\n", dfx_backend_name(be),

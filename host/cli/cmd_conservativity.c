@@ -2,8 +2,10 @@
 #include "args.h"
 #include "cli.h"
 #include "difflux.h"
+#include "draw.h"
 #include "error.h"
 #include "fileio.h"
+#include "sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -237,7 +239,12 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
         {"path dependence (normalised)", "t", "|∫#dline#u f·dx - ∫#darc#u f·dx| / ∫ |f| |dx|", 0,
          1, nmodels * R, path},
     };
-    int rc = dfx_plot_png(file, 2, 4, panels, 1400, 1000, err);
+    char tmp[4200];
+    int rc = dfx_outputs_adopt(file, tmp, sizeof tmp, err);
+    if (rc == 0) {
+        rc = dfx_plot_png(tmp, 2, 4, panels, 1400, 1000, err);
+        if (dfx_outputs_adopt_done(tmp, rc == 0, rc == 0 ? err : NULL)) rc = -1;
+    }
     free(buf);
     free(s);
     free(labels);
@@ -325,7 +332,7 @@ int cmd_conservativity(int argc, char **argv)
     const char *model = NULL, *baseline = NULL, *field_s = "score", *times = NULL,
                *radii_s = "0.01,0.1,0.5", *method_s = "exact", *data = NULL,
                *sampler = "heun", *device = "auto", *csv = NULL, *json = NULL, *plot = NULL,
-               *replot = NULL;
+               *replot = NULL, *max_memory = NULL;
     int points = 8, probes = 16, patch = 4, loop_nodes = 64, steps = 20, threads = 0,
         batch = 64, quiet = 0;
     uint64_t seed = 0;
@@ -353,7 +360,9 @@ int cmd_conservativity(int argc, char **argv)
         {"fd-step", OPT_DOUBLE, &fd_step, "H", "finite differences: relative step (1e-3)", 0},
         {"seed", OPT_U64, &seed, "S", "random seed for points, probes and planes (0)", 0},
         {"device", OPT_STR, &device, "D", "cpu, cuda or auto (auto)", 0},
-        {"threads", OPT_INT, &threads, "T", "CPU threads (0 = all cores)", 0},
+        {"threads", OPT_INT, &threads, "T", "CPU threads, at most 1024 (0 = all cores)", 0},
+        {"max-memory", OPT_STR, &max_memory, "SIZE",
+         "refuse runs needing more, e.g. 8G (default: the memory available)", 0},
         {"batch", OPT_INT, &batch, "B", "rows per network evaluation (64)", 0},
         {"csv", OPT_STR, &csv, "FILE", "write the results as CSV", 0},
         {"json", OPT_STR, &json, "FILE", "write the results as JSON", 0},
@@ -375,7 +384,9 @@ int cmd_conservativity(int argc, char **argv)
                   "             random planes (periodic trapezoid rule)\n"
                   "  path       the same for a segment against a half circle between two points\n"
                   "All are 0 for a true score; --baseline measures an exact (conservative)\n"
-                  "Gaussian-mixture model of the same data beside the model.",
+                  "Gaussian-mixture model of the same data beside the model.\n"
+                  "Options, output paths and memory are checked before any work; --csv,\n"
+                  "--json and --plot are renamed into place together at the end.",
                   opts, nopts);
         return CLI_OK;
     }
@@ -405,12 +416,42 @@ int cmd_conservativity(int argc, char **argv)
         if (!(o.radii[k] > 0))
             return fprintf(stderr, "difflux conservativity: --radii must be positive\n"),
                    CLI_USAGE;
-    if (points < 1 || probes < 0 || patch < 0 || batch < 1 || steps < 1 || threads < 0 ||
+    if (points < 1 || probes < 0 || patch < 0 || batch < 1 || steps < 1 || steps > 1000000 ||
         (loop_nodes != 0 && loop_nodes < 4) || !(fd_step > 0))
         return fprintf(stderr, "difflux conservativity: need --points >= 1, --probes >= 0, "
-                               "--patch >= 0, --batch >= 1, --steps >= 1, --loop-nodes 0 or "
-                               ">= 4, --fd-step > 0\n"),
+                               "--patch >= 0, --batch >= 1, --steps >= 1 (at most 1000000), "
+                               "--loop-nodes 0 or >= 4, --fd-step > 0\n"),
                CLI_USAGE;
+    if (cli_check_threads("conservativity", threads)) return CLI_USAGE;
+    double mem_limit = 0;
+    if (cli_check_max_memory("conservativity", max_memory, &mem_limit)) return CLI_USAGE;
+    if (!data && !cli_known_sampler(sampler))
+        return fprintf(stderr, "difflux conservativity: unknown --sampler '%s' (difflux "
+                               "samplers lists them)\n",
+                       sampler),
+               CLI_USAGE;
+    if (times) {
+        double tv[MAX_TIMES];
+        int ntv = 0;
+        if (cli_parse_list(times, tv, MAX_TIMES, &ntv))
+            return fprintf(stderr, "difflux conservativity: --t expects up to %d times like "
+                                   "0.1,0.5, got '%s'\n",
+                           MAX_TIMES, times),
+                   CLI_USAGE;
+        for (int i = 0; i < ntv; i++)
+            if (!(tv[i] >= 0 && tv[i] <= 1))
+                return fprintf(stderr, "difflux conservativity: --t: %g is outside [0, 1]\n",
+                               tv[i]),
+                       CLI_USAGE;
+    }
+    {
+        const cli_file outs[3] = {{"csv", csv}, {"json", json}, {"plot", plot}};
+        const cli_file ins[4] = {{"model", model ? model : cli_default_model()},
+                                 {"baseline", baseline},
+                                 {"data", data},
+                                 {"replot", replot}};
+        if ((rc = cli_check_outputs("conservativity", outs, 3, ins, 4))) return rc;
+    }
     if (probes == 0 && patch == 0 && loop_nodes == 0)
         return fprintf(stderr, "difflux conservativity: every metric is switched off\n"),
                CLI_USAGE;
@@ -502,6 +543,27 @@ int cmd_conservativity(int argc, char **argv)
         nt = 8;
         for (int i = 0; i < nt; i++) tl[i] = tn + frac[i] * (td - tn);
     }
+    {
+        /* the base points' draw (one batch of --points), and per model the
+         * network's scratch with its tangents for batches of --batch rows */
+        dfx_sample_opts so;
+        dfx_sample_opts_default(&so, ms[0]);
+        so.sampler = sampler;
+        const double row = (double)mi->channels * mi->height * mi->width * sizeof(float);
+        double need = (data ? 0.0 : (double)dfx_sampler_bytes(ms[0], &so, points)) +
+                      (double)points * row * (4.0 + 2.0 * (o.loop_nodes > 0));
+        double weights = 0;
+        for (int i = 0; i < nmodels; i++) {
+            need += 2.0 * (double)dfx_model_scratch_bytes(ms[i], batch) + 6.0 * batch * row;
+            weights += (double)dfx_model_get_info(ms[i])->n_params * sizeof(float);
+        }
+        char what[1200];
+        snprintf(what, sizeof what, "measuring %s with %d points in batches of %d", model,
+                 points, batch);
+        if (cli_mem_check(need, need + weights, mem_limit, what,
+                          "; fewer --points or a smaller --batch need less", &err))
+            goto done;
+    }
     x0 = base_points(ms[0], data, points, seed, sampler, steps, quiet, &err);
     if (!x0) goto done;
     for (int i = 0; i < nmodels; i++) {
@@ -528,6 +590,7 @@ int cmd_conservativity(int argc, char **argv)
             }
     if (pr.on) fprintf(stderr, "\n");
     for (int i = 0; i < nmodels; i++) print_table(names[i], res[i], nt);
+    dfx_outputs_begin(); /* CSV, JSON and plot renamed into place together */
     if (csv && write_csv(csv, names, res, nmodels, nt, &err)) goto done;
     if (json && write_json(json, names, res, nmodels, nt, dfx_pred_name(field), &err)) goto done;
     for (int i = 0; i < nmodels; i++) {
@@ -538,12 +601,16 @@ int cmd_conservativity(int argc, char **argv)
         shortn[i] = shortbuf[i];
     }
     if (plot && write_plot(plot, shortn, res, nmodels, nt, dfx_pred_name(field), &err)) goto done;
+    if (dfx_outputs_commit(&err)) goto done;
     if (csv) printf("\nwrote %s\n", csv);
     if (json) printf("wrote %s\n", json);
     if (plot) printf("wrote %s\n", plot);
     rc = CLI_OK;
 done:
-    if (rc != CLI_OK) fprintf(stderr, "difflux conservativity: %s\n", err.msg);
+    if (rc != CLI_OK) {
+        dfx_outputs_abort();
+        fprintf(stderr, "difflux conservativity: %s\n", err.msg);
+    }
     free(x0);
     for (int i = 0; i < 2; i++) {
         free(res[i]);

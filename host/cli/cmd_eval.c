@@ -5,6 +5,7 @@
 #include "error.h"
 #include "cli.h"
 #include "draw.h"
+#include "fileio.h"
 #include "quality.h"
 
 #include <math.h>
@@ -110,7 +111,10 @@ int cmd_eval(int argc, char **argv)
                   "histogram (mode coverage) and\nthe distance to the nearest training image "
                   "(memorisation). Under\n`mpirun -np K difflux eval ...` the ranks draw blocks of "
                   "the samples; rank 0\ngathers them and reports exactly what one process would.\n"
-                  "`--make-reference --classifier C --data IDX` computes a reference file once.",
+                  "`--make-reference --classifier C --data IDX` computes a reference file once.\n"
+                  "Options, output paths and memory (--max-memory) are checked before any\n"
+                  "sampling; --save-samples and --json are renamed into place together at the\n"
+                  "end, and SIGINT/SIGTERM remove their temporaries.",
                   opts, nopts);
         return CLI_OK;
     }
@@ -130,6 +134,15 @@ int cmd_eval(int argc, char **argv)
                                "other\n"),
                CLI_USAGE;
     if ((rc = cli_draw_check("eval", &d, opts, nopts, n))) return rc;
+    {
+        const cli_file outs[3] = {{"save-samples", npy}, {"json", json}, {"out", out}};
+        const cli_file ins[7] = {{"model", d.model},         {"classifier", classifier},
+                                 {"reference", reference},   {"samples", samples},
+                                 {"data", data},             {"train-data", train},
+                                 {"model", cli_default_model()}};
+        int orc = cli_mpi_rank() == 0 ? cli_check_outputs("eval", outs, 3, ins, 7) : CLI_OK;
+        if (cli_mpi_any(orc)) return orc ? orc : CLI_FAIL;
+    }
 
     dfx_error err = {{0}};
     const int root = cli_mpi_rank() == 0;
@@ -187,6 +200,7 @@ int cmd_eval(int argc, char **argv)
         }
     } else {
         if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
+        if (cli_mpi_fail(cli_draw_memory(&d, n, 0, &err), &err)) goto done;
         int orc = 0;
         if (root) {
             images = malloc((size_t)n * d.dim * sizeof(float));
@@ -200,6 +214,7 @@ int cmd_eval(int argc, char **argv)
             rc = CLI_OK;
             goto done;
         }
+        dfx_outputs_begin(); /* the samples wait for the report: renamed together */
         if (npy) {
             int64_t shape[4] = {n, d.mi->channels, d.mi->height, d.mi->width};
             if (dfx_write_npy(npy, images, 4, shape, &err)) goto done;
@@ -216,8 +231,10 @@ int cmd_eval(int argc, char **argv)
     printf("classifier   %s (reference %s)\n", classifier, reference);
     print_report(stdout, &q, &ref, cls);
     if (json && write_json(json, &q, &d, samples != NULL, nfe, seconds, &err)) goto done;
+    if (dfx_outputs_commit(&err)) goto done;
     rc = CLI_OK;
 done:
+    if (rc != CLI_OK) dfx_outputs_abort();
     if (rc != CLI_OK && (root || !cli_mpi_other(&err)))
         fprintf(stderr, "difflux eval: %s\n", err.msg);
     cli_quality_free(&q);

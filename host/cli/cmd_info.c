@@ -1,6 +1,7 @@
 /* difflux info: what a model file holds. */
 #include "../model.h"
 #include "../safetensors.h"
+#include "../sampler.h"
 #include "args.h"
 #include "cli.h"
 
@@ -20,13 +21,16 @@ int cmd_info(int argc, char **argv)
     if (help) {
         cli_usage(stdout, "difflux info [--model FILE]",
                   "Describes a model file: kind, path, prediction, image shape, data range,\n"
-                  "parameter count, FLOPs per evaluation and provenance.",
+                  "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
+                  "sampling needs (weights, and the heun sampler's state with the network's\n"
+                  "scratch per batch size, on the CPU with all cores).",
                   opts, 2);
         return CLI_OK;
     }
     if (!model) model = cli_default_model();
     dfx_error err = {{0}};
-    dfx_backend *be = dfx_backend_create("cpu", 1, &err);
+    /* all cores, as difflux sample: the convolutions' scratch is per thread */
+    dfx_backend *be = dfx_backend_create("cpu", 0, &err);
     dfx_model *m = be ? dfx_model_load(model, be, &err) : NULL;
     if (!m) {
         fprintf(stderr, "difflux info: %s\n", err.msg);
@@ -36,6 +40,18 @@ int cmd_info(int argc, char **argv)
     char buf[8192];
     dfx_model_describe(m, buf, sizeof buf);
     fputs(buf, stdout);
+    if (dfx_model_generative(m, NULL) == 0) {
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        const dfx_model_info *mi = dfx_model_get_info(m);
+        char w[32], b1[32], b64[32], s64[32];
+        printf("memory       weights %s; heun sampling needs %s more at batch 1, %s at batch "
+               "64 (of which network scratch %s)\n",
+               cli_format_bytes((double)mi->n_params * sizeof(float), w, sizeof w),
+               cli_format_bytes((double)dfx_sampler_bytes(m, &o, 1), b1, sizeof b1),
+               cli_format_bytes((double)dfx_sampler_bytes(m, &o, 64), b64, sizeof b64),
+               cli_format_bytes((double)dfx_model_scratch_bytes(m, 64), s64, sizeof s64));
+    }
     if (tensors) {
         dfx_st_file f;
         if (dfx_st_open(&f, model, &err) == 0) {

@@ -51,6 +51,10 @@ int cmd_make_gmm(int argc, char **argv)
         return CLI_OK;
     }
     if (!out) return fprintf(stderr, "difflux make-gmm: --out FILE is required\n"), CLI_USAGE;
+    {
+        const cli_file outs[1] = {{"out", out}}, ins[2] = {{"images", images}, {"labels", labels}};
+        if ((rc = cli_check_outputs("make-gmm", outs, 1, ins, 2))) return rc;
+    }
     if (count < 1 || offset < 0 || !(std > 0) || !(hi > lo))
         return fprintf(stderr, "difflux make-gmm: need --count >= 1, --offset >= 0, --std > 0, "
                                "--range-lo < --range-hi\n"),

@@ -5,6 +5,7 @@
 #include "error.h"
 #include "cli.h"
 #include "draw.h"
+#include "fileio.h"
 #include "quality.h"
 
 #include <math.h>
@@ -84,7 +85,12 @@ static int plot(const char *file, const sweep_row *rows, int nrows, const char *
         {t1, "network evaluations per sample", "FID", 1, 1, ns, s1},
         {t2, "network evaluations per sample", "KID", 1, 1, ns, s2},
     };
-    int rc = dfx_plot_png(file, 2, 2, p, 1400, 560, err);
+    char tmp[4200];
+    int rc = dfx_outputs_adopt(file, tmp, sizeof tmp, err);
+    if (rc == 0) {
+        rc = dfx_plot_png(tmp, 2, 2, p, 1400, 560, err);
+        if (dfx_outputs_adopt_done(tmp, rc == 0, rc == 0 ? err : NULL)) rc = -1;
+    }
     free(x);
     free(s1);
     free(s2);
@@ -119,7 +125,8 @@ int cmd_sweep(int argc, char **argv)
                   "draws --n samples each time (the same seeds: sample i starts from the same\n"
                   "noise) and measures them as difflux eval does. Writes a CSV table and, with\n"
                   "--plot, FID and KID against network evaluations per sample. Works under "
-                  "mpirun.",
+                  "mpirun.\nOptions, output paths and memory (--max-memory) are checked before "
+                  "any sampling;\nthe CSV is rewritten (atomically) after every point.",
                   opts, nopts);
         return CLI_OK;
     }
@@ -132,16 +139,11 @@ int cmd_sweep(int argc, char **argv)
         return fprintf(stderr, "difflux sweep: --samplers must list 1 to %d samplers\n",
                        MAX_SAMPLERS),
                CLI_USAGE;
-    const dfx_sampler_desc *descs;
-    int nd = dfx_samplers(&descs);
-    for (int i = 0; i < ns; i++) {
-        int known = 0;
-        for (int j = 0; j < nd; j++) known |= strcmp(descs[j].name, samplers[i]) == 0;
-        if (!known)
+    for (int i = 0; i < ns; i++)
+        if (!cli_known_sampler(samplers[i]))
             return fprintf(stderr, "difflux sweep: unknown sampler '%s' in --samplers\n",
                            samplers[i]),
                    CLI_USAGE;
-    }
     if (cli_parse_list(steps_arg, stepv, MAX_STEPS, &nsteps))
         return fprintf(stderr, "difflux sweep: --steps must be a list of step counts\n"),
                CLI_USAGE;
@@ -158,6 +160,13 @@ int cmd_sweep(int argc, char **argv)
                                "install libplplot-dev plplot-driver-cairo, then rebuild)\n"),
                CLI_FAIL;
     if ((rc = cli_draw_check("sweep", &d, opts, nopts, n))) return rc;
+    {
+        const cli_file outs[2] = {{"csv", csv}, {"plot", png}};
+        const cli_file ins[3] = {
+            {"model", d.model}, {"classifier", classifier}, {"reference", reference}};
+        int orc = cli_mpi_rank() == 0 ? cli_check_outputs("sweep", outs, 2, ins, 3) : CLI_OK;
+        if (cli_mpi_any(orc)) return orc ? orc : CLI_FAIL;
+    }
 
     dfx_error err = {{0}};
     const int root = cli_mpi_rank() == 0;
@@ -172,6 +181,10 @@ int cmd_sweep(int argc, char **argv)
         goto done;
     }
     if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
+    for (int s = 0; s < ns; s++) { /* the most demanding sampler of the list */
+        d.o.sampler = samplers[s];
+        if (cli_mpi_fail(cli_draw_memory(&d, n, 0, &err), &err)) goto done;
+    }
     int orc = 0;
     if (root) {
         images = malloc((size_t)n * d.dim * sizeof(float));

@@ -3,8 +3,10 @@
 #include "draw.h"
 #include "error.h"
 #include "cli.h"
+#include "sampler.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +51,9 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler)
          "cpu, cuda, cuda:N or auto (auto; under mpirun one GPU per rank)", 0},
         {"precision", OPT_STR, &d->precision, "P",
          "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
-        {"threads", OPT_INT, &d->threads, "T", "CPU threads (0 = all cores)", 0},
+        {"threads", OPT_INT, &d->threads, "T", "CPU threads, at most 1024 (0 = all cores)", 0},
+        {"max-memory", OPT_STR, &d->max_memory, "SIZE",
+         "refuse runs needing more, e.g. 8G, 512M (default: the memory available)", 0},
         {"grid", OPT_STR, &d->grid, "NAME",
          "time grid: uniform karras logsnr shift, or auto (karras on ve and dale paths)", 0},
         {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
@@ -89,6 +93,7 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler)
         {"path", OPT_STR, &d->path, "FAMILY",
          "analytic models only: sample on linear trig vp vp_cosine ve", 0},
         {"quiet", OPT_FLAG, &d->quiet, NULL, "print nothing but errors", 0},
+        {"verbose", OPT_FLAG, &d->verbose, NULL, "also print the memory the run needs", 0},
         {"progress", OPT_FLAG, &d->progress, NULL,
          "show the progress bar even when not a terminal", 0},
     };
@@ -114,9 +119,20 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     const cli_opt *o;
     if ((o = cli_find(opts, nopts, "steps")) && o->ptr == &d->steps && o->set && d->steps < 1)
         return usage_fail(cmd, "--steps must be at least 1%s", "");
+    if ((o = cli_find(opts, nopts, "steps")) && o->ptr == &d->steps && d->steps > 1000000)
+        return usage_fail(cmd, "--steps must be at most 1000000%s", "");
     if (d->batch < 0 || (cli_find(opts, nopts, "batch")->set && d->batch < 1))
         return usage_fail(cmd, "--batch must be at least 1%s", "");
-    if (d->threads < 0) return usage_fail(cmd, "--threads must be >= 0%s", "");
+    if (cli_check_threads(cmd, d->threads)) return CLI_USAGE;
+    if (n > 0 && d->start > UINT64_MAX - (uint64_t)(n - 1)) {
+        fprintf(stderr,
+                "difflux %s: --start-index %llu with --n %ld runs past the last sample index "
+                "2^64 - 1 (the indices would wrap around and repeat samples); at most %llu\n",
+                cmd, (unsigned long long)d->start, n,
+                (unsigned long long)(UINT64_MAX - (uint64_t)(n - 1)));
+        return CLI_USAGE;
+    }
+    if (cli_check_max_memory(cmd, d->max_memory, &d->mem_limit)) return CLI_USAGE;
     if (d->max_nfe < 1 || d->max_nfe > 100000000)
         return usage_fail(cmd, "--max-nfe must be in [1, 1e8]%s", "");
     d->g = DFX_GRID_AUTO;
@@ -128,14 +144,9 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     d->fam = DFX_PATH_LINEAR;
     if (d->path && dfx_path_parse(d->path, &d->fam))
         return usage_fail(cmd, "unknown --path '%s' (linear, trig, vp, vp_cosine, ve)", d->path);
-    if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler) {
-        const dfx_sampler_desc *descs;
-        int nd = dfx_samplers(&descs), known = 0;
-        for (int i = 0; i < nd; i++) known |= strcmp(descs[i].name, d->sampler) == 0;
-        if (!known)
-            return usage_fail(cmd, "unknown --sampler '%s' (difflux samplers lists them)",
-                              d->sampler);
-    }
+    if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler &&
+        !cli_known_sampler(d->sampler))
+        return usage_fail(cmd, "unknown --sampler '%s' (difflux samplers lists them)", d->sampler);
     if (strcmp(d->recipe, "paper") != 0 && strcmp(d->recipe, "principled") != 0)
         return usage_fail(cmd, "unknown --recipe '%s' (principled, paper)", d->recipe);
     if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
@@ -251,15 +262,22 @@ static void on_progress(void *ctx, const dfx_progress *p)
     bar_draw(b, frac, 0);
 }
 
+/* This rank's block [lo, hi) of n samples, and the batch it runs them in. */
+static int rank_block(const cli_draw *d, long n, long *lo, long *hi)
+{
+    cli_mpi_block(n, cli_mpi_rank(), cli_mpi_size(), lo, hi);
+    long mine = *hi - *lo;
+    int batch = d->batch ? d->batch : 64;
+    return batch > mine ? (mine > 0 ? (int)mine : 1) : batch;
+}
+
 int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
                  dfx_error *err)
 {
-    int rank = cli_mpi_rank(), size = cli_mpi_size();
+    int rank = cli_mpi_rank();
     long lo, hi;
-    cli_mpi_block(n, rank, size, &lo, &hi);
+    int batch = rank_block(d, n, &lo, &hi);
     long mine = hi - lo;
-    int batch = d->batch ? d->batch : 64;
-    if (batch > mine) batch = mine > 0 ? (int)mine : 1;
     /* rank 0 shows its own block's progress: the ranks run side by side */
     progress_bar bar = {rank == 0 && !d->quiet && (d->progress || isatty(2)),
                         label ? label : "sampling",
@@ -304,6 +322,74 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     nfe_sum = cli_mpi_sum(nfe_sum);
     if (nfe) *nfe = n > 0 ? nfe_sum / (double)n : 0.0;
     return rc;
+}
+
+double cli_mem_available(const char **what)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb > 0) {
+        if (what) *what = "available (MemAvailable in /proc/meminfo)";
+        return kb * 1024.0;
+    }
+    if (what) *what = "of physical memory";
+    return (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+}
+
+int cli_mem_check(double need, double total, double limit, const char *what,
+                  const char *hint, dfx_error *err)
+{
+    char a[32], b[32];
+    if (limit > 0) {
+        if (total <= limit) return 0;
+        return dfx_fail(err, "%s needs about %s, more than --max-memory %s%s", what,
+                        cli_format_bytes(total, a, sizeof a), cli_format_bytes(limit, b, sizeof b),
+                        hint);
+    }
+    const char *src;
+    double avail = cli_mem_available(&src);
+    if (!(avail > 0) || need <= avail) return 0;
+    return dfx_fail(err,
+                    "%s needs about %s more, but the machine has %s %s%s (--max-memory "
+                    "overrides the limit)",
+                    what, cli_format_bytes(need, a, sizeof a),
+                    cli_format_bytes(avail, b, sizeof b), src, hint);
+}
+
+int cli_draw_memory(cli_draw *d, long n, double extra, dfx_error *err)
+{
+    const int rank = cli_mpi_rank();
+    long lo, hi;
+    int batch = rank_block(d, n, &lo, &hi);
+    long mine = hi - lo;
+    const double row = (double)d->dim * sizeof(float);
+    const int gpu = strcmp(dfx_backend_name(d->be), "cpu") != 0;
+    double weights = (double)d->mi->n_params * sizeof(float);
+    double run = (double)dfx_sampler_bytes(d->m, &d->o, batch);
+    double samples = (rank == 0 ? (double)n : (double)mine) * row;
+    double host = samples + (rank == 0 ? extra : 0.0) + (gpu ? 0.0 : run);
+    double total = weights + run + samples + (rank == 0 ? extra : 0.0);
+    char w[32], r[32], s[32], e[32], t[32];
+    if (d->verbose && rank == 0)
+        fprintf(stderr,
+                "difflux: memory: about %s (weights %s, %s sampler state and network scratch "
+                "for batches of %d %s, %ld samples %s%s%s)\n",
+                cli_format_bytes(total, t, sizeof t), cli_format_bytes(weights, w, sizeof w),
+                d->o.sampler, batch, cli_format_bytes(run, r, sizeof r), n,
+                cli_format_bytes(samples, s, sizeof s), extra > 0 ? ", output " : "",
+                extra > 0 ? cli_format_bytes(extra, e, sizeof e) : "");
+    char what[1400];
+    snprintf(what, sizeof what, "model %s with the %s sampler in batches of %d (%s of %s)",
+             d->model, d->o.sampler, batch, cli_format_bytes(run, r, sizeof r),
+             gpu ? "GPU memory" : "sampler state and network scratch");
+    /* the machine's limit: what the run adds on the host (the weights are
+     * loaded already); GPU memory only against an explicit --max-memory */
+    return cli_mem_check(host, total, d->mem_limit, what,
+                         batch > 1 ? "; a smaller --batch needs less" : "", err);
 }
 
 void cli_draw_close(cli_draw *d)

@@ -10,8 +10,10 @@
 
 typedef struct cli_draw {
     /* option values */
-    const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe;
-    int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress;
+    const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
+        *max_memory;
+    int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
+        verbose;
     uint64_t seed, start, max_nfe;
     double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
         anneal;
@@ -20,6 +22,7 @@ typedef struct cli_draw {
     dfx_noise nz;
     dfx_path_family fam;
     int class_id;
+    double mem_limit; /* --max-memory in bytes, 0 = what the machine has */
     /* opened */
     dfx_backend *be;
     dfx_model *m;
@@ -49,6 +52,22 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err);
 int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
                  dfx_error *err);
 void cli_draw_close(cli_draw *d);
+
+/* Memory (after cli_draw_open, before cli_draw_run): the bytes a draw of n
+ * samples needs (the weights, the sampler's state and the network's
+ * scratch for its batches, the n samples on rank 0, plus `extra` host
+ * bytes the command adds, e.g. the PNG), printed with --verbose; -1 with a
+ * message when that is more than --max-memory or, without it, than the
+ * memory available. */
+int cli_draw_memory(cli_draw *d, long n, double extra, dfx_error *err);
+/* The memory this process may still use: MemAvailable of /proc/meminfo,
+ * else the physical memory; *what says which. */
+double cli_mem_available(const char **what);
+/* The check for one figure: `need` new bytes (`total` with what is already
+ * allocated) against the limit (bytes, 0 = cli_mem_available); -1 with a
+ * message "<what> needs about X ...<hint>" when over. */
+int cli_mem_check(double need, double total, double limit, const char *what,
+                  const char *hint, dfx_error *err);
 
 /* MPI (host/cli/mpi.c; one process when difflux was built without it or not
  * started by mpirun). */

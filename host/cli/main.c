@@ -4,7 +4,9 @@
 #include "args.h"
 #include "difflux.h"
 #include "draw.h"
+#include "fileio.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +63,43 @@ static void blas_kernels(char **argv)
     unsetenv("OPENBLAS_CORETYPE"); /* no /proc: carry on with what we have */
 }
 
+/* SIGINT and SIGTERM: remove the temporary files of unfinished outputs and
+ * stop at once, from any thread, even in the middle of a long batch. Only
+ * async-signal-safe calls here (unlink, write, _exit). */
+static int stderr_tty;
+
+static void on_signal(int sig)
+{
+    if (!dfx_tmp_signal(sig)) return; /* renaming a run's outputs: raised again after */
+    static const char term[] = "difflux: stopped by SIGTERM; unfinished outputs removed\n";
+    static const char intr[] = "difflux: interrupted (SIGINT); unfinished outputs removed\n";
+    ssize_t w = stderr_tty ? write(2, "\n", 1) : 0;
+    if (sig == SIGINT)
+        w = write(2, intr, sizeof intr - 1);
+    else
+        w = write(2, term, sizeof term - 1);
+    (void)w;
+    _exit(128 + sig);
+}
+
+static void catch_signals(void)
+{
+    stderr_tty = isatty(2);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT);
+    sigaddset(&sa.sa_mask, SIGTERM);
+    const int sigs[2] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++) {
+        struct sigaction old;
+        /* a signal ignored on entry (nohup, a shell's background job) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
 static int dispatch(int argc, char **argv)
 {
     const char *c = argv[1];
@@ -97,6 +136,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return CLI_USAGE;
     }
+    catch_signals();
     cli_mpi_init(&argc, &argv);
     int rc = dispatch(argc, argv);
     cli_mpi_finalize();
