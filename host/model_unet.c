@@ -617,11 +617,9 @@ static void free_plan(dfx_model *m, unet_impl *u)
     u->plan_B = 0;
 }
 
-static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
+/* The largest scratch (floats) any op of the graph needs for a batch of B. */
+static size_t max_op_scratch(const unet_impl *u, dfx_backend *be, int B)
 {
-    if (B <= u->plan_B) return 0;
-    free_plan(m, u);
-    dfx_backend *be = m->be;
     size_t scratch = 0;
     for (int i = 0; i < u->nops; i++) {
         const uop *op = &u->ops[i];
@@ -632,6 +630,15 @@ static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
             s = be->ops->attention_scratch(be, B, op->cin, op->h * op->w_, op->heads);
         if (s > scratch) scratch = s;
     }
+    return scratch;
+}
+
+static int plan(dfx_model *m, unet_impl *u, int B, dfx_error *err)
+{
+    if (B <= u->plan_B) return 0;
+    free_plan(m, u);
+    dfx_backend *be = m->be;
+    size_t scratch = max_op_scratch(u, be, B);
     u->arena = dfx_be_alloc(be, u->arena_per_sample * B * sizeof(float), "U-Net activations",
                             err);
     u->scratch = dfx_be_alloc(be, (scratch ? scratch : 1) * sizeof(float), "U-Net scratch", err);
@@ -1382,18 +1389,8 @@ size_t dfx_model_scratch_bytes(const dfx_model *m, int rows)
     /* plan(): the activation arena, the largest op's scratch, the guidance
      * buffer and labels; predict_graph's fixed input and output */
     const unet_impl *u = m->impl;
-    dfx_backend *be = m->be;
-    size_t scratch = 1;
-    for (int i = 0; i < u->nops; i++) {
-        const uop *op = &u->ops[i];
-        size_t s = 0;
-        if (op->kind == U_CONV)
-            s = be->ops->conv_scratch(be, (int)R, op->cin, op->h, op->w_, op->k, op->stride,
-                                      op->pad);
-        if (op->kind == U_ATTN)
-            s = be->ops->attention_scratch(be, (int)R, op->cin, op->h * op->w_, op->heads);
-        if (s > scratch) scratch = s;
-    }
+    size_t scratch = max_op_scratch(u, m->be, (int)R);
+    if (scratch < 1) scratch = 1;
     bytes += (u->arena_per_sample * R + scratch) * sizeof(float) + R * row + R * sizeof(int);
     if (u->graphs) bytes += 2 * R * row;
     return bytes;
