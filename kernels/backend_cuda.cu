@@ -1,6 +1,6 @@
 /*
  * The CUDA backend: the same operation table as the CPU backend
- * (host/backend_cpu.c), which stays the reference. Each op below names its
+ * (host/cpu/backend_cpu.c), which stays the reference. Each op below names its
  * CPU twin; tests/test_backend_ops.c checks the two against each other.
  *
  * Execution model
@@ -28,7 +28,7 @@
  *    so results do not depend on the batch size, like the CPU backend.
  *
  * Network layers (conv2d, group_norm, linear, attention, ...; see
- * models/UNET.md and their CPU twins in host/nn_cpu.c) and the tangents of
+ * models/UNET.md and their CPU twins in host/cpu/nn_cpu.c) and the tangents of
  * the nonlinear ones (group_norm_jvp, attention_jvp, silu_jvp: forward-mode
  * derivatives for the U-Net's jvp) follow the same model. Matrix products
  * go to cuBLAS (one handle per backend, bound to the
@@ -46,7 +46,7 @@
  * captured and picks the same algorithms eagerly and in a graph.
  *
  * CUDA graphs (graph_begin .. graph_free in backend.h): a fixed sequence of
- * ops (one U-Net evaluation, host/model_unet.c) is captured once with
+ * ops (one U-Net evaluation, host/model/model_unet.c) is captured once with
  * cudaStreamBeginCapture and replayed with one cudaGraphLaunch. The kernels
  * of a graph read their host data (coefficients, times, labels) from one
  * device block of the graph's own: in the measure pass each op that stages
@@ -84,11 +84,11 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "philox.h" /* __host__ __device__: the CPU and the GPU share the code */
+#include "core/philox.h" /* __host__ __device__: the CPU and the GPU share the code */
 
 extern "C" {
-#include "backend.h"
-#include "error.h"
+#include "core/backend.h"
+#include "core/error.h"
 }
 
 
@@ -1198,7 +1198,7 @@ static void cu_conv2d(dfx_backend *be, float *y, const float *x, const float *w,
  * block, in two passes over the group in double: the mean first, then the
  * sum of squared deviations from it, var = sum (x - mean)^2 / n (biased).
  * No E[x^2] - mean^2, which cancels when the mean is large against the
- * spread. The CPU (host/cpu_kernels.c) computes the same two
+ * spread. The CPU (host/cpu/cpu_kernels.c) computes the same two
  * sums in double, in another order of summation: the statistics agree to
  * double rounding, not to the bit. The forward and its tangent share this. */
 static __device__ void gn_block_stats(const float *xs, size_t n, float eps, double *sh,

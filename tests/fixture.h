@@ -4,8 +4,8 @@
 #define DFX_TEST_FIXTURE_H
 
 #include "check.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <stdlib.h>
 

@@ -1,7 +1,7 @@
 /*
  * Backend parity test, in the manner of ggml's test-backend-ops: every
  * operation of the backend table runs on the CPU backend (the reference,
- * host/backend_cpu.c, host/nn_cpu.c) and on the CUDA backend
+ * host/cpu/backend_cpu.c, host/cpu/nn_cpu.c) and on the CUDA backend
  * (kernels/backend_cuda.cu) with the same random inputs, and the results
  * are compared by the normalised error ||gpu - cpu|| / ||cpu||. The
  * network layers are also checked for batch invariance on the GPU (a
@@ -16,9 +16,9 @@
  * this build, or no device).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
-#include "backend.h"
-#include "model.h"
-#include "safetensors.h"
+#include "core/backend.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <math.h>
 #include <stdint.h>

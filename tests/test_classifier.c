@@ -6,8 +6,8 @@
  * with a message. */
 #include "check.h"
 #include "fixture.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <stdlib.h>
 #include <unistd.h>

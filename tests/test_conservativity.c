@@ -10,8 +10,8 @@
  */
 #include "check.h"
 #include "difflux.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <stdlib.h>
 #include <unistd.h>

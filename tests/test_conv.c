@@ -8,9 +8,9 @@
  * alone, in a batch and with either thread count, and GroupNorm fused into
  * the convolution must give exactly the two ops. ctest runs this on every
  * instruction-set path the CPU has (DIFFLUX_ISA, tests/isa.sh). */
-#include "backend.h"
+#include "core/backend.h"
 #include "check.h"
-#include "cpu_isa.h"
+#include "cpu/cpu_isa.h"
 
 #include <stdint.h>
 #include <stdlib.h>

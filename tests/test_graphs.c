@@ -3,7 +3,7 @@
  * op's arguments, a launch calls the CPU ops again with them, the host
  * arrays (times, labels, coefficients) read from the graph's staging block
  * that the capture and refill passes write — runs the U-Net's graph path
- * (host/model_unet.c, predict_graph), which must give what the same model
+ * (host/model/model_unet.c, predict_graph), which must give what the same model
  * gives op by op (DIFFLUX_CUDA_GRAPHS=0), bit for bit: with new times,
  * inputs and labels every evaluation (refilled), batch sizes that change
  * (and replan), guidance, another precision, profiling, a sampler run, the
@@ -13,8 +13,8 @@
  * refill the same as the capture's. The CUDA graphs themselves are checked
  * against CUDA op-by-op execution by test_backend_ops, on a GPU. */
 #include "check.h"
-#include "error.h"
-#include "model.h"
+#include "core/error.h"
+#include "model/model.h"
 
 #include <stdint.h>
 #include <stdlib.h>

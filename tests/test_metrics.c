@@ -1,4 +1,4 @@
-/* Sample-quality metrics (host/metrics.h) against independent references:
+/* Sample-quality metrics (host/analysis/metrics.h) against independent references:
  * feature statistics against a naive double loop, the Frechet distance
  * against closed forms (diagonal and 2x2 covariances) and against a
  * Denman-Beavers square root of S1 S2 (the scipy-sqrtm route of
@@ -7,7 +7,7 @@
  * refusal of bad arguments. */
 #include "check.h"
 #include "difflux.h"
-#include "metrics.h"
+#include "analysis/metrics.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * the properties of the normals built on them. */
 #include "check.h"
 #include "difflux.h"
-#include "philox.h"
+#include "core/philox.h"
 
 #include <float.h>
 #include <stdlib.h>

@@ -4,8 +4,8 @@
  * with full covariance is drawn with that covariance, and samplers refuse
  * models they do not fit. */
 #include "check.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <stdlib.h>
 #include <unistd.h>

@@ -4,8 +4,8 @@
  * malformed U-Net files; the affine model is A x + b. */
 #include "check.h"
 #include "fixture.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>

@@ -31,8 +31,8 @@
  */
 #include "check.h"
 #include "fixture.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <stdlib.h>
 

@@ -3,7 +3,7 @@
 #include "cli.h"
 #include "difflux.h"
 #include "draw.h"
-#include "sampler.h"
+#include "sampler/sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

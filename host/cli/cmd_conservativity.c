@@ -3,9 +3,9 @@
 #include "cli.h"
 #include "difflux.h"
 #include "draw.h"
-#include "error.h"
-#include "fileio.h"
-#include "sampler.h"
+#include "core/error.h"
+#include "io/fileio.h"
+#include "sampler/sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

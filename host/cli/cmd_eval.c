@@ -2,10 +2,10 @@
  * confidence, class histogram, nearest training images). */
 #define _POSIX_C_SOURCE 200809L
 #include "args.h"
-#include "error.h"
+#include "core/error.h"
 #include "cli.h"
 #include "draw.h"
-#include "fileio.h"
+#include "io/fileio.h"
 #include "quality.h"
 
 #include <math.h>

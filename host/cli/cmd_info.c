@@ -1,7 +1,7 @@
 /* difflux info: what a model file holds. */
-#include "../model.h"
-#include "../safetensors.h"
-#include "../sampler.h"
+#include "model/model.h"
+#include "io/safetensors.h"
+#include "sampler/sampler.h"
 #include "args.h"
 #include "cli.h"
 

@@ -3,7 +3,7 @@
 #include "args.h"
 #include "cli.h"
 #include "draw.h"
-#include "fileio.h"
+#include "io/fileio.h"
 
 #include <math.h>
 #include <stdio.h>

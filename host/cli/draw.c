@@ -1,9 +1,9 @@
 /* Sampling options, set-up and split draws shared by sample, eval and sweep. */
 #define _POSIX_C_SOURCE 200809L
 #include "draw.h"
-#include "error.h"
+#include "core/error.h"
 #include "cli.h"
-#include "sampler.h"
+#include "sampler/sampler.h"
 
 #include <math.h>
 #include <stdint.h>

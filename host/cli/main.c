@@ -4,7 +4,7 @@
 #include "args.h"
 #include "difflux.h"
 #include "draw.h"
-#include "fileio.h"
+#include "io/fileio.h"
 
 #include <signal.h>
 #include <stdio.h>

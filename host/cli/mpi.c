@@ -3,7 +3,7 @@
  * build, or when not started by mpirun, this is one process of rank 0. */
 #define _POSIX_C_SOURCE 200809L
 #include "draw.h"
-#include "error.h"
+#include "core/error.h"
 
 #include <limits.h>
 #include <stdlib.h>

@@ -2,9 +2,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "quality.h"
 #include "cli.h"
-#include "error.h"
-#include "metrics.h"
-#include "safetensors.h"
+#include "core/error.h"
+#include "analysis/metrics.h"
+#include "io/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -26,7 +26,7 @@ from .modelfile import load_model
 from .unet import UNet
 
 
-# -------------------------------------------------------------- paths (host/path.c)
+# -------------------------------------------------------------- paths (host/model/path.c)
 
 def path_coefs(p, t):
     """a, s, m and their t-derivatives of the path (host/MATH.md section 1)."""
@@ -73,7 +73,7 @@ def convert(c, frm, to):
 
 
 def heun_torch(net, cfg, x, steps, y=None):
-    """The Heun sampler of host/samplers_ode.c in PyTorch."""
+    """The Heun sampler of host/sampler/samplers_ode.c in PyTorch."""
     p, pred = cfg["path"], cfg["prediction"]
     t0, t1 = default_range(p)
     grid = [t0 + (t1 - t0) * i / steps for i in range(steps + 1)]

@@ -1,6 +1,6 @@
 /*
  * Side-by-side benchmark of 2D convolutions: difflux's own CPU convolution
- * (host/backend_cpu.c, gemm_cpu.c) against oneDNN's (C API, CPU engine, a
+ * (host/cpu/backend_cpu.c, gemm_cpu.c) against oneDNN's (C API, CPU engine, a
  * forward_inference direct convolution with plain NCHW source and
  * destination). oneDNN is run twice per shape, with the weights in plain
  * OIHW and with the weight format left to oneDNN ("any", the weights
@@ -25,7 +25,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "backend.h"
+#include "core/backend.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>

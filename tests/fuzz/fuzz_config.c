@@ -3,8 +3,8 @@
  * own sections (unet, classifier, gmm) before the first missing tensor. */
 #include "fuzz.h"
 
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "io/safetensors.h"
 
 #include <string.h>
 

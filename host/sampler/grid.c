@@ -1,0 +1,89 @@
+/* Time grids shared by all fixed-step samplers (MATH.md section 2). */
+#include "core/error.h"
+#include "core/names.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift"};
+
+const char *dfx_grid_name(dfx_grid g)
+{
+    if (g == DFX_GRID_AUTO) return "auto";
+    return dfx_enum_name(grid_names, DFX_GRID_COUNT, (int)g);
+}
+
+int dfx_grid_parse(const char *name, dfx_grid *g)
+{
+    int i = dfx_enum_parse(grid_names, DFX_GRID_COUNT, name);
+    if (i >= 0) *g = (dfx_grid)i;
+    return i >= 0 ? 0 : -1;
+}
+
+int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, double t_noise,
+                  double t_data, int n, double *out, dfx_error *err)
+{
+    if (n < 1) return dfx_fail(err, "the time grid needs at least one step");
+    if (!(t_noise >= 0.0 && t_noise <= 1.0 && t_data >= 0.0 && t_data <= 1.0))
+        return dfx_fail(err, "--t-noise and --t-data must lie in [0, 1]");
+    int up = dfx_path_data_at_one(p);
+    if (up ? !(t_data > t_noise) : !(t_data < t_noise))
+        return dfx_fail(err,
+                        "on the %s path data sit at t = %d: need --t-data %s --t-noise (got "
+                        "t_noise = %g, t_data = %g)",
+                        dfx_path_name(p->family), up, up ? ">" : "<", t_noise, t_data);
+    out[0] = t_noise;
+    out[n] = t_data;
+    switch (g) {
+    case DFX_GRID_UNIFORM:
+        for (int i = 1; i < n; i++) out[i] = t_noise + (t_data - t_noise) * i / (double)n;
+        break;
+    case DFX_GRID_KARRAS:
+    case DFX_GRID_LOGSNR: {
+        double l0 = dfx_path_logsnr(p, t_noise), l1 = dfx_path_logsnr(p, t_data);
+        if (!isfinite(l0) || !isfinite(l1))
+            return dfx_fail(err,
+                            "the %s grid needs a finite noise level at both ends, but on the %s "
+                            "path sigma = s/a is %s at t = %g; move the end with --t-noise or "
+                            "--t-data",
+                            dfx_grid_name(g), dfx_path_name(p->family),
+                            isfinite(l0) ? "zero" : "infinite", isfinite(l0) ? t_data : t_noise);
+        if (g == DFX_GRID_KARRAS && !(rho > 0.0))
+            return dfx_fail(err, "--rho must be positive");
+        for (int i = 1; i < n; i++) {
+            double f = i / (double)n, lam;
+            if (g == DFX_GRID_LOGSNR) {
+                lam = l0 + f * (l1 - l0);
+            } else { /* sigma = exp(-lambda) */
+                double a = exp(-l0 / rho), b = exp(-l1 / rho);
+                lam = -rho * log(a + f * (b - a));
+            }
+            out[i] = dfx_path_t_of_logsnr(p, lam);
+        }
+        break;
+    }
+    case DFX_GRID_SHIFT: {
+        if (!(shift > 0.0)) return dfx_fail(err, "--shift must be positive");
+        /* Noise coordinate u (1 = noise end), normalised to the interval,
+         * shifted by u' = k u / (1 + (k - 1) u): k > 1 spends more steps at
+         * high noise (as in SD3). */
+        double u0 = up ? 1.0 - t_noise : t_noise, u1 = up ? 1.0 - t_data : t_data;
+        for (int i = 1; i < n; i++) {
+            double v = 1.0 - i / (double)n;
+            double vs = shift * v / (1.0 + (shift - 1.0) * v);
+            double u = u1 + (u0 - u1) * vs;
+            out[i] = up ? 1.0 - u : u;
+        }
+        break;
+    }
+    default:
+        return dfx_fail(err, "unknown time grid");
+    }
+    for (int i = 0; i < n; i++)
+        if (up ? !(out[i + 1] > out[i]) : !(out[i + 1] < out[i]))
+            return dfx_fail(err,
+                            "the %s grid with %d steps is not strictly monotone at step %d "
+                            "(t = %.17g, %.17g): use fewer steps or another grid",
+                            dfx_grid_name(g), n, i, out[i], out[i + 1]);
+    return 0;
+}

@@ -1,0 +1,502 @@
+/*
+ * The sampler driver: the registry, option checks, buffer planning, the
+ * initial noise, the loop's shared helpers and the final denoising step.
+ * Step rules live in samplers_ode.c and sampler_em.c.
+ */
+#include "sampler/sampler.h"
+#include "core/error.h"
+#include "core/names.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALL "all paths"
+#define DALE "dale path only"
+static const sampler_def defs[] = {
+    /* deterministic: the probability-flow ODE */
+    {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, ALL, 50}, 1, DFX_SF_VEL, 0,
+     dfx_run_euler},
+    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, ALL, 16}, 3,
+     DFX_SF_VEL, 0, dfx_run_heun},
+    {{"rk4", "classical fourth-order Runge-Kutta", 4, 4, 0, ALL, 20}, 5, DFX_SF_VEL, 0,
+     dfx_run_rk4},
+    {{"dopri5", "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)", 5, 0, 0, ALL, 0}, 9,
+     DFX_SF_ADAPTIVE | DFX_SF_VEL, 0, dfx_run_dopri5},
+    {{"ddim", "DDIM: exact step for a frozen x_hat; --eta > 0 adds fresh noise", 1, 1, 0, ALL,
+      50},
+     2, DFX_SF_X0, 0.0, dfx_run_ddim},
+    {{"dpmpp_2m", "DPM-Solver++(2M): multistep in log-SNR on x_hat", 2, 1, 0, ALL, 30}, 4,
+     DFX_SF_X0, 0, dfx_run_dpmpp_2m},
+    /* stochastic */
+    {{"em", "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)", 1, 1,
+      1, ALL, 500},
+     2, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_em},
+    {{"ddpm", "ancestral sampling from the posterior q(x_t' | x_t, x_hat) (DDPM)", 1, 1, 1, ALL,
+      500},
+     2, DFX_SF_X0, 1.0, dfx_run_ddpm},
+    {{"euler_ancestral", "Euler step to sigma_down plus fresh noise sigma_up (--eta, 1)", 1, 1,
+      1, ALL, 100},
+     2, DFX_SF_X0, 1.0, dfx_run_ddim},
+    {{"dpmpp_2m_sde", "DPM-Solver++(2M) SDE, midpoint variant (--eta, 1)", 1, 1, 1, ALL, 50}, 4,
+     DFX_SF_X0, 1.0, dfx_run_dpmpp_2m_sde},
+    {{"pc", "predictor-corrector: em predictor + Langevin corrector at --snr", 1, 2, 1, ALL,
+      500},
+     3, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_pc},
+    /* multiplicative (Dale) */
+    {{"adls", "Dale: sign-preserving Euler-Maruyama in log space (--recipe)", 1, 1, 1, DALE,
+      1000},
+     2, DFX_SF_DALE | DFX_SF_SCORE, 0, dfx_run_adls},
+    {{"aums", "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)", 1, 1, 1, DALE,
+      1000},
+     2, DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE, 0, dfx_run_aums},
+};
+#define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
+
+static dfx_sampler_desc descs[N_DEFS];
+
+int dfx_samplers(const dfx_sampler_desc **list)
+{
+    for (int i = 0; i < N_DEFS; i++) descs[i] = defs[i].d;
+    *list = descs;
+    return N_DEFS;
+}
+
+static const char *const noise_names[DFX_NOISE_COUNT] = {"diffusion", "const", "s", "s2"};
+
+const char *dfx_noise_name(dfx_noise n)
+{
+    return dfx_enum_name(noise_names, DFX_NOISE_COUNT, (int)n);
+}
+
+int dfx_noise_parse(const char *name, dfx_noise *n)
+{
+    int i = dfx_enum_parse(noise_names, DFX_NOISE_COUNT, name);
+    if (i >= 0) *n = (dfx_noise)i;
+    return i >= 0 ? 0 : -1;
+}
+
+double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t)
+{
+    dfx_coef c;
+    dfx_path_eval(p, t, &c);
+    switch (kind) {
+    case DFX_NOISE_CONST:
+        return eps0;
+    case DFX_NOISE_S:
+        return eps0 * c.s;
+    case DFX_NOISE_S2:
+        return eps0 * c.s * c.s;
+    case DFX_NOISE_DIFFUSION: {
+        /* g^2 / 2 of the forward SDE = s^2 |d log(s/a)/dt| */
+        double r = c.ds / c.s - c.da / c.a;
+        return eps0 * c.s * c.s * fabs(r);
+    }
+    default:
+        return NAN;
+    }
+}
+
+void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
+{
+    memset(o, 0, sizeof *o);
+    o->sampler = "heun";
+    o->steps = 0; /* the sampler's default */
+    o->eta = NAN;
+    o->snr = 0.16;
+    o->corrector_steps = 1;
+    o->recipe = DFX_RECIPE_PRINCIPLED;
+    o->delta = NAN;
+    o->anneal = NAN;
+    o->seed = 0;
+    o->grid = DFX_GRID_AUTO;
+    o->rho = 7.0;
+    o->shift = 3.0;
+    o->t_noise = NAN;
+    o->t_data = NAN;
+    o->rtol = 1e-4;
+    o->atol = 1e-4;
+    o->max_nfe = 100000;
+    o->eps0 = 1.0;
+    o->denoise = 1;
+    /* The score blows up at the data end of an interpolant, so its noise
+     * must vanish there; diffusions get their own reverse SDE. */
+    o->noise = (m && dfx_path_data_at_one(&m->cfg.path)) ? DFX_NOISE_S : DFX_NOISE_DIFFUSION;
+}
+
+const double *dfx_sampler_grid(const dfx_sampler *s, int *n)
+{
+    int adaptive = (s->def->flags & DFX_SF_ADAPTIVE) != 0;
+    if (n) *n = adaptive ? 0 : s->n;
+    return adaptive ? NULL : s->grid;
+}
+
+void dfx_sampler_free(dfx_sampler *s)
+{
+    if (!s) return;
+    dfx_backend *be = s->be;
+    if (s->x) be->ops->free(be, s->x);
+    for (int i = 0; i < DFX_SAMPLER_MAX_BUFS; i++)
+        if (s->buf[i]) be->ops->free(be, s->buf[i]);
+    free(s->grid);
+    free(s->t);
+    free(s->coef);
+    free(s->nfe);
+    free(s);
+}
+
+static const char *model_name(const dfx_model *m)
+{
+    return m->file[0] ? m->file : "(in memory)";
+}
+
+/* Fail early, before any work, where a conversion the sampler needs is
+ * singular on its grid. */
+static int check_grid(dfx_sampler *s, dfx_error *err)
+{
+    const dfx_model *m = s->m;
+    dfx_pred native = m->native;
+    unsigned f = s->def->flags;
+    /* one-evaluation rules never evaluate at the last grid point */
+    int need_end = s->def->d.nfe_per_step != 1;
+    for (int i = 0; i <= s->n; i++) {
+        double t = s->grid[i], A, B, C;
+        if (i == s->n && !need_end) break;
+        if (((f & DFX_SF_VEL) &&
+             dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_VELOCITY, &A, &B, &C, err)) ||
+            ((f & DFX_SF_SCORE) &&
+             dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_SCORE, &A, &B, &C, err)) ||
+            ((f & DFX_SF_X0) &&
+             (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_DATA, &A, &B, &C, err) ||
+              dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_EPS, &A, &B, &C, err))))
+            return dfx_fail_prefix(err, "sampler %s", s->def->d.name);
+        if (i < s->n && (f & DFX_SF_EPS)) {
+            double e = dfx_noise_eps(&m->cfg.path, s->o.noise, s->o.eps0, t);
+            if (!isfinite(e) || e < 0.0)
+                return dfx_fail(err,
+                                "--noise %s is %g at t = %g on the %s path; choose another "
+                                "schedule (--noise s is safe everywhere) or move --t-noise",
+                                dfx_noise_name(s->o.noise), e, t,
+                                dfx_path_name(m->cfg.path.family));
+        }
+    }
+    if (s->o.denoise) {
+        double t = s->t_data, A, B, C;
+        if (dfx_model_convert_coefs(m, &t, 1, native, DFX_PRED_DATA, &A, &B, &C, err))
+            return dfx_fail_prefix(err, "final denoising step (--no-denoise skips it)");
+    }
+    return 0;
+}
+
+dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_rows,
+                                dfx_error *err)
+{
+    const sampler_def *def = NULL;
+    for (int i = 0; i < N_DEFS; i++)
+        if (o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) def = &defs[i];
+    if (!def) {
+        dfx_fail(err, "unknown sampler '%s' (`difflux samplers` lists them)",
+                 o->sampler ? o->sampler : "");
+        return NULL;
+    }
+    if (max_rows < 1) {
+        dfx_fail(err, "batch size must be at least 1");
+        return NULL;
+    }
+    if (dfx_model_generative(m, err)) return NULL;
+    const int adaptive = (def->flags & DFX_SF_ADAPTIVE) != 0;
+    const int steps = o->steps ? o->steps : def->d.default_steps;
+    if (!adaptive && (steps < 1 || steps > 1000000)) {
+        dfx_fail(err, "--steps must be in [1, 1000000] (got %d)", o->steps);
+        return NULL;
+    }
+    if (adaptive && !(o->rtol > 0.0 && o->atol > 0.0 && o->max_nfe > 0)) {
+        dfx_fail(err, "--rtol, --atol and --max-nfe must be positive");
+        return NULL;
+    }
+    if ((def->flags & DFX_SF_EPS) && !(o->eps0 >= 0.0 && isfinite(o->eps0))) {
+        dfx_fail(err, "--eps0 must be a finite number >= 0");
+        return NULL;
+    }
+    double eta = isnan(o->eta) ? def->eta : o->eta;
+    if (!(eta >= 0.0 && eta <= 1e6)) {
+        dfx_fail(err, "--eta must be a number >= 0 (got %g)", o->eta);
+        return NULL;
+    }
+    if (strcmp(def->d.name, "pc") == 0 &&
+        (!(o->snr > 0.0 && isfinite(o->snr)) || o->corrector_steps < 1 ||
+         o->corrector_steps > 64)) {
+        dfx_fail(err, "pc needs --snr > 0 and --corrector-steps in [1, 64]");
+        return NULL;
+    }
+    if ((def->flags & DFX_SF_DALE) && m->cfg.path.family != DFX_PATH_DALE) {
+        dfx_fail(err,
+                 "sampler %s applies to multiplicative models on the dale path; this model is "
+                 "on the %s path (see `difflux samplers`)",
+                 def->d.name, dfx_path_name(m->cfg.path.family));
+        return NULL;
+    }
+    if (o->recipe != DFX_RECIPE_PRINCIPLED && !(def->flags & DFX_SF_DALE)) {
+        dfx_fail(err, "--recipe applies to the multiplicative samplers adls and aums only");
+        return NULL;
+    }
+    dfx_sampler *s = dfx_alloc(1, sizeof *s, "sampler", err);
+    if (!s) return NULL;
+    s->m = m;
+    s->be = m->be;
+    s->o = *o;
+    s->def = def;
+    s->max_rows = max_rows;
+    s->dim = m->dim;
+    s->eta = eta;
+    if (def->flags & DFX_SF_DALE) {
+        /* the paper's tuned recipe (MATH.md section 3), unless overridden */
+        int aums = (def->flags & DFX_SF_AMBIENT) != 0;
+        if (isnan(o->delta)) s->o.delta = aums ? 1.43845e-4 : 6.16545e-4;
+        if (o->inner == 0) s->o.inner = aums ? 4 : 1;
+        if (isnan(o->anneal)) s->o.anneal = 0.995;
+        if (!(s->o.delta > 0.0 && s->o.delta < 1.0) || s->o.inner < 1 || s->o.inner > 1000 ||
+            !(s->o.anneal > 0.0 && s->o.anneal <= 1.0)) {
+            dfx_fail(err, "need --delta in (0, 1), --inner in [1, 1000], --anneal in (0, 1]");
+            goto fail;
+        }
+    }
+    double tn, td;
+    dfx_path_default_range(&m->cfg.path, &tn, &td);
+    s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
+    s->t_data = isnan(o->t_data) ? td : o->t_data;
+    if (m->cfg.has_start && !o->path_start && !m->vt->sample_marginal && s->t_noise != tn) {
+        dfx_fail(err,
+                 "%s: the model's fitted start distribution is for t = %g, not --t-noise %g "
+                 "(add --path-start to start from the path's N(m, s^2) there)",
+                 m->file[0] ? m->file : "model", tn, s->t_noise);
+        goto fail;
+    }
+    s->n = adaptive ? 1 : steps;
+    if (s->o.grid == DFX_GRID_AUTO) {
+        int ve = m->cfg.path.family == DFX_PATH_VE || m->cfg.path.family == DFX_PATH_DALE;
+        s->o.grid = (ve && !(def->flags & DFX_SF_DALE)) ? DFX_GRID_KARRAS : DFX_GRID_UNIFORM;
+    }
+    s->grid = dfx_alloc((size_t)s->n + 1, sizeof *s->grid, "time grid", err);
+    if (!s->grid) goto fail;
+    if (adaptive) {
+        /* the uniform grid of one step only checks the interval */
+        if (dfx_time_grid(&m->cfg.path, DFX_GRID_UNIFORM, 7, 1, s->t_noise, s->t_data, 1,
+                          s->grid, err))
+            goto fail;
+    } else if (dfx_time_grid(&m->cfg.path, s->o.grid, o->rho, o->shift, s->t_noise, s->t_data,
+                             s->n, s->grid, err)) {
+        goto fail;
+    }
+    if (check_grid(s, err)) goto fail;
+    size_t bytes = (size_t)max_rows * s->dim * sizeof(float);
+    s->x = dfx_be_alloc(s->be, bytes, "sampler state", err);
+    if (!s->x) goto oom;
+    for (int i = 0; i < def->nbuf; i++)
+        if (!(s->buf[i] = dfx_be_alloc(s->be, bytes, "sampler buffers", err))) goto oom;
+    s->t = dfx_alloc((size_t)max_rows, sizeof *s->t, "sampler", err);
+    s->coef = dfx_alloc((size_t)(DFX_LINCOMB_MAX + 1) * max_rows, sizeof *s->coef, "sampler",
+                        err);
+    s->nfe = dfx_alloc((size_t)max_rows, sizeof *s->nfe, "sampler", err);
+    if (!s->t || !s->coef || !s->nfe) goto oom;
+    if (dfx_model_reserve(m, max_rows, err)) goto oom;
+    return s;
+oom: /* name the model and the batch: a smaller --batch needs less */
+    dfx_fail_prefix(err, "model %s, %s sampler, batch of %d (about %.3g MB)", model_name(m),
+                    def->d.name, max_rows, (double)dfx_sampler_bytes(m, o, max_rows) / 1e6);
+fail:
+    dfx_sampler_free(s);
+    return NULL;
+}
+
+/* NaN or Inf from the very first evaluation of a run, on the finite start
+ * state, is the model's own fault, not the integration's. (Later
+ * evaluations are not checked: dopri5 rejects a trial step whose
+ * evaluation overflowed, and the state check after each step covers the
+ * others.) */
+static int first_eval_check(dfx_sampler *s, double t, const float *x, const float *out,
+                            dfx_error *err)
+{
+    size_t bad = 0, badx = 0, n = (size_t)s->rows * s->dim;
+    if (s->be->ops->count_nonfinite(s->be, out, n, &bad, err)) return -1;
+    if (!bad) return 0;
+    if (s->be->ops->count_nonfinite(s->be, x, n, &badx, err)) return -1;
+    unsigned long long a = (unsigned long long)s->first, b = a + (unsigned long long)s->rows - 1;
+    if (badx)
+        return dfx_fail(err,
+                        "model %s: the start state of samples %llu..%llu holds %zu NaN/Inf "
+                        "values (the model's fitted start distribution is broken; --path-start "
+                        "starts from the path's Gaussian instead)",
+                        model_name(s->m), a, b, badx);
+    return dfx_fail(err,
+                    "model %s itself produces NaN/Inf: %zu non-finite values at its first "
+                    "evaluation (t = %g, samples %llu..%llu, finite input); more steps will not "
+                    "help: the file's weights or configuration are at fault",
+                    model_name(s->m), bad, t, a, b);
+}
+
+int dfx_s_eval_rows(dfx_sampler *s, const double *t, const float *x, dfx_pred want, float *out,
+                    const int *active, dfx_error *err)
+{
+    for (int r = 0; r < s->rows; r++) s->nfe[r] += active ? (active[r] != 0) : 1;
+    if (dfx_model_eval(s->m, t, x, want, out, s->rows, err)) return -1;
+    if (s->evals++ == 0) return first_eval_check(s, t[0], x, out, err);
+    return 0;
+}
+
+int dfx_s_eval(dfx_sampler *s, double t, const float *x, dfx_pred want, float *out,
+               dfx_error *err)
+{
+    for (int r = 0; r < s->rows; r++) s->t[r] = t;
+    return dfx_s_eval_rows(s, s->t, x, want, out, NULL, err);
+}
+
+void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, const double *c,
+                   double c0)
+{
+    int R = s->rows;
+    double *cf = s->coef, *b = s->coef + (size_t)DFX_LINCOMB_MAX * R;
+    for (int i = 0; i < k; i++)
+        for (int r = 0; r < R; r++) cf[(size_t)i * R + r] = c[i];
+    for (int r = 0; r < R; r++) b[r] = c0;
+    s->be->ops->lincomb(s->be, out, k, x, cf, c0 != 0.0 ? b : NULL, R, s->dim);
+}
+
+int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err)
+{
+    size_t bad = 0;
+    if (s->be->ops->count_nonfinite(s->be, s->x, (size_t)s->rows * s->dim, &bad, err)) return -1;
+    if (!bad) return 0;
+    char where[96];
+    if (step < 0)
+        snprintf(where, sizeof where, "at the end of the run");
+    else if (s->def->flags & DFX_SF_ADAPTIVE)
+        snprintf(where, sizeof where, "after adaptive step %d", step);
+    else
+        snprintf(where, sizeof where, "after step %d of %d", step, s->n);
+    return dfx_fail(err,
+                    "model %s, sampler %s: %zu NaN/Inf values in samples %llu..%llu %s (t = %g); "
+                    "the model's first evaluation was finite, so the integration diverged: try "
+                    "more steps, another grid or a shorter interval",
+                    model_name(s->m), s->def->d.name, bad, (unsigned long long)s->first,
+                    (unsigned long long)(s->first + (uint64_t)s->rows - 1), where, t);
+}
+
+void dfx_s_progress(dfx_sampler *s, int step, int steps, double t)
+{
+    if (!s->o.progress) return;
+    dfx_progress p = {step, steps, t};
+    s->o.progress(s->o.progress_ctx, &p);
+}
+
+int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
+                    dfx_sample_stats *stats, dfx_error *err)
+{
+    if (rows < 1 || rows > s->max_rows)
+        return dfx_fail(err, "batch of %d samples, but the sampler was planned for 1..%d", rows,
+                        s->max_rows);
+    if (first_index > UINT64_MAX - (uint64_t)(rows - 1))
+        return dfx_fail(err,
+                        "samples %llu + %d run past the last sample index 2^64 - 1 (the indices "
+                        "would wrap around)",
+                        (unsigned long long)first_index, rows);
+    dfx_sample_stats local;
+    memset(&local, 0, sizeof local);
+    s->evals = 0;
+    s->first = first_index;
+    s->rows = rows;
+    s->m->first_index = first_index;
+    s->st = &local;
+    memset(s->nfe, 0, (size_t)rows * sizeof *s->nfe);
+    /* x at the noise end: m + s z (or the model's fitted start distribution,
+     * per value or with full covariance), z from draw 0 of the initial stream */
+    const dfx_model_config *mc = &s->m->cfg;
+    dfx_coef c;
+    dfx_path_eval(&mc->path, s->t_noise, &c);
+    double mean = c.m, sd = c.s;
+    if (mc->has_start && !s->o.path_start) {
+        mean = mc->start_mean;
+        sd = mc->start_std;
+    }
+    dfx_backend *be = s->be;
+    size_t n = (size_t)rows * s->dim;
+    if (s->m->vt->sample_marginal && !s->o.path_start) {
+        /* analytic models know p_t exactly */
+        if (s->m->vt->sample_marginal(s->m, s->t_noise, s->o.seed, first_index, rows,
+                                      DFX_STREAM_INIT, s->x, err))
+            return -1;
+    } else if (s->m->start_scale && !s->o.path_start) {
+        /* the fitted Gaussian with full covariance: x = mean + scale z */
+        float *z = s->m->pred;
+        be->ops->normal(be, z, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
+        be->ops->linear(be, s->x, z, s->m->start_scale, s->m->start_mean, rows, (int)s->dim,
+                        (int)s->dim, 0);
+    } else {
+        be->ops->normal(be, s->x, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
+        const float *xs[1] = {s->x};
+        double cs[1] = {sd};
+        dfx_s_lincomb(s, s->x, 1, xs, cs, mean);
+    }
+    const int ambient = (s->def->flags & DFX_SF_AMBIENT) != 0;
+    if (ambient) be->ops->unary(be, s->x, s->x, n, DFX_FN_EXP);
+    if (s->def->run(s, err)) return -1;
+    /* log-space models: the state is y = log x, except for ambient samplers */
+    if (ambient && s->o.denoise) {
+        be->ops->unary(be, s->x, s->x, n, DFX_FN_LOG);
+        if (dfx_s_check(s, -1, s->t_data, err))
+            return dfx_fail_prefix(err, "%s produced values <= 0 (adls keeps signs)",
+                                   s->def->d.name);
+    }
+    if (s->o.denoise) {
+        float *tmp = s->buf[0];
+        if (dfx_s_eval(s, s->t_data, s->x, DFX_PRED_DATA, tmp, err)) return -1;
+        const float *ts[1] = {tmp};
+        double one[1] = {1.0};
+        dfx_s_lincomb(s, s->x, 1, ts, one, 0.0);
+        if (dfx_s_check(s, -1, s->t_data, err)) return dfx_fail_prefix(err, "denoising");
+    }
+    if (s->m->logspace && (s->o.denoise || !ambient)) {
+        be->ops->unary(be, s->x, s->x, n, DFX_FN_EXP);
+        if (dfx_s_check(s, -1, s->t_data, err)) return dfx_fail_prefix(err, "exp(y)");
+    }
+    if (s->be->ops->download(s->be, out, s->x, (size_t)rows * s->dim * sizeof(float), err))
+        return -1;
+    long mx = 0;
+    double sum = 0.0;
+    for (int r = 0; r < rows; r++) {
+        if (s->nfe[r] > mx) mx = s->nfe[r];
+        sum += (double)s->nfe[r];
+    }
+    local.nfe = mx;
+    local.nfe_mean = sum / rows;
+    if (stats) *stats = local;
+    return 0;
+}
+
+int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
+               double *B, double *C, dfx_error *err)
+{
+    dfx_coef c;
+    dfx_path_eval(&s->m->cfg.path, t, &c);
+    if (dfx_convert_coefs(&c, from, to, A, B, C, err))
+        return dfx_fail_prefix(err, "sampler %s at t = %g", s->def->d.name, t);
+    return 0;
+}
+
+void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
+{
+    s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim, draw, stream);
+}
+
+size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows)
+{
+    int nbuf = DFX_SAMPLER_MAX_BUFS - 1; /* an unknown sampler: the most any needs */
+    for (int i = 0; i < N_DEFS; i++)
+        if (o && o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) nbuf = defs[i].nbuf;
+    if (rows < 1) rows = 1;
+    size_t state = (size_t)(1 + nbuf) * (size_t)rows * m->dim * sizeof(float);
+    size_t host = (size_t)rows * (sizeof(double) * (DFX_LINCOMB_MAX + 2) + sizeof(long));
+    return state + host + dfx_model_scratch_bytes(m, rows);
+}

@@ -1,0 +1,101 @@
+/*
+ * The sampler seam: a time grid plus a step rule over backend vectors.
+ * Every update runs on the backend that holds x (lincomb, normal), so a GPU
+ * run never copies the batch to the host between steps.
+ */
+#ifndef DFX_SAMPLER_H
+#define DFX_SAMPLER_H
+
+#include "model/model.h"
+
+/* Philox stream tags: which kind of draw a normal belongs to. Corrector
+ * step j of pc uses DFX_STREAM_CORRECT + j. */
+enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1, DFX_STREAM_CORRECT = 2 };
+
+/* sampler_def.flags */
+enum {
+    DFX_SF_ADAPTIVE = 1, /* ignores the grid */
+    DFX_SF_DALE = 2,     /* needs the dale (multiplicative) path */
+    DFX_SF_AMBIENT = 4,  /* the state is x = exp(y), not y (log-space models) */
+    DFX_SF_SCORE = 8,    /* needs the score */
+    DFX_SF_VEL = 16,     /* needs the velocity */
+    DFX_SF_X0 = 32,      /* needs x_hat and z_hat */
+    DFX_SF_EPS = 64,     /* uses the em noise schedule eps(t) */
+};
+
+#define DFX_SAMPLER_MAX_BUFS 10
+
+typedef struct sampler_def {
+    dfx_sampler_desc d;
+    int nbuf;      /* backend vectors of [rows, dim] it needs besides x */
+    unsigned flags;
+    double eta;    /* default eta of ancestral samplers */
+    int (*run)(dfx_sampler *s, dfx_error *err);
+} sampler_def;
+
+struct dfx_sampler {
+    dfx_model *m;
+    dfx_backend *be;
+    dfx_sample_opts o;
+    const sampler_def *def;
+    int max_rows;
+    size_t dim;
+    double t_noise, t_data;
+    double eta;    /* resolved ancestral eta */
+    int n;         /* grid intervals */
+    double *grid;  /* n + 1 times */
+    float *x;      /* backend [max_rows, dim]: the state */
+    float *buf[DFX_SAMPLER_MAX_BUFS];
+    double *t;     /* host [max_rows]: per-row times */
+    double *coef;  /* host [(DFX_LINCOMB_MAX + 1) * max_rows] */
+    long *nfe;     /* host [max_rows]: evaluations per row */
+    /* the batch being run */
+    uint64_t first;
+    int rows;
+    long evals;    /* network evaluations of this batch so far */
+    dfx_sample_stats *st;
+};
+
+/* Bytes that dfx_sampler_create(m, o, rows) allocates: the state and the
+ * sampler's buffers plus the model's scratch (dfx_model_scratch_bytes). */
+size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows);
+
+/* Helpers for the step rules (sampler.c). */
+/* Evaluate the model prediction `want` at the same time for all rows. */
+int dfx_s_eval(dfx_sampler *s, double t, const float *x, dfx_pred want, float *out,
+               dfx_error *err);
+/* Per-row times version; active[r] == 0 rows are not counted as evaluated. */
+int dfx_s_eval_rows(dfx_sampler *s, const double *t, const float *x, dfx_pred want, float *out,
+                    const int *active, dfx_error *err);
+/* out = c0 + sum_i c[i] x_i with the same coefficients for every row. */
+void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, const double *c,
+                   double c0);
+/* Fails if x holds NaN or Inf, naming the step. */
+int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
+void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
+
+/* Step rules */
+int dfx_run_euler(dfx_sampler *s, dfx_error *err);
+int dfx_run_heun(dfx_sampler *s, dfx_error *err);
+int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
+int dfx_run_dopri5(dfx_sampler *s, dfx_error *err);
+int dfx_run_em(dfx_sampler *s, dfx_error *err);
+int dfx_run_ddim(dfx_sampler *s, dfx_error *err);
+int dfx_run_ddpm(dfx_sampler *s, dfx_error *err);
+int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err);
+int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err);
+int dfx_run_pc(dfx_sampler *s, dfx_error *err);
+int dfx_run_adls(dfx_sampler *s, dfx_error *err);
+int dfx_run_aums(dfx_sampler *s, dfx_error *err);
+
+/* Conversion coefficients at one time for all rows: to = A x + B P + C,
+ * with a message naming the sampler and time when singular. */
+int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
+               double *B, double *C, dfx_error *err);
+/* Standard normals of draw `draw`, stream `stream` into z. */
+void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream);
+
+/* The em noise level eps(t) >= 0 of MATH.md section 1.2 (may be Inf). */
+double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t);
+
+#endif

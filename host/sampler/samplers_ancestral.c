@@ -1,0 +1,174 @@
+/*
+ * Samplers built on the denoiser: DDIM (and its stochastic forms, which
+ * include k-diffusion's euler_ancestral), DDPM ancestral sampling, and
+ * DPM-Solver++ (2M, and 2M SDE). All are written for the general path
+ * x_t = a x_hat + s z_hat + m of MATH.md section 1, without dividing by a,
+ * so they also start from pure noise (a = 0) on interpolants.
+ *
+ * Each step makes one network evaluation P (the native prediction); x_hat
+ * and z_hat are affine in (x, P), so every update is one lincomb:
+ *     x' = k_x x + k_P P + k_z z + k_0.
+ */
+#include "core/error.h"
+#include "sampler/sampler.h"
+
+#include <math.h>
+
+/* x_hat = Ad x + Bd P + Cd and z_hat = Ae x + Be P + Ce at time t. */
+typedef struct x0eps {
+    double Ad, Bd, Cd, Ae, Be, Ce;
+} x0eps;
+
+static int x0eps_at(const dfx_sampler *s, double t, x0eps *q, dfx_error *err)
+{
+    return dfx_s_conv(s, t, s->m->native, DFX_PRED_DATA, &q->Ad, &q->Bd, &q->Cd, err) ||
+           dfx_s_conv(s, t, s->m->native, DFX_PRED_EPS, &q->Ae, &q->Be, &q->Ce, err);
+}
+
+/* x' = kd x_hat + ke z_hat + kz z + k0, as a lincomb over (x, P, z). */
+static void apply(dfx_sampler *s, const x0eps *q, const float *P, const float *z, double kd,
+                  double ke, double kz, double k0)
+{
+    const float *xs[3] = {s->x, P, z};
+    double cs[3] = {kd * q->Ad + ke * q->Ae, kd * q->Bd + ke * q->Be, kz};
+    dfx_s_lincomb(s, s->x, z ? 3 : 2, xs, cs, k0 + kd * q->Cd + ke * q->Ce);
+}
+
+static int step_done(dfx_sampler *s, int i, dfx_error *err)
+{
+    if (dfx_s_check(s, i + 1, s->grid[i + 1], err)) return -1;
+    dfx_s_progress(s, i + 1, s->n, s->grid[i + 1]);
+    return 0;
+}
+
+/* One network evaluation per grid step, then an update rule. */
+typedef int (*step_rule)(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                         const float *P, float *z, dfx_error *err);
+
+static int run_rule(dfx_sampler *s, step_rule rule, dfx_error *err)
+{
+    float *P = s->buf[0], *z = s->buf[1];
+    for (int i = 0; i < s->n; i++) {
+        dfx_coef c0, c1;
+        dfx_path_eval(&s->m->cfg.path, s->grid[i], &c0);
+        dfx_path_eval(&s->m->cfg.path, s->grid[i + 1], &c1);
+        if (dfx_s_eval(s, s->grid[i], s->x, s->m->native, P, err) ||
+            rule(s, i, &c0, &c1, P, z, err) || step_done(s, i, err))
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * DDIM with eta (Song et al. 2021), in path form. With rho = sigma'/sigma
+ * the ratio of noise-to-signal levels (sigma = s/a) and
+ * r = min(1, eta sqrt(1 - rho^2)):
+ *     x' = a' x_hat + s' (sqrt(1 - r^2) z_hat + r z) + m'.
+ * eta = 0 is deterministic DDIM; eta = 1 is DDPM's posterior variance and
+ * k-diffusion's euler_ancestral (sigma_up = r sigma', sigma_down =
+ * sqrt(1 - r^2) sigma').
+ */
+static int ddim_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                     const float *P, float *z, dfx_error *err)
+{
+    x0eps q;
+    if (x0eps_at(s, s->grid[i], &q, err)) return -1;
+    double r = 0.0;
+    if (s->eta > 0.0) {
+        double rho = (c0->a * c1->s) / (c1->a * c0->s); /* 0 where a = 0 */
+        r = fmin(1.0, s->eta * sqrt(fmax(0.0, 1.0 - rho * rho)));
+        dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    }
+    apply(s, &q, P, r > 0.0 ? z : NULL, c1->a, c1->s * sqrt(1.0 - r * r), c1->s * r, c1->m);
+    return 0;
+}
+
+int dfx_run_ddim(dfx_sampler *s, dfx_error *err)
+{
+    return run_rule(s, ddim_rule, err);
+}
+
+/*
+ * DDPM ancestral sampling (Ho et al. 2020): draw x_{t'} from the posterior
+ * q(x_{t'} | x_t, x_0 = x_hat) of the path. With u = x_{t'} - m', the
+ * transition x_t - m = alpha u + beta e, alpha = a/a', beta^2 = s^2 -
+ * alpha^2 s'^2, and the prior u ~ N(a' x_hat, s'^2):
+ *     mean = (beta^2 / s^2) a' x_hat + (alpha s'^2 / s^2)(x_t - m)
+ *     var  = s'^2 beta^2 / s^2.
+ */
+static int ddpm_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *c1,
+                     const float *P, float *z, dfx_error *err)
+{
+    double alpha = c0->a / c1->a, s2 = c0->s * c0->s;
+    double beta2 = fmax(0.0, s2 - alpha * alpha * c1->s * c1->s);
+    double kd = beta2 / s2 * c1->a, kx = alpha * c1->s * c1->s / s2;
+    double kz = c1->s * sqrt(beta2 / s2);
+    double Ad, Bd, Cd;
+    if (dfx_s_conv(s, s->grid[i], s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
+    dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    const float *xs[3] = {s->x, P, z};
+    double cs[3] = {kx + kd * Ad, kd * Bd, kz};
+    dfx_s_lincomb(s, s->x, 3, xs, cs, c1->m - kx * c0->m + kd * Cd);
+    return 0;
+}
+
+int dfx_run_ddpm(dfx_sampler *s, dfx_error *err)
+{
+    return run_rule(s, ddpm_rule, err);
+}
+
+/*
+ * DPM-Solver++ (Lu et al. 2022), data prediction, multistep in
+ * lambda = log(a/s), h = lambda' - lambda, r = h_prev / h:
+ *   2M:      x' - m' = (s'/s)(x - m) + a' (1 - e^-h) D,
+ *            D = (1 + 1/(2r)) x_hat - (1/(2r)) x_hat_prev
+ *   2M SDE:  x' - m' = (s'/s) e^(-h eta) (x - m) + a' (1 - e^(-h (1 + eta))) D
+ *                      + s' sqrt(1 - e^(-2 h eta)) z,
+ *            D = (1 + 1/(2r)) x_hat - (1/(2r)) x_hat_prev   (midpoint form)
+ * D = x_hat on the first step, and after an infinite h (from a = 0).
+ * Buffers: P (prediction), X (this x_hat), Y (previous x_hat).
+ */
+static int run_dpmpp(dfx_sampler *s, double eta, dfx_error *err)
+{
+    float *P = s->buf[0], *X = s->buf[1], *Y = s->buf[2], *z = s->buf[3];
+    const dfx_path *p = &s->m->cfg.path;
+    double h_prev = INFINITY;
+    for (int i = 0; i < s->n; i++) {
+        double t0 = s->grid[i], t1 = s->grid[i + 1];
+        dfx_coef c0, c1;
+        dfx_path_eval(p, t0, &c0);
+        dfx_path_eval(p, t1, &c1);
+        double h = dfx_path_logsnr(p, t1) - dfx_path_logsnr(p, t0);
+        double Ad, Bd, Cd;
+        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
+        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
+        const float *xp[2] = {s->x, P};
+        double cp[2] = {Ad, Bd};
+        dfx_s_lincomb(s, X, 2, xp, cp, Cd);
+        double half_r = (isfinite(h_prev) && isfinite(h)) ? 0.5 * h / h_prev : 0.0;
+        /* eta > 0 from a = 0 (h infinite): the state's weight is exp(-inf) = 0 */
+        double kx = c1.s / c0.s * (eta > 0.0 ? exp(-h * eta) : 1.0);
+        double kD = -c1.a * expm1(-h * (1.0 + eta));
+        double kz = eta > 0.0 ? c1.s * sqrt(-expm1(-2.0 * h * eta)) : 0.0;
+        const float *xs[4] = {s->x, X, Y, z};
+        double cs[4] = {kx, kD * (1.0 + half_r), -kD * half_r, kz};
+        if (kz > 0.0) dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+        dfx_s_lincomb(s, s->x, kz > 0.0 ? 4 : 3, xs, cs, c1.m - kx * c0.m);
+        float *tmp = X; /* this x_hat is the next step's previous one */
+        X = Y;
+        Y = tmp;
+        h_prev = h;
+        if (step_done(s, i, err)) return -1;
+    }
+    return 0;
+}
+
+int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err)
+{
+    return run_dpmpp(s, 0.0, err);
+}
+
+int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err)
+{
+    return run_dpmpp(s, s->eta, err);
+}

@@ -1,0 +1,245 @@
+/*
+ * Deterministic samplers: explicit Runge-Kutta rules on the probability-flow
+ * ODE dx/dt = v(t, x), where v is the velocity of the path (MATH.md 1.2).
+ * The ODE is integrated in t in whichever direction generation runs, so
+ * the step h = t_{i+1} - t_i is negative for diffusions.
+ */
+#include "core/error.h"
+#include "sampler/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct rk_tableau {
+    int stages;
+    double c[7];
+    double a[7][7];
+    double b[7];
+} rk_tableau;
+
+static const rk_tableau euler_tab = {1, {0}, {{0}}, {1}};
+static const rk_tableau heun_tab = {2, {0, 1}, {{0}, {1}}, {0.5, 0.5}};
+static const rk_tableau rk4_tab = {4,
+                                   {0, 0.5, 0.5, 1},
+                                   {{0}, {0.5}, {0, 0.5}, {0, 0, 1}},
+                                   {1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6}};
+
+/* Fixed-grid explicit RK: buffers k_0..k_{S-1} = buf[0..S-1], stage input buf[S]. */
+static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
+{
+    const int S = tb->stages;
+    float **k = s->buf;
+    float *xin = S > 1 ? s->buf[S] : s->x;
+    for (int i = 0; i < s->n; i++) {
+        double t0 = s->grid[i], h = s->grid[i + 1] - t0;
+        for (int j = 0; j < S; j++) {
+            const float *in = s->x;
+            if (j > 0) {
+                const float *xs[8] = {s->x};
+                double cs[8] = {1.0};
+                for (int l = 0; l < j; l++) {
+                    xs[l + 1] = k[l];
+                    cs[l + 1] = h * tb->a[j][l];
+                }
+                dfx_s_lincomb(s, xin, j + 1, xs, cs, 0.0);
+                in = xin;
+            }
+            /* the last stage of a step that ends on the grid uses that exact time */
+            double tj = tb->c[j] == 1.0 ? s->grid[i + 1] : t0 + tb->c[j] * h;
+            if (dfx_s_eval(s, tj, in, DFX_PRED_VELOCITY, k[j], err)) return -1;
+        }
+        const float *xs[8] = {s->x};
+        double cs[8] = {1.0};
+        for (int j = 0; j < S; j++) {
+            xs[j + 1] = k[j];
+            cs[j + 1] = h * tb->b[j];
+        }
+        dfx_s_lincomb(s, s->x, S + 1, xs, cs, 0.0);
+        if (dfx_s_check(s, i + 1, s->grid[i + 1], err)) return -1;
+        dfx_s_progress(s, i + 1, s->n, s->grid[i + 1]);
+    }
+    return 0;
+}
+
+int dfx_run_euler(dfx_sampler *s, dfx_error *err)
+{
+    return run_rk(s, &euler_tab, err);
+}
+
+int dfx_run_heun(dfx_sampler *s, dfx_error *err)
+{
+    return run_rk(s, &heun_tab, err);
+}
+
+int dfx_run_rk4(dfx_sampler *s, dfx_error *err)
+{
+    return run_rk(s, &rk4_tab, err);
+}
+
+/* ------------------------------------------------------------- dopri5 */
+
+/* Dormand & Prince (1980) 5(4) with FSAL: the 5th-order solution advances,
+ * the embedded 4th-order one estimates the error. */
+static const double dp_c[7] = {0, 1.0 / 5, 3.0 / 10, 4.0 / 5, 8.0 / 9, 1, 1};
+static const double dp_a[7][6] = {
+    {0},
+    {1.0 / 5},
+    {3.0 / 40, 9.0 / 40},
+    {44.0 / 45, -56.0 / 15, 32.0 / 9},
+    {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729},
+    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656},
+    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84},
+};
+/* b (5th order) minus b* (4th order) */
+static const double dp_e[7] = {35.0 / 384 - 5179.0 / 57600,
+                               0,
+                               500.0 / 1113 - 7571.0 / 16695,
+                               125.0 / 192 - 393.0 / 640,
+                               -2187.0 / 6784 + 92097.0 / 339200,
+                               11.0 / 84 - 187.0 / 2100,
+                               -1.0 / 40};
+
+/*
+ * Each sample takes its own steps (per-row t and h) while the batch is
+ * evaluated together, so a sample's trajectory — and its result — does not
+ * depend on which other samples share its batch.
+ */
+static int dopri5_loop(dfx_sampler *s, double *tr, double *h, double *tstage, double *enorm,
+                       double *prev, int *done, int *last, int *acc, int *act, int *nstep,
+                       dfx_error *err);
+
+int dfx_run_dopri5(dfx_sampler *s, dfx_error *err)
+{
+    const int R = s->rows;
+    /* per-row controller state */
+    double *dbl = dfx_alloc((size_t)R * 5, sizeof *dbl, "dopri5", err);
+    int *ints = dfx_alloc((size_t)R * 5, sizeof *ints, "dopri5", err);
+    if (!dbl || !ints) {
+        free(dbl);
+        free(ints);
+        return -1;
+    }
+    double *tr = dbl, *h = dbl + R, *tstage = dbl + 2 * R, *enorm = dbl + 3 * R,
+           *prev = dbl + 4 * R;
+    int *done = ints, *last = ints + R, *acc = ints + 2 * R, *act = ints + 3 * R,
+        *nstep = ints + 4 * R;
+    int rc = dopri5_loop(s, tr, h, tstage, enorm, prev, done, last, acc, act, nstep, err);
+    free(dbl);
+    free(ints);
+    return rc;
+}
+
+static int dopri5_loop(dfx_sampler *s, double *tr, double *h, double *tstage, double *enorm,
+                       double *prev, int *done, int *last, int *acc, int *act, int *nstep,
+                       dfx_error *err)
+{
+    const int R = s->rows;
+    const double T0 = s->t_noise, T1 = s->t_data, span = T1 - T0;
+    float **k = s->buf; /* k[0..6] */
+    float *xin = s->buf[7], *e = s->buf[8];
+    for (int r = 0; r < R; r++) {
+        tr[r] = T0;
+        h[r] = 0.05 * span; /* the controller adapts within a few steps */
+        prev[r] = 1e-4;
+        done[r] = 0;
+        nstep[r] = 0;
+    }
+    double *cf = s->coef;
+    if (dfx_s_eval(s, T0, s->x, DFX_PRED_VELOCITY, k[0], err)) return -1;
+    long rejected = 0;
+    int progress = 0;
+    for (;;) {
+        int active = 0;
+        for (int r = 0; r < R; r++) {
+            if (done[r]) {
+                h[r] = 0.0;
+                continue;
+            }
+            active++;
+            last[r] = 0;
+            if (fabs(T1 - tr[r]) <= fabs(h[r]) * (1.0 + 1e-12)) {
+                h[r] = T1 - tr[r];
+                last[r] = 1;
+            }
+            if (s->nfe[r] > s->o.max_nfe)
+                return dfx_fail(err,
+                                "dopri5: sample %llu needed more than %ld evaluations "
+                                "(--max-nfe) and stopped at t = %g; loosen --rtol/--atol",
+                                (unsigned long long)(s->first + (uint64_t)r), s->o.max_nfe,
+                                tr[r]);
+            if (fabs(h[r]) < 1e-14 * fabs(span))
+                return dfx_fail(err, "dopri5: step size underflow for sample %llu at t = %g",
+                                (unsigned long long)(s->first + (uint64_t)r), tr[r]);
+        }
+        if (!active) break;
+        for (int r = 0; r < R; r++) act[r] = !done[r];
+        /* stages 2..7; stage 7's input is the 5th-order solution */
+        for (int j = 1; j < 7; j++) {
+            const float *xs[8] = {s->x};
+            for (int r = 0; r < R; r++) cf[r] = 1.0;
+            for (int l = 0; l < j; l++) {
+                xs[l + 1] = k[l];
+                for (int r = 0; r < R; r++) cf[(size_t)(l + 1) * R + r] = h[r] * dp_a[j][l];
+            }
+            s->be->ops->lincomb(s->be, j == 6 ? e : xin, j + 1, xs, cf, NULL, R, s->dim);
+            for (int r = 0; r < R; r++)
+                tstage[r] = (j == 6 && last[r]) ? T1 : tr[r] + dp_c[j] * h[r];
+            if (dfx_s_eval_rows(s, tstage, j == 6 ? e : xin, DFX_PRED_VELOCITY, k[j], act, err))
+                return -1;
+        }
+        /* e holds x5 now; the error estimate goes to xin */
+        {
+            const float *xs[7];
+            for (int l = 0; l < 7; l++) {
+                xs[l] = k[l];
+                for (int r = 0; r < R; r++) cf[(size_t)l * R + r] = h[r] * dp_e[l];
+            }
+            s->be->ops->lincomb(s->be, xin, 7, xs, cf, NULL, R, s->dim);
+        }
+        if (s->be->ops->err_norm(s->be, xin, s->x, e, s->o.rtol, s->o.atol, R, s->dim, enorm,
+                                 err))
+            return -1;
+        for (int r = 0; r < R; r++) {
+            acc[r] = 0;
+            if (done[r]) continue;
+            double q = enorm[r];
+            if (q <= 1.0) {
+                acc[r] = 1;
+                tr[r] = last[r] ? T1 : tr[r] + h[r];
+                if (last[r]) done[r] = 1;
+                nstep[r]++;
+                /* PI controller (Gustafsson; Hairer & Wanner II.4) */
+                double fac = 0.9 * pow(q > 1e-10 ? q : 1e-10, -0.17) * pow(prev[r], 0.04);
+                fac = fmin(10.0, fmax(0.2, fac));
+                prev[r] = fmax(q, 1e-4);
+                h[r] *= fac;
+            } else {
+                rejected++;
+                double fac = isfinite(q) ? fmax(0.2, 0.9 * pow(q, -0.2)) : 0.2;
+                h[r] *= fac;
+            }
+        }
+        /* x <- x5 and k1 <- k7 (FSAL) where accepted */
+        for (int r = 0; r < R; r++) {
+            cf[r] = acc[r] ? 0.0 : 1.0;
+            cf[R + r] = acc[r] ? 1.0 : 0.0;
+        }
+        const float *xs1[2] = {s->x, e};
+        s->be->ops->lincomb(s->be, s->x, 2, xs1, cf, NULL, R, s->dim);
+        const float *xs2[2] = {k[0], k[6]};
+        s->be->ops->lincomb(s->be, k[0], 2, xs2, cf, NULL, R, s->dim);
+        double tmin = 1.0;
+        for (int r = 0; r < R; r++) tmin = fmin(tmin, (tr[r] - T0) / span);
+        if (dfx_s_check(s, nstep[0], T0 + tmin * span, err)) return -1;
+        int pct = (int)(tmin * 1000.0);
+        if (pct > progress) {
+            progress = pct;
+            dfx_s_progress(s, pct, 1000, T0 + tmin * span);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        if (nstep[r] > s->st->steps) s->st->steps = nstep[r];
+    s->st->rejected = rejected;
+    return 0;
+}
