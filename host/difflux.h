@@ -1,15 +1,26 @@
 /*
  * difflux — sampling from diffusion, flow-matching and multiplicative models.
  *
- * The public C API. The data path reads like the data flows:
+ * The public C API. The data path reads like the data flows (tests/test_api.c
+ * runs this example, line for line):
  *
+ *     dfx_error err;
  *     dfx_backend *be = dfx_backend_create("auto", 0, &err);
- *     dfx_model *m    = dfx_model_load("models/mnist-gmm.safetensors", be, &err);
- *     dfx_sample_opts o; dfx_sample_opts_default(&o, m);
+ *     dfx_model *m = dfx_model_load("models/mnist-gmm.safetensors", be, &err);
+ *     const dfx_model_info *info = dfx_model_get_info(m);
+ *     dfx_sample_opts o;
+ *     dfx_sample_opts_default(&o, m);
  *     o.sampler = "heun"; o.steps = 30; o.seed = 1;
- *     dfx_sampler *s  = dfx_sampler_create(m, &o, 64, &err);    // plans buffers once
- *     dfx_sampler_run(s, 0, 64, images, &stats, &err);            // samples 0..63
- *     dfx_write_png_grid("grid.png", images, 64, &m->..., &grid, &err);
+ *     dfx_sampler *s = dfx_sampler_create(m, &o, 64, &err);   // plans buffers once
+ *     float *images = malloc(64 * sizeof(float) * info->channels * info->height * info->width);
+ *     dfx_sample_stats stats;
+ *     dfx_sampler_run(s, 0, 64, images, &stats, &err);          // samples 0..63
+ *     dfx_grid_layout grid = {.cols = 8, .pad = 2, .pad_value = 1, .scale = 1};
+ *     dfx_write_png_grid("grid.png", images, 64, info->channels, info->height, info->width,
+ *                        info->range_lo, info->range_hi, &grid, &err);
+ *     free(images); dfx_sampler_free(s); dfx_model_free(m); dfx_backend_destroy(be);
+ *
+ * (each call that can fail is checked in real code: see Conventions).
  *
  * Conventions
  *  - Every function that can fail returns 0 (or a non-NULL pointer) on success
