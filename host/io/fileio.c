@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -295,4 +296,34 @@ int dfx_write_text(const char *file, const char *text, dfx_error *err)
         return dfx_fail(err, "%s: write failed", file);
     }
     return dfx_atomic_commit(&a, err);
+}
+
+/* ------------------------------------------------------------- reading */
+
+int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err)
+{
+    /* O_NONBLOCK: opening a FIFO without a writer must not wait for one */
+    int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && !what) return dfx_fail(err, "%s: cannot open: %s", file, strerror(errno));
+    if (fd < 0) return dfx_fail(err, "cannot open %s '%s': %s", what, file, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return dfx_fail(err, "%s: cannot stat: %s", file, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        const char *kind = S_ISFIFO(st.st_mode)  ? "a FIFO"
+                           : S_ISDIR(st.st_mode) ? "a directory"
+                           : S_ISCHR(st.st_mode) ? "a character device"
+                           : S_ISBLK(st.st_mode) ? "a block device"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "not a plain file";
+        return dfx_fail(err, "%s: not a regular file (%s)", file, kind);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (size) *size = (size_t)st.st_size;
+    return fd;
 }

@@ -58,4 +58,10 @@ int dfx_tmp_clean_stale(const char *path);
 int dfx_png_grid_check(const char *file, int n, int channels, int height, int width,
                        const dfx_grid_layout *layout, dfx_error *err);
 
+/* Opens `file` for reading only if it is a regular file, without blocking
+ * on a FIFO or device: the descriptor and its size, or -1 with a message
+ * ("cannot open WHAT 'FILE': ..." with `what` the file's role, "model
+ * file"; "FILE: cannot open: ..." when what is NULL). */
+int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err);
+
 #endif

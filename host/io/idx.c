@@ -1,5 +1,6 @@
 /* IDX files (the MNIST format), plain or gzip-compressed, through zlib. */
 #include "core/error.h"
+#include "io/fileio.h"
 #include "io/safetensors.h"
 
 #include <errno.h>

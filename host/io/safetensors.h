@@ -81,10 +81,4 @@ struct cJSON;
 struct cJSON *dfx_json_parse_strict(const char *text, size_t len, int config, const char *file,
                                     dfx_error *err);
 
-/* Opens `file` for reading only if it is a regular file, without blocking
- * on a FIFO or device: the descriptor and its size, or -1 with a message
- * ("cannot open WHAT 'FILE': ..." with `what` the file's role, "model
- * file"; "FILE: cannot open: ..." when what is NULL). */
-int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err);
-
 #endif
