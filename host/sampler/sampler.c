@@ -1,7 +1,8 @@
 /*
  * The sampler driver: the registry, option checks, buffer planning, the
  * initial noise, the loop's shared helpers and the final denoising step.
- * Step rules live in samplers_ode.c and sampler_em.c.
+ * Step rules live in samplers_ode.c (Runge-Kutta), samplers_em.c (em, pc),
+ * samplers_ancestral.c (ddim, ddpm, DPM-Solver++) and samplers_dale.c.
  */
 #include "sampler/sampler.h"
 #include "core/error.h"
@@ -15,47 +16,92 @@
 
 #define ALL "all paths"
 #define DALE "dale path only"
+/* The registry, in the order `difflux samplers` lists it (d: the public
+ * description, difflux.h; nfe_per_step and default_steps are 0 for an
+ * adaptive sampler). */
 static const sampler_def defs[] = {
     /* deterministic: the probability-flow ODE */
-    {{"euler", "explicit Euler on the probability-flow ODE", 1, 1, 0, ALL, 50}, 1, DFX_SF_VEL, 0,
-     dfx_run_euler},
-    {{"heun", "Heun's method (explicit trapezoid, EDM Algorithm 1)", 2, 2, 0, ALL, 16}, 3,
-     DFX_SF_VEL, 0, dfx_run_heun},
-    {{"rk4", "classical fourth-order Runge-Kutta", 4, 4, 0, ALL, 20}, 5, DFX_SF_VEL, 0,
-     dfx_run_rk4},
-    {{"dopri5", "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)", 5, 0, 0, ALL, 0}, 9,
-     DFX_SF_ADAPTIVE | DFX_SF_VEL, 0, dfx_run_dopri5},
-    {{"ddim", "DDIM: exact step for a frozen x_hat; --eta > 0 adds fresh noise", 1, 1, 0, ALL,
-      50},
-     2, DFX_SF_X0, 0.0, dfx_run_ddim},
-    {{"dpmpp_2m", "DPM-Solver++(2M): multistep in log-SNR on x_hat", 2, 1, 0, ALL, 30}, 4,
-     DFX_SF_X0, 0, dfx_run_dpmpp_2m},
+    {.d = {.name = "euler",
+           .summary = "explicit Euler on the probability-flow ODE",
+           .order = 1, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
+           .default_steps = 50},
+     .nbuf = 1, .flags = DFX_SF_VEL, .run = dfx_run_euler},
+    {.d = {.name = "heun",
+           .summary = "Heun's method (explicit trapezoid, EDM Algorithm 1)",
+           .order = 2, .nfe_per_step = 2, .stochastic = 0, .families = ALL,
+           .default_steps = 16},
+     .nbuf = 3, .flags = DFX_SF_VEL, .run = dfx_run_heun},
+    {.d = {.name = "rk4",
+           .summary = "classical fourth-order Runge-Kutta",
+           .order = 4, .nfe_per_step = 4, .stochastic = 0, .families = ALL,
+           .default_steps = 20},
+     .nbuf = 5, .flags = DFX_SF_VEL, .run = dfx_run_rk4},
+    {.d = {.name = "dopri5",
+           .summary = "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)",
+           .order = 5, .nfe_per_step = 0, .stochastic = 0, .families = ALL,
+           .default_steps = 0},
+     .nbuf = 9, .flags = DFX_SF_ADAPTIVE | DFX_SF_VEL, .run = dfx_run_dopri5},
+    {.d = {.name = "ddim",
+           .summary = "DDIM: exact step for a frozen x_hat; --eta > 0 adds fresh noise",
+           .order = 1, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
+           .default_steps = 50},
+     .nbuf = 2, .flags = DFX_SF_X0, .eta = 0.0, .run = dfx_run_ddim},
+    {.d = {.name = "dpmpp_2m",
+           .summary = "DPM-Solver++(2M): multistep in log-SNR on x_hat",
+           .order = 2, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
+           .default_steps = 30},
+     .nbuf = 4, .flags = DFX_SF_X0, .run = dfx_run_dpmpp_2m},
     /* stochastic */
-    {{"em", "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)", 1, 1,
-      1, ALL, 500},
-     2, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_em},
-    {{"ddpm", "ancestral sampling from the posterior q(x_t' | x_t, x_hat) (DDPM)", 1, 1, 1, ALL,
-      500},
-     2, DFX_SF_X0, 1.0, dfx_run_ddpm},
-    {{"euler_ancestral", "Euler step to sigma_down plus fresh noise sigma_up (--eta, 1)", 1, 1,
-      1, ALL, 100},
-     2, DFX_SF_X0, 1.0, dfx_run_ddim},
-    {{"dpmpp_2m_sde", "DPM-Solver++(2M) SDE, midpoint variant (--eta, 1)", 1, 1, 1, ALL, 50}, 4,
-     DFX_SF_X0, 1.0, dfx_run_dpmpp_2m_sde},
-    {{"pc", "predictor-corrector: em predictor + Langevin corrector at --snr", 1, 2, 1, ALL,
-      500},
-     3, DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, 0, dfx_run_pc},
+    {.d = {.name = "em",
+           .summary = "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
+           .default_steps = 500},
+     .nbuf = 2, .flags = DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, .run = dfx_run_em},
+    {.d = {.name = "ddpm",
+           .summary = "ancestral sampling from the posterior q(x_t' | x_t, x_hat) (DDPM)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
+           .default_steps = 500},
+     .nbuf = 2, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddpm},
+    {.d = {.name = "euler_ancestral",
+           .summary = "Euler step to sigma_down plus fresh noise sigma_up (--eta, 1)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
+           .default_steps = 100},
+     .nbuf = 2, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddim},
+    {.d = {.name = "dpmpp_2m_sde",
+           .summary = "DPM-Solver++(2M) SDE, midpoint variant (--eta, 1)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
+           .default_steps = 50},
+     .nbuf = 4, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_dpmpp_2m_sde},
+    {.d = {.name = "pc",
+           .summary = "predictor-corrector: em predictor + Langevin corrector at --snr",
+           .order = 1, .nfe_per_step = 2, .stochastic = 1, .families = ALL,
+           .default_steps = 500},
+     .nbuf = 3, .flags = DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, .check = dfx_check_pc,
+     .run = dfx_run_pc},
     /* multiplicative (Dale) */
-    {{"adls", "Dale: sign-preserving Euler-Maruyama in log space (--recipe)", 1, 1, 1, DALE,
-      1000},
-     2, DFX_SF_DALE | DFX_SF_SCORE, 0, dfx_run_adls},
-    {{"aums", "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)", 1, 1, 1, DALE,
-      1000},
-     2, DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE, 0, dfx_run_aums},
+    {.d = {.name = "adls",
+           .summary = "Dale: sign-preserving Euler-Maruyama in log space (--recipe)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
+           .default_steps = 1000},
+     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_SCORE, .paper_delta = 6.16545e-4,
+     .paper_inner = 1, .run = dfx_run_adls},
+    {.d = {.name = "aums",
+           .summary = "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)",
+           .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
+           .default_steps = 1000},
+     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE,
+     .paper_delta = 1.43845e-4, .paper_inner = 4, .run = dfx_run_aums},
 };
 #define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
 
 static dfx_sampler_desc descs[N_DEFS];
+
+static const sampler_def *find_def(const char *name)
+{
+    for (int i = 0; i < N_DEFS; i++)
+        if (name && strcmp(name, defs[i].d.name) == 0) return &defs[i];
+    return NULL;
+}
 
 int dfx_samplers(const dfx_sampler_desc **list)
 {
@@ -193,9 +239,7 @@ static int check_grid(dfx_sampler *s, dfx_error *err)
 dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_rows,
                                 dfx_error *err)
 {
-    const sampler_def *def = NULL;
-    for (int i = 0; i < N_DEFS; i++)
-        if (o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) def = &defs[i];
+    const sampler_def *def = find_def(o->sampler);
     if (!def) {
         dfx_fail(err, "unknown sampler '%s' (`difflux samplers` lists them)",
                  o->sampler ? o->sampler : "");
@@ -225,12 +269,7 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         dfx_fail(err, "--eta must be a number >= 0 (got %g)", o->eta);
         return NULL;
     }
-    if (strcmp(def->d.name, "pc") == 0 &&
-        (!(o->snr > 0.0 && isfinite(o->snr)) || o->corrector_steps < 1 ||
-         o->corrector_steps > 64)) {
-        dfx_fail(err, "pc needs --snr > 0 and --corrector-steps in [1, 64]");
-        return NULL;
-    }
+    if (def->check && def->check(o, err)) return NULL;
     if ((def->flags & DFX_SF_DALE) && m->cfg.path.family != DFX_PATH_DALE) {
         dfx_fail(err,
                  "sampler %s applies to multiplicative models on the dale path; this model is "
@@ -253,9 +292,8 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->eta = eta;
     if (def->flags & DFX_SF_DALE) {
         /* the paper's tuned recipe (MATH.md section 3), unless overridden */
-        int aums = (def->flags & DFX_SF_AMBIENT) != 0;
-        if (isnan(o->delta)) s->o.delta = aums ? 1.43845e-4 : 6.16545e-4;
-        if (o->inner == 0) s->o.inner = aums ? 4 : 1;
+        if (isnan(o->delta)) s->o.delta = def->paper_delta;
+        if (o->inner == 0) s->o.inner = def->paper_inner;
         if (isnan(o->anneal)) s->o.anneal = 0.995;
         if (!(s->o.delta > 0.0 && s->o.delta < 1.0) || s->o.inner < 1 || s->o.inner > 1000 ||
             !(s->o.anneal > 0.0 && s->o.anneal <= 1.0)) {
@@ -492,9 +530,8 @@ void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
 
 size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows)
 {
-    int nbuf = DFX_SAMPLER_MAX_BUFS - 1; /* an unknown sampler: the most any needs */
-    for (int i = 0; i < N_DEFS; i++)
-        if (o && o->sampler && strcmp(o->sampler, defs[i].d.name) == 0) nbuf = defs[i].nbuf;
+    const sampler_def *def = o ? find_def(o->sampler) : NULL;
+    int nbuf = def ? def->nbuf : DFX_SAMPLER_MAX_BUFS - 1; /* unknown: the most any needs */
     if (rows < 1) rows = 1;
     size_t state = (size_t)(1 + nbuf) * (size_t)rows * m->dim * sizeof(float);
     size_t host = (size_t)rows * (sizeof(double) * (DFX_LINCOMB_MAX + 2) + sizeof(long));

@@ -25,11 +25,19 @@ enum {
 
 #define DFX_SAMPLER_MAX_BUFS 10
 
+/* One row of the registry (sampler.c). */
 typedef struct sampler_def {
     dfx_sampler_desc d;
-    int nbuf;      /* backend vectors of [rows, dim] it needs besides x */
-    unsigned flags;
-    double eta;    /* default eta of ancestral samplers */
+    int nbuf;       /* backend vectors of [rows, dim] it needs besides x */
+    unsigned flags; /* DFX_SF_* */
+    double eta;     /* default eta of ancestral samplers */
+    /* the paper recipe's default step and updates per time index (dale
+     * samplers, MATH.md section 3) */
+    double paper_delta;
+    int paper_inner;
+    /* Checks the options only this sampler reads, before anything is
+     * planned; NULL when it has none. */
+    int (*check)(const dfx_sample_opts *o, dfx_error *err);
     int (*run)(dfx_sampler *s, dfx_error *err);
 } sampler_def;
 
@@ -74,7 +82,7 @@ void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, con
 int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
 
-/* Step rules */
+/* Step rules (samplers_*.c) and the option checks of those that have one */
 int dfx_run_euler(dfx_sampler *s, dfx_error *err);
 int dfx_run_heun(dfx_sampler *s, dfx_error *err);
 int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
@@ -85,6 +93,7 @@ int dfx_run_ddpm(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err);
 int dfx_run_pc(dfx_sampler *s, dfx_error *err);
+int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err);
 int dfx_run_adls(dfx_sampler *s, dfx_error *err);
 int dfx_run_aums(dfx_sampler *s, dfx_error *err);
 

@@ -83,6 +83,13 @@ static int correct(dfx_sampler *s, int i, float *P, float *z, float *S, dfx_erro
     return 0;
 }
 
+int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err)
+{
+    if (!(o->snr > 0.0 && isfinite(o->snr)) || o->corrector_steps < 1 || o->corrector_steps > 64)
+        return dfx_fail(err, "pc needs --snr > 0 and --corrector-steps in [1, 64]");
+    return 0;
+}
+
 int dfx_run_pc(dfx_sampler *s, dfx_error *err)
 {
     for (int i = 0; i < s->n; i++)
