@@ -572,9 +572,9 @@ static size_t eval_pair(dfx_model *mg, dfx_model *me, int rows, int *labels)
     return bits_differ(yg, ye, n);
 }
 
-/* The graph counts a phase added, against what predict_graph's policy
- * gives (a shape eager the first time, captured the second; a larger batch
- * replans and frees the graphs; four graphs kept). */
+/* The graph counts a phase added, against what the policy of
+ * dfx_net_predict_graph gives (a shape eager the first time, captured the
+ * second; a larger batch replans and frees the graphs; four graphs kept). */
 static void counts(const char *what, dfx_model *mg, long *c0, long *l0, long want_c, long want_l)
 {
     long c, l, f;

@@ -1,5 +1,6 @@
-/* Model loading, description and evaluation: the native prediction of any
- * kind, converted into what the sampler asks for. */
+/* Model loading (the table of kinds), description and evaluation: the
+ * native prediction of any kind, converted into what the sampler asks
+ * for. */
 #include "model/model.h"
 #include "core/error.h"
 #include "io/safetensors.h"

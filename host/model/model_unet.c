@@ -308,7 +308,7 @@ static const dfx_model_vt unet_vt = {
 int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
 {
     const dfx_backend_ops *o = m->be->ops;
-    if (!dfx_net_backend_runs(o, OP_ALL)) /* a U-Net has ops of every kind */
+    if (!dfx_net_backend_runs(o, OP_ALL)) /* the U-Net uses every kind of op */
         return dfx_fail(err, "%s: the %s backend cannot run U-Nets yet", f->path, m->be->name);
     net_impl *u = dfx_net_load(m, f, &unet_vt, parse_unet, build, err);
     if (!u || dfx_net_mark_tangents(u, err)) return -1;

@@ -9,13 +9,13 @@
  * forward-mode derivatives pushed through the same list, each op's tangent
  * next to the op, in a second arena laid out like the first.
  *
- * On a backend with graphs (CUDA), one evaluation — both passes of
+ * On a backend with graphs (CUDA), one U-Net evaluation — both passes of
  * classifier-free guidance and their combination included — is recorded
  * once per (batch size, guidance on/off, matrix precision) and replayed
  * with one graph launch; see dfx_net_predict_graph. DIFFLUX_CUDA_GRAPHS=0
  * in the environment when a model is loaded turns that off for the model
  * (every evaluation then runs op by op, "eagerly"); results are the same
- * bit for bit either way.
+ * bit for bit either way. The classifier always runs eagerly.
  *
  * The op kinds are listed once, in net_ops.h. Beyond its line there, a
  * kind appears in run_op and tangent_op below, and in max_op_scratch and

@@ -3,13 +3,15 @@
  * X(ID, name, slot) for each, in the order of the net_kind enum. ID makes
  * the enum constant OP_ID; name is the kind's name in profiles
  * (dfx_model_profile, difflux bench --profile); slot is the backend op
- * (core/backend.h) that runs it, which a backend must have to run a
- * network that uses the kind. tests/test_graphs.c builds its mirror of the
- * recorded backend calls from the same list.
+ * (core/backend.h) that runs it, which a backend must have to load a
+ * network with ops of the kind (dfx_net_backend_runs: the U-Net asks for
+ * every kind of this list, the classifier for the kinds it uses).
+ * tests/test_graphs.c builds its mirror of the recorded backend calls from
+ * the same list.
  *
  * A new kind gets a line here, a case in run_op and in tangent_op
- * (model/net.c) and a builder that adds it (model_unet.c,
- * model_classifier.c); the rest follows from this list.
+ * (model/net.c: the compiler asks for them, those switches have no
+ * default) and a builder that adds it (model_unet.c, model_classifier.c).
  */
 #ifndef DFX_NET_OPS_H
 #define DFX_NET_OPS_H
