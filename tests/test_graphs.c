@@ -1,29 +1,35 @@
-/* Backend graphs, checked on the CPU. A record-and-replay backend — the CPU
- * backend with the graph ops of backend.h: the capture pass records each
- * op's arguments, a launch calls the CPU ops again with them, the host
- * arrays (times, labels, coefficients) read from the graph's staging block
- * that the capture and refill passes write — runs the U-Net's graph path
- * (host/model/model_unet.c, predict_graph), which must give what the same model
- * gives op by op (DIFFLUX_CUDA_GRAPHS=0), bit for bit: with new times,
- * inputs and labels every evaluation (refilled), batch sizes that change
- * (and replan), guidance, another precision, profiling, a sampler run, the
- * tangents (unet_jvp stays op by op) and a capture that fails (eager from
- * then on). It also checks the protocol: no pass left open, nothing that
- * waits, allocates or draws noise inside a pass, the staging of every
- * refill the same as the capture's. The CUDA graphs themselves are checked
- * against CUDA op-by-op execution by test_backend_ops, on a GPU. */
+/* Backend graphs, checked on the CPU. A record-and-replay backend — the
+ * CPU backend with the graph ops of backend.h: the capture pass records
+ * each op's arguments, a launch calls the CPU ops again with them, the
+ * host arrays (times, labels, coefficients) read from the graph's staging
+ * block that the capture and refill passes write — runs the U-Net's graph
+ * path (host/model/net.c, dfx_net_predict_graph), which must give what the
+ * same model gives op by op (DIFFLUX_CUDA_GRAPHS=0), bit for bit: with new
+ * times, inputs and labels every evaluation (refilled), batch sizes that
+ * change (and replan), guidance, another precision, profiling, a sampler
+ * run, the tangents (unet_jvp stays op by op) and a capture that fails
+ * (eager from then on). It also checks the protocol: no pass left open,
+ * nothing that waits, allocates or draws noise inside a pass, the staging
+ * of every refill the same as the capture's. The CUDA graphs themselves
+ * are checked against CUDA op-by-op execution by test_backend_ops, on a
+ * GPU. */
 #include "check.h"
 #include "core/error.h"
 #include "model/model.h"
+#include "model/net_ops.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 
 enum { M_NONE, M_MEASURE, M_CAPTURE, M_REFILL };
 
+/* The backend calls recorded: one per op kind of a network's list
+ * (model/net_ops.h), and those of an evaluation around the list. */
 typedef enum {
-    R_CONV, R_GN, R_LINEAR, R_ADDCH, R_ADD, R_CONCAT, R_UP, R_ATTN, R_TEMB, R_EMBED, R_LINCOMB,
-    R_COPY
+#define R_KIND(id, name, slot) R_##id,
+    DFX_NET_OPS(R_KIND)
+#undef R_KIND
+    R_LINCOMB, R_COPY
 } rkind;
 
 /* One recorded op: its arguments, host arrays as staging regions. */
@@ -226,7 +232,7 @@ static void w_embed_add(dfx_backend *be, float *y, const float *table, const int
     if (mk.mode != M_NONE) {
         int s = take(idx, (size_t)B * sizeof *idx);
         if (mk.mode == M_CAPTURE)
-            record((rec){.k = R_EMBED, .y = y, .w = table, .i = {B, dim}, .s0 = s, .s1 = -1});
+            record((rec){.k = R_CLASS, .y = y, .w = table, .i = {B, dim}, .s0 = s, .s1 = -1});
         return;
     }
     mk.cpu->embed_add(be, y, table, idx, B, dim);
@@ -414,7 +420,7 @@ static void replay(dfx_backend *be, const dfx_graph *g)
         case R_UP: o->upsample2x(be, r->y, r->a, i[0], i[1], i[2], i[3]); break;
         case R_ATTN: o->attention(be, r->y, r->a, i[0], i[1], i[2], i[3], r->scratch); break;
         case R_TEMB: o->time_embed(be, r->y, staged(g, r->s0), i[0], i[1], r->d); break;
-        case R_EMBED: o->embed_add(be, r->y, r->w, staged(g, r->s0), i[0], i[1]); break;
+        case R_CLASS: o->embed_add(be, r->y, r->w, staged(g, r->s0), i[0], i[1]); break;
         case R_LINCOMB:
             o->lincomb(be, r->y, i[0], r->xs, staged(g, r->s0), staged(g, r->s1), i[1], r->n);
             break;
@@ -566,9 +572,9 @@ static size_t eval_pair(dfx_model *mg, dfx_model *me, int rows, int *labels)
     return bits_differ(yg, ye, n);
 }
 
-/* The graph counts a phase added, against what predict_graph's policy
- * gives (a shape eager the first time, captured the second; a larger batch
- * replans and frees the graphs; four graphs kept). */
+/* The graph counts a phase added, against what the policy of
+ * dfx_net_predict_graph gives (a shape eager the first time, captured the
+ * second; a larger batch replans and frees the graphs; four graphs kept). */
 static void counts(const char *what, dfx_model *mg, long *c0, long *l0, long want_c, long want_l)
 {
     long c, l, f;

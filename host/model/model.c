@@ -1,5 +1,6 @@
-/* Model loading, description and evaluation: the native prediction of any
- * kind, converted into what the sampler asks for. */
+/* Model loading (the table of kinds), description and evaluation: the
+ * native prediction of any kind, converted into what the sampler asks
+ * for. */
 #include "model/model.h"
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -33,6 +34,33 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
     return m;
 }
 
+/* The model kinds: config "kind" and the function that loads one. A new
+ * kind is a file with its load function and table of functions
+ * (dfx_model_vt), and a line here. */
+static const struct {
+    const char *name;
+    int (*load)(dfx_model *m, dfx_st_file *f, dfx_error *err);
+} kinds[] = {
+    {"gmm", dfx_gmm_load},
+    {"unet", dfx_unet_load},
+    {"affine", dfx_affine_load},
+    {"classifier", dfx_classifier_load},
+};
+#define NKINDS ((int)(sizeof kinds / sizeof kinds[0]))
+
+/* Loads m as the kind its config names. */
+static int load_kind(dfx_model *m, dfx_st_file *f, const char *file, dfx_error *err)
+{
+    for (int i = 0; i < NKINDS; i++)
+        if (strcmp(m->cfg.kind, kinds[i].name) == 0) return kinds[i].load(m, f, err);
+    char known[256] = "";
+    size_t n = 0;
+    for (int i = 0; i < NKINDS && n < sizeof known; i++)
+        n += (size_t)snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "", kinds[i].name);
+    return dfx_fail(err, "%s: unknown model kind '%s' (this build knows: %s)", file, m->cfg.kind,
+                    known);
+}
+
 /* The model of an opened file (a path or a buffer), which it closes. */
 static dfx_model *load_opened(dfx_st_file *f, const char *file, dfx_backend *be,
                               dfx_error *err)
@@ -50,20 +78,7 @@ static dfx_model *load_opened(dfx_st_file *f, const char *file, dfx_backend *be,
         goto done;
     }
     snprintf(m->file, sizeof m->file, "%s", file);
-    int rc;
-    if (strcmp(cfg.kind, "gmm") == 0)
-        rc = dfx_gmm_load(m, f, err);
-    else if (strcmp(cfg.kind, "unet") == 0)
-        rc = dfx_unet_load(m, f, err);
-    else if (strcmp(cfg.kind, "affine") == 0)
-        rc = dfx_affine_load(m, f, err);
-    else if (strcmp(cfg.kind, "classifier") == 0)
-        rc = dfx_classifier_load(m, f, err);
-    else
-        rc = dfx_fail(err,
-                      "%s: unknown model kind '%s' (this build knows: gmm, unet, affine, "
-                      "classifier)",
-                      file, cfg.kind);
+    int rc = load_kind(m, f, file, err);
     if (rc == 0 && cfg.start_full) {
         /* the Gaussian fitted to the path's noise end, full covariance */
         int64_t sm[1] = {(int64_t)m->dim}, ss[2] = {(int64_t)m->dim, (int64_t)m->dim};
@@ -169,7 +184,7 @@ int dfx_model_generative(const dfx_model *m, dfx_error *err)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
 {
     if (dfx_model_generative(m, err)) return -1;
-    if (strcmp(m->cfg.kind, "unet") == 0) return dfx_unet_set_class(m, cls, guidance, err);
+    if (m->vt->set_class) return m->vt->set_class(m, cls, guidance, err);
     if (cls == DFX_CLASS_NONE && guidance == 1.0) return 0;
     return dfx_fail(err, "%s: a %s model takes no class (--class/--guidance)",
                     m->file[0] ? m->file : "model", m->cfg.kind);
@@ -252,6 +267,17 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
     if (n < 0 || (size_t)n >= cap) return n;
     if (m->vt && m->vt->describe) n += m->vt->describe(m, buf + n, cap - (size_t)n);
     return n;
+}
+
+size_t dfx_model_scratch_bytes(const dfx_model *m, int rows)
+{
+    const size_t R = rows > 1 ? (size_t)rows : 1, row = m->dim * sizeof(float);
+    /* dfx_model_reserve: the prediction, the conversion coefficients, exp(y) */
+    size_t bytes = R * row + R * 3 * sizeof(double) + (m->logspace ? R * row : 0);
+    /* the kind's reserve (the networks' plans; the other kinds' scratch is
+     * O(rows) on the host) */
+    if (m->vt->scratch_bytes) bytes += m->vt->scratch_bytes(m, (int)R);
+    return bytes;
 }
 
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)

@@ -1,8 +1,9 @@
 /*
- * Models: a kind (gmm, later unet and affine) behind one small table, a
- * path and the prediction the model natively makes. dfx_model_eval turns the
- * native prediction into whatever a sampler asks for (path.c does the
- * algebra, the backend's lincomb applies it per row).
+ * Models: a kind (gmm, unet, affine, classifier: the table in model.c)
+ * behind one small table of functions, a path and the prediction the model
+ * natively makes. dfx_model_eval turns the native prediction into whatever
+ * a sampler asks for (path.c does the algebra, the backend's lincomb
+ * applies it per row).
  */
 #ifndef DFX_MODEL_H
 #define DFX_MODEL_H
@@ -63,6 +64,13 @@ typedef struct dfx_model_vt {
      * predict. */
     int (*jvp)(dfx_model *m, const double *t, const float *x, const float *v, float *out,
                float *dout, int rows, dfx_error *err);
+    /* Backend memory (bytes) that reserve allocates for batches of up to
+     * rows >= 1, for dfx_model_scratch_bytes (may be NULL: none). */
+    size_t (*scratch_bytes)(const dfx_model *m, int rows);
+    /* Class-conditional models: the class (or DFX_CLASS_NONE,
+     * DFX_CLASS_CYCLE) and guidance weight of the next evaluations (may be
+     * NULL: the kind takes no class). */
+    int (*set_class)(dfx_model *m, int cls, double guidance, dfx_error *err);
 } dfx_model_vt;
 
 struct dfx_model {
@@ -128,12 +136,12 @@ int dfx_model_tensor(dfx_model *m, struct dfx_st_file *f, const char *name, int 
 /* Common construction: fills cfg-derived info, dim. */
 dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err);
 
-/* Kinds */
-struct dfx_st_file;
+/* Kinds: each file's load reads the kind's tensors into m (its vt and
+ * impl set), for the kind table in model.c. */
 int dfx_gmm_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_unet_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_classifier_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
-int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+int dfx_affine_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 /* Tests: per-row labels (0..K, K = no class) for the next evaluations, NULL
  * to go back to dfx_model_set_class. The array must outlive them. */
 int dfx_unet_force_labels(dfx_model *m, const int *labels);
@@ -143,6 +151,5 @@ int dfx_unet_force_labels(dfx_model *m, const int *labels);
  * the last one failed ("" if none). Any pointer may be NULL. */
 void dfx_unet_graph_stats(const dfx_model *m, long *captures, long *launches, long *failed,
                           const char **why);
-int dfx_affine_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 
 #endif
