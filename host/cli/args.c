@@ -146,6 +146,11 @@ cli_opt cli_opt_sampler(const char **name)
                      "sampler (heun); `difflux samplers` lists them", 0};
 }
 
+cli_opt cli_opt_device(const char **device)
+{
+    return (cli_opt){"device", OPT_STR, device, "D", "cpu, cuda or auto (auto)", 0};
+}
+
 cli_opt cli_opt_precision(const char **p)
 {
     return (cli_opt){"precision", OPT_STR, p, "P",

@@ -34,6 +34,7 @@ int cli_options(const char *cmd, const char *synopsis, const char *about, int ar
 /* The option rows several commands share, each described here once. */
 cli_opt cli_opt_model(const char **file);     /* --model FILE */
 cli_opt cli_opt_sampler(const char **name);   /* --sampler NAME (heun) */
+cli_opt cli_opt_device(const char **device); /* --device D, one process */
 cli_opt cli_opt_precision(const char **p);    /* --precision P */
 cli_opt cli_opt_threads(int *threads);        /* --threads T */
 cli_opt cli_opt_max_memory(const char **size); /* --max-memory SIZE */

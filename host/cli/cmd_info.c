@@ -8,25 +8,22 @@
 #include <stdio.h>
 #include <string.h>
 
+static const char about[] =
+    "Describes a model file: kind, path, prediction, image shape, data range,\n"
+    "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
+    "sampling needs (weights, and the heun sampler's state with the network's\n"
+    "scratch per batch size, on the CPU with all cores).";
+
 int cmd_info(int argc, char **argv)
 {
     const char *model = NULL;
     int tensors = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
+        cli_opt_model(&model),
         {"tensors", OPT_FLAG, &tensors, NULL, "also list every stored tensor", 0},
     };
-    int help, rc = cli_parse("info", argc, argv, opts, 2, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux info [--model FILE]",
-                  "Describes a model file: kind, path, prediction, image shape, data range,\n"
-                  "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
-                  "sampling needs (weights, and the heun sampler's state with the network's\n"
-                  "scratch per batch size, on the CPU with all cores).",
-                  opts, 2);
-        return CLI_OK;
-    }
+    int rc = cli_options("info", "difflux info [--model FILE]", about, argc, argv, opts, 2);
+    if (rc != CLI_GO) return rc;
     if (!model) model = cli_default_model();
     dfx_error err = {{0}};
     /* all cores, as difflux sample: the convolutions' scratch is per thread */

@@ -5,18 +5,15 @@
 
 #include <stdio.h>
 
+static const char about[] =
+    "Lists every sampler: its order of convergence (weak order for SDEs), network\n"
+    "evaluations per step, default steps, whether it integrates an ODE or an SDE,\n"
+    "and which model families it applies to.";
+
 int cmd_samplers(int argc, char **argv)
 {
-    int help, rc = cli_parse("samplers", argc, argv, NULL, 0, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux samplers",
-                  "Lists every sampler: its order of convergence (weak order for SDEs), network\n"
-                  "evaluations per step, default steps, whether it integrates an ODE or an SDE,\n"
-                  "and which model families it applies to.",
-                  NULL, 0);
-        return CLI_OK;
-    }
+    int rc = cli_options("samplers", "difflux samplers", about, argc, argv, NULL, 0);
+    if (rc != CLI_GO) return rc;
     const dfx_sampler_desc *d;
     int n = dfx_samplers(&d);
     printf("%-16s %-5s %-9s %-6s %-5s %-15s %s\n", "name", "order", "NFE/step", "steps", "kind",
