@@ -41,8 +41,9 @@ typedef struct bench_cmd {
     cJSON *prof; /* --profile, for --json */
 } bench_cmd;
 
-static int bench_parse(bench_cmd *b, int argc, char **argv)
+static int bench_parse(void *state, int argc, char **argv)
 {
+    bench_cmd *b = state;
     b->sampler = "heun", b->device = "auto", b->precision = "fp32", b->batches = "1,8,64";
     b->steps = 10, b->warmup = 1, b->repeat = 3;
     cli_opt opts[] = {
@@ -78,8 +79,9 @@ static int parse_batches(const char *s, int *b, int *n)
     return 0;
 }
 
-static int bench_check(bench_cmd *b)
+static int bench_check(void *state)
 {
+    bench_cmd *b = state;
     if (parse_batches(b->batches, b->bs, &b->nb))
         return fprintf(stderr, "difflux bench: --batch expects sizes like 1,8,64, got '%s'\n",
                        b->batches),
@@ -164,8 +166,9 @@ static int bench_batch(bench_cmd *b, int bi, dfx_error *err)
     return 0;
 }
 
-static int bench_run(bench_cmd *b, dfx_error *err)
+static int bench_run(void *state, dfx_error *err)
 {
+    bench_cmd *b = state;
     if (bench_open(b, err)) return -1;
     const dfx_model_info *mi = b->mi;
     if (b->peak == 0.0) b->peak = dfx_backend_peak_gflops(b->be);
@@ -251,22 +254,22 @@ static int bench_json(bench_cmd *b, dfx_error *err)
     return wrc;
 }
 
-int cmd_bench(int argc, char **argv)
+/* --profile, and --json. */
+static int bench_report(void *state, dfx_error *err)
 {
-    bench_cmd b = {0};
-    int rc = bench_parse(&b, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = bench_check(&b))) return rc;
-    dfx_error err = {{0}};
-    rc = CLI_FAIL;
-    if (bench_run(&b, &err) == 0) {
-        if (b.profile) bench_profile(&b);
-        if (!b.json || bench_json(&b, &err) == 0) rc = CLI_OK;
-    }
-    if (rc) fprintf(stderr, "difflux bench: %s\n", err.msg);
-    cJSON_Delete(b.prof);
-    free(b.out);
-    dfx_model_free(b.m);
-    dfx_backend_destroy(b.be);
-    return rc;
+    bench_cmd *b = state;
+    if (b->profile) bench_profile(b);
+    return b->json ? bench_json(b, err) : 0;
 }
+
+static void bench_release(void *state)
+{
+    bench_cmd *b = state;
+    cJSON_Delete(b->prof);
+    free(b->out);
+    dfx_model_free(b->m);
+    dfx_backend_destroy(b->be);
+}
+
+const cli_steps cmd_bench = {sizeof(bench_cmd), bench_parse, bench_check, bench_run,
+                             bench_report, bench_release};

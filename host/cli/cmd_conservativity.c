@@ -354,8 +354,9 @@ typedef struct cons_cmd {
     dfx_cons_result *res[2];
 } cons_cmd;
 
-static int cons_parse(cons_cmd *c, int argc, char **argv)
+static int cons_parse(void *state, int argc, char **argv)
 {
+    cons_cmd *c = state;
     c->field_s = "score", c->radii_s = "0.01,0.1,0.5", c->method_s = "exact";
     c->sampler = "heun", c->device = "auto";
     c->points = 8, c->probes = 16, c->patch = 4, c->loop_nodes = 64, c->steps = 20;
@@ -401,8 +402,9 @@ static int cons_parse(cons_cmd *c, int argc, char **argv)
 
 /* Field, method, radii and times into c->o and c->tl, the other checks
  * that need no model, and the outputs. */
-static int cons_check(cons_cmd *c)
+static int cons_check(void *state)
 {
+    cons_cmd *c = state;
     dfx_cons_opts *o = &c->o;
     dfx_pred field;
     if (dfx_pred_parse(c->field_s, &field))
@@ -489,21 +491,19 @@ static const char *short_name(const char *name, char *buf, size_t cap)
 }
 
 /* --replot: the plot of an earlier --csv, nothing measured. */
-static int cons_replot(const cons_cmd *c)
+static int cons_replot(const cons_cmd *c, dfx_error *err)
 {
     char rn[2][256], sn[2][256];
     dfx_cons_result *rr[2] = {NULL, NULL};
     int nm = 0, ntr = 0;
-    dfx_error e = {{0}};
-    int r = read_csv(c->replot, rn, rr, &nm, &ntr, &e);
+    int r = read_csv(c->replot, rn, rr, &nm, &ntr, err);
     const char *np[2] = {rn[0], rn[1]};
     for (int i = 0; i < nm && r == 0; i++) np[i] = short_name(rn[i], sn[i], sizeof sn[i]);
-    if (r == 0) r = write_plot(c->plot, np, rr, nm, ntr, dfx_pred_name(c->o.field), &e);
+    if (r == 0) r = write_plot(c->plot, np, rr, nm, ntr, dfx_pred_name(c->o.field), err);
     free(rr[0]);
     free(rr[1]);
-    if (r) return fprintf(stderr, "difflux conservativity: %s\n", e.msg), CLI_FAIL;
-    printf("wrote %s\n", c->plot);
-    return CLI_OK;
+    if (r == 0) printf("wrote %s\n", c->plot);
+    return r;
 }
 
 /* Backend, the model and --baseline (on the model's path), and the times. */
@@ -592,9 +592,19 @@ static int cons_measure(cons_cmd *c, dfx_error *err)
     return 0;
 }
 
-/* The tables, and --csv, --json and --plot renamed into place together. */
-static int cons_report(const cons_cmd *c, dfx_error *err)
+static int cons_run(void *state, dfx_error *err)
 {
+    cons_cmd *c = state;
+    if (c->replot) return cons_replot(c, err);
+    if (!c->model) c->model = cli_default_model();
+    return cons_open(c, err) || cons_fits(c, err) || cons_measure(c, err) ? -1 : 0;
+}
+
+/* The tables, and --csv, --json and --plot renamed into place together. */
+static int cons_report(void *state, dfx_error *err)
+{
+    const cons_cmd *c = state;
+    if (c->replot) return 0;
     const int nm = c->nmodels, nt = c->nt;
     const char *field = dfx_pred_name(c->o.field);
     for (int i = 0; i < nm; i++) print_table(c->names[i], c->res[i], nt);
@@ -612,28 +622,16 @@ static int cons_report(const cons_cmd *c, dfx_error *err)
     return 0;
 }
 
-int cmd_conservativity(int argc, char **argv)
+static void cons_release(void *state)
 {
-    cons_cmd c = {0};
-    int rc = cons_parse(&c, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = cons_check(&c))) return rc;
-    if (c.replot) return cons_replot(&c);
-    if (!c.model) c.model = cli_default_model();
-    dfx_error err = {{0}};
-    rc = CLI_FAIL;
-    if (cons_open(&c, &err) == 0 && cons_fits(&c, &err) == 0 && cons_measure(&c, &err) == 0 &&
-        cons_report(&c, &err) == 0)
-        rc = CLI_OK;
-    if (rc != CLI_OK) {
-        dfx_outputs_abort();
-        fprintf(stderr, "difflux conservativity: %s\n", err.msg);
-    }
-    free(c.x0);
+    cons_cmd *c = state;
+    free(c->x0);
     for (int i = 0; i < 2; i++) {
-        free(c.res[i]);
-        dfx_model_free(c.ms[i]);
+        free(c->res[i]);
+        dfx_model_free(c->ms[i]);
     }
-    dfx_backend_destroy(c.be);
-    return rc;
+    dfx_backend_destroy(c->be);
 }
+
+const cli_steps cmd_conservativity = {sizeof(cons_cmd), cons_parse, cons_check, cons_run,
+                                      cons_report, cons_release};

@@ -96,8 +96,9 @@ typedef struct eval_cmd {
     double nfe, seconds;
 } eval_cmd;
 
-static int eval_parse(eval_cmd *e, int argc, char **argv)
+static int eval_parse(void *state, int argc, char **argv)
 {
+    eval_cmd *e = state;
     cli_draw_init(&e->d);
     e->n = 1000, e->kid_subsets = 10, e->kid_size = 1000;
     const cli_opt own[] = {
@@ -129,8 +130,9 @@ static int eval_parse(eval_cmd *e, int argc, char **argv)
     return cli_options("eval", "difflux eval [options]", about, argc, argv, e->opts, e->nopts);
 }
 
-static int eval_check(eval_cmd *e)
+static int eval_check(void *state)
 {
+    eval_cmd *e = state;
     if (e->n < 2) return fprintf(stderr, "difflux eval: --n must be at least 2\n"), CLI_USAGE;
     if (e->kid_subsets < 1 || e->kid_size < 2)
         return fprintf(stderr, "difflux eval: need --kid-subsets >= 1 and --kid-size >= 2\n"),
@@ -229,9 +231,19 @@ static int eval_draw(eval_cmd *e, dfx_error *err)
     return 0;
 }
 
-/* Rank 0: the metrics, printed and in --json, and the outputs renamed. */
-static int eval_report(eval_cmd *e, dfx_error *err)
+static int eval_run(void *state, dfx_error *err)
 {
+    eval_cmd *e = state;
+    if (cli_mpi_rank() != 0 && (e->make_ref || e->samples)) return 0; /* nothing to split */
+    if (e->make_ref) return eval_make_reference(e, err);
+    return e->samples ? eval_read_samples(e, err) : eval_draw(e, err);
+}
+
+/* Rank 0: the metrics, printed and in --json, and the outputs renamed. */
+static int eval_report(void *state, dfx_error *err)
+{
+    eval_cmd *e = state;
+    if (cli_mpi_rank() != 0 || e->make_ref) return 0;
     const cli_draw *d = &e->d;
     cli_quality_opts qo = {e->kid_subsets, e->kid_size, d->seed, !e->no_nn, d->quiet};
     if (cli_quality_measure(e->cls, &e->ref, e->images, e->count, &qo, &e->q, err)) return -1;
@@ -248,29 +260,15 @@ static int eval_report(eval_cmd *e, dfx_error *err)
     return dfx_outputs_commit(err);
 }
 
-int cmd_eval(int argc, char **argv)
+static void eval_release(void *state)
 {
-    eval_cmd e = {0};
-    int rc = eval_parse(&e, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = eval_check(&e))) return rc;
-    const int root = cli_mpi_rank() == 0;
-    if ((e.make_ref || e.samples) && !root) return CLI_OK; /* nothing to split */
-    dfx_error err = {{0}};
-    int bad;
-    if (e.make_ref) {
-        bad = eval_make_reference(&e, &err);
-    } else {
-        bad = e.samples ? eval_read_samples(&e, &err) : eval_draw(&e, &err);
-        if (!bad && root) bad = eval_report(&e, &err);
-    }
-    rc = bad ? CLI_FAIL : CLI_OK;
-    if (rc != CLI_OK) dfx_outputs_abort();
-    cli_draw_fail("eval", rc, &err);
-    cli_quality_free(&e.q);
-    cli_ref_free(&e.ref);
-    free(e.images);
-    dfx_model_free(e.cls);
-    cli_draw_close(&e.d);
-    return rc;
+    eval_cmd *e = state;
+    cli_quality_free(&e->q);
+    cli_ref_free(&e->ref);
+    free(e->images);
+    dfx_model_free(e->cls);
+    cli_draw_close(&e->d);
 }
+
+const cli_steps cmd_eval = {sizeof(eval_cmd), eval_parse, eval_check, eval_run, eval_report,
+                            eval_release};

@@ -28,8 +28,9 @@ typedef struct gmm_cmd {
     float *means, *stds, *weights;
 } gmm_cmd;
 
-static int gmm_parse(gmm_cmd *g, int argc, char **argv)
+static int gmm_parse(void *state, int argc, char **argv)
 {
+    gmm_cmd *g = state;
     g->images = DFX_SOURCE_DIR "/models/data/mnist10k-images-idx3-ubyte.gz";
     g->path = "linear";
     g->count = 300, g->cls = -1;
@@ -52,8 +53,9 @@ static int gmm_parse(gmm_cmd *g, int argc, char **argv)
                        opts, (int)(sizeof opts / sizeof opts[0]));
 }
 
-static int gmm_check(gmm_cmd *g)
+static int gmm_check(void *state)
 {
+    gmm_cmd *g = state;
     if (!g->out) return fprintf(stderr, "difflux make-gmm: --out FILE is required\n"), CLI_USAGE;
     const cli_file outs[1] = {{"out", g->out}},
                    ins[2] = {{"images", g->images}, {"labels", g->labels}};
@@ -77,8 +79,9 @@ static int gmm_check(gmm_cmd *g)
 
 /* One component per kept image after --offset: means (log x on the dale
  * path), stds and weights. */
-static int gmm_build(gmm_cmd *g, dfx_error *err)
+static int gmm_build(void *state, dfx_error *err)
 {
+    gmm_cmd *g = state;
     uint8_t *px = NULL, *lab = NULL;
     int n, nl, rc = -1;
     if (dfx_read_idx_images(g->images, &px, &n, &g->h, &g->w, err)) goto done;
@@ -124,8 +127,9 @@ done:
     return rc;
 }
 
-static int gmm_save(const gmm_cmd *g, dfx_error *err)
+static int gmm_save(void *state, dfx_error *err)
 {
+    const gmm_cmd *g = state;
     dfx_path p;
     dfx_path_default(&p, g->fam);
     char desc[256];
@@ -142,17 +146,13 @@ static int gmm_save(const gmm_cmd *g, dfx_error *err)
     return 0;
 }
 
-int cmd_make_gmm(int argc, char **argv)
+static void gmm_release(void *state)
 {
-    gmm_cmd g = {0};
-    int rc = gmm_parse(&g, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = gmm_check(&g))) return rc;
-    dfx_error err = {{0}};
-    rc = gmm_build(&g, &err) == 0 && gmm_save(&g, &err) == 0 ? CLI_OK : CLI_FAIL;
-    if (rc) fprintf(stderr, "difflux make-gmm: %s\n", err.msg);
-    free(g.means);
-    free(g.stds);
-    free(g.weights);
-    return rc;
+    gmm_cmd *g = state;
+    free(g->means);
+    free(g->stds);
+    free(g->weights);
 }
+
+const cli_steps cmd_make_gmm = {sizeof(gmm_cmd), gmm_parse, gmm_check, gmm_build, gmm_save,
+                                gmm_release};

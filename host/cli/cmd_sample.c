@@ -35,8 +35,9 @@ typedef struct sample_cmd {
     double nfe, seconds;
 } sample_cmd;
 
-static int sample_parse(sample_cmd *s, int argc, char **argv)
+static int sample_parse(void *state, int argc, char **argv)
 {
+    sample_cmd *s = state;
     cli_draw_init(&s->d);
     s->out = "grid.png";
     s->n = 64, s->pad = 2, s->scale = 1, s->pad_value = 1.0;
@@ -58,8 +59,9 @@ static int sample_parse(sample_cmd *s, int argc, char **argv)
 }
 
 /* The checks that need no model, and the outputs. */
-static int sample_check(sample_cmd *s)
+static int sample_check(void *state)
 {
+    sample_cmd *s = state;
     const int n = s->n, pad = s->pad, scale = s->scale;
     if (n < 1) return fprintf(stderr, "difflux sample: --n must be at least 1\n"), CLI_USAGE;
     if (s->no_png && cli_find(s->opts, s->nopts, "out")->set)
@@ -95,8 +97,9 @@ static double png_bytes(const dfx_model_info *mi, long n, dfx_grid_layout G)
 }
 
 /* Model, grid and memory checks, then the draw into s->images on rank 0. */
-static int sample_run(sample_cmd *s, dfx_error *err)
+static int sample_run(void *state, dfx_error *err)
 {
+    sample_cmd *s = state;
     cli_draw *d = &s->d;
     const int n = s->n, root = cli_mpi_rank() == 0;
     double t0 = dfx_seconds();
@@ -121,8 +124,10 @@ static int sample_run(sample_cmd *s, dfx_error *err)
 }
 
 /* Rank 0: the PNG and the .npy, and the summary line. */
-static int sample_report(const sample_cmd *s, dfx_error *err)
+static int sample_report(void *state, dfx_error *err)
 {
+    const sample_cmd *s = state;
+    if (cli_mpi_rank() != 0) return 0;
     const cli_draw *d = &s->d;
     const dfx_model_info *mi = d->mi;
     const int n = s->n;
@@ -150,18 +155,12 @@ static int sample_report(const sample_cmd *s, dfx_error *err)
     return 0;
 }
 
-int cmd_sample(int argc, char **argv)
+static void sample_release(void *state)
 {
-    sample_cmd s = {0};
-    int rc = sample_parse(&s, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = sample_check(&s))) return rc;
-    dfx_error err = {{0}};
-    rc = CLI_FAIL;
-    if (sample_run(&s, &err) == 0 && (cli_mpi_rank() != 0 || sample_report(&s, &err) == 0))
-        rc = CLI_OK;
-    cli_draw_fail("sample", rc, &err);
-    free(s.images);
-    cli_draw_close(&s.d);
-    return rc;
+    sample_cmd *s = state;
+    free(s->images);
+    cli_draw_close(&s->d);
 }
+
+const cli_steps cmd_sample = {sizeof(sample_cmd), sample_parse, sample_check, sample_run,
+                              sample_report, sample_release};

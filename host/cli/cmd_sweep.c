@@ -119,8 +119,9 @@ typedef struct sweep_cmd {
     int nrows;
 } sweep_cmd;
 
-static int sweep_parse(sweep_cmd *w, int argc, char **argv)
+static int sweep_parse(void *state, int argc, char **argv)
 {
+    sweep_cmd *w = state;
     cli_draw_init(&w->d);
     w->csv = "sweep.csv";
     w->samplers_arg = "euler,heun,dpmpp_2m", w->steps_arg = "4,8,16,32";
@@ -144,8 +145,9 @@ static int sweep_parse(sweep_cmd *w, int argc, char **argv)
 
 /* The sampler and step lists, the other checks that need no model, and
  * the outputs. */
-static int sweep_check(sweep_cmd *w)
+static int sweep_check(void *state)
 {
+    sweep_cmd *w = state;
     snprintf(w->sbuf, sizeof w->sbuf, "%s", w->samplers_arg);
     if ((w->ns = split_names(w->sbuf, w->samplers, MAX_SAMPLERS)) < 1)
         return fprintf(stderr, "difflux sweep: --samplers must list 1 to %d samplers\n",
@@ -237,8 +239,9 @@ static int sweep_point(sweep_cmd *w, int s, int steps, dfx_error *err)
     return cli_mpi_fail(qrc, err) ? -1 : 0;
 }
 
-static int sweep_run(sweep_cmd *w, dfx_error *err)
+static int sweep_run(void *state, dfx_error *err)
 {
+    sweep_cmd *w = state;
     const int root = cli_mpi_rank() == 0;
     if (sweep_open(w, err)) return -1;
     if (root && !w->d.quiet)
@@ -251,8 +254,10 @@ static int sweep_run(sweep_cmd *w, dfx_error *err)
 }
 
 /* Rank 0: the plot and the closing line. */
-static int sweep_report(const sweep_cmd *w, dfx_error *err)
+static int sweep_report(void *state, dfx_error *err)
 {
+    const sweep_cmd *w = state;
+    if (cli_mpi_rank() != 0) return 0;
     if (w->png && plot(w->png, w->rows, w->nrows, w->samplers, w->ns, w->d.model, err))
         return -1;
     if (!w->d.quiet)
@@ -261,21 +266,15 @@ static int sweep_report(const sweep_cmd *w, dfx_error *err)
     return 0;
 }
 
-int cmd_sweep(int argc, char **argv)
+static void sweep_release(void *state)
 {
-    sweep_cmd w = {0};
-    int rc = sweep_parse(&w, argc, argv);
-    if (rc != CLI_GO) return rc;
-    if ((rc = sweep_check(&w))) return rc;
-    dfx_error err = {{0}};
-    rc = CLI_FAIL;
-    if (sweep_run(&w, &err) == 0 && (cli_mpi_rank() != 0 || sweep_report(&w, &err) == 0))
-        rc = CLI_OK;
-    cli_draw_fail("sweep", rc, &err);
-    free(w.rows);
-    cli_ref_free(&w.ref);
-    free(w.images);
-    dfx_model_free(w.cls);
-    cli_draw_close(&w.d);
-    return rc;
+    sweep_cmd *w = state;
+    free(w->rows);
+    cli_ref_free(&w->ref);
+    free(w->images);
+    dfx_model_free(w->cls);
+    cli_draw_close(&w->d);
 }
+
+const cli_steps cmd_sweep = {sizeof(sweep_cmd), sweep_parse, sweep_check, sweep_run,
+                             sweep_report, sweep_release};

@@ -419,9 +419,3 @@ void cli_draw_close(cli_draw *d)
     d->m = NULL;
     d->be = NULL;
 }
-
-void cli_draw_fail(const char *cmd, int rc, const dfx_error *err)
-{
-    if (rc != CLI_OK && (cli_mpi_rank() == 0 || !cli_mpi_other(err)))
-        fprintf(stderr, "difflux %s: %s\n", cmd, err->msg);
-}

@@ -62,9 +62,6 @@ int cli_draw_images(const cli_draw *d, long n, float **images, dfx_error *err);
 int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
                  dfx_error *err);
 void cli_draw_close(cli_draw *d);
-/* The end of a failed command (rc not CLI_OK): "difflux CMD: message" on
- * rank 0 and on the rank that failed. */
-void cli_draw_fail(const char *cmd, int rc, const dfx_error *err);
 
 /* Memory (after cli_draw_open, before cli_draw_run): the bytes a draw of n
  * samples needs (the weights, the sampler's state and the network's

@@ -27,12 +27,12 @@ const char *cli_default_model(void)
 
 typedef struct command {
     const char *name;
-    int (*run)(int argc, char **argv);
+    const cli_steps *steps;
     const char *summary;
 } command;
 
 static const command commands[] = {
-#define CLI_COMMAND(name, function, summary) {name, function, summary},
+#define CLI_COMMAND(name, steps, summary) {name, &steps, summary},
 #include "commands.h"
 #undef CLI_COMMAND
 };
@@ -47,6 +47,34 @@ static void usage(FILE *f)
         fprintf(f, "  %-10s  %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n`difflux COMMAND --help` describes each command's options.\n"
                "`difflux sample` alone samples the shipped flow-matching model into grid.png.\n");
+}
+
+/* Run and report, then release: CLI_OK, or CLI_FAIL with the message
+ * printed and the unfinished outputs removed. */
+static int run_and_report(const char *name, const cli_steps *s, void *state)
+{
+    dfx_error err = {{0}};
+    int rc = CLI_OK;
+    if ((s->run && s->run(state, &err)) || (s->report && s->report(state, &err))) {
+        rc = CLI_FAIL;
+        dfx_outputs_abort();
+        if (cli_mpi_rank() == 0 || !cli_mpi_other(&err))
+            fprintf(stderr, "difflux %s: %s\n", name, err.msg);
+    }
+    if (s->release) s->release(state);
+    return rc;
+}
+
+/* A command's steps (cli.h) on argv[0..argc), the arguments after its name. */
+static int run_steps(const char *name, const cli_steps *s, int argc, char **argv)
+{
+    void *state = calloc(1, s->state_size);
+    if (!state) return fprintf(stderr, "difflux %s: out of memory\n", name), CLI_FAIL;
+    int rc = s->parse(state, argc, argv);
+    if (rc == CLI_GO && (!s->check || (rc = s->check(state)) == CLI_OK))
+        rc = run_and_report(name, s, state);
+    free(state);
+    return rc;
 }
 
 /* OpenBLAS falls back to slow SSE3 kernels on CPU models it does not know
@@ -102,7 +130,8 @@ static int dispatch(int argc, char **argv)
 {
     const char *c = argv[1];
     for (int i = 0; i < NCOMMANDS; i++)
-        if (strcmp(c, commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+        if (strcmp(c, commands[i].name) == 0)
+            return run_steps(c, commands[i].steps, argc - 2, argv + 2);
     if (strcmp(c, "--help") == 0 || strcmp(c, "-h") == 0 || strcmp(c, "help") == 0) {
         usage(stdout);
         return CLI_OK;
