@@ -18,7 +18,8 @@ typedef struct cli_opt {
     int set;          /* filled by the parser */
 } cli_opt;
 
-/* Exit codes of the command-line tool; CLI_GO is none: cli_options' "go on". */
+/* Exit codes of the command-line tool, and CLI_GO, none: "go on with the
+ * command" (cli_options, cli_steps in cli.h). */
 enum { CLI_GO = -1, CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
 /* Parses argv[0..argc) (after the command name). Returns CLI_OK, or
@@ -31,13 +32,15 @@ const cli_opt *cli_find(const cli_opt *opts, int n, const char *name);
 int cli_options(const char *cmd, const char *synopsis, const char *about, int argc, char **argv,
                 cli_opt *opts, int n);
 
-/* The option rows several commands share, each described here once. */
-cli_opt cli_opt_model(const char **file);     /* --model FILE */
-cli_opt cli_opt_sampler(const char **name);   /* --sampler NAME (heun) */
-cli_opt cli_opt_device(const char **device); /* --device D, one process */
-cli_opt cli_opt_precision(const char **p);    /* --precision P */
-cli_opt cli_opt_threads(int *threads);        /* --threads T */
+/* The option rows several commands share, each described here once
+ * (`--device` of sample, eval and sweep adds MPI: draw.c). */
+cli_opt cli_opt_model(const char **file);      /* --model FILE */
+cli_opt cli_opt_sampler(const char **name);    /* --sampler NAME (heun) */
+cli_opt cli_opt_device(const char **device);   /* --device D, one process */
+cli_opt cli_opt_precision(const char **p);     /* --precision P */
+cli_opt cli_opt_threads(int *threads);         /* --threads T */
 cli_opt cli_opt_max_memory(const char **size); /* --max-memory SIZE */
+
 /* "a,b,c": 1 to cap finite numbers into v[*n]; -1 on anything else. */
 int cli_parse_list(const char *s, double *v, int cap, int *n);
 
