@@ -1,6 +1,7 @@
 #define _XOPEN_SOURCE 700
 #include "args.h"
 #include "difflux.h"
+#include "io/fileio.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -123,6 +124,52 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int n, int 
     return CLI_OK;
 }
 
+int cli_options(const char *cmd, const char *synopsis, const char *about, int argc, char **argv,
+                cli_opt *opts, int n)
+{
+    int help, rc = cli_parse(cmd, argc, argv, opts, n, &help);
+    if (rc) return rc;
+    if (!help) return CLI_GO;
+    cli_usage(stdout, synopsis, about, opts, n);
+    return CLI_OK;
+}
+
+cli_opt cli_opt_model(const char **file)
+{
+    return (cli_opt){"model", OPT_STR, file, "FILE",
+                     "model file (default: models/mnist-flow.safetensors)", 0};
+}
+
+cli_opt cli_opt_sampler(const char **name)
+{
+    return (cli_opt){"sampler", OPT_STR, name, "NAME",
+                     "sampler (heun); `difflux samplers` lists them", 0};
+}
+
+cli_opt cli_opt_device(const char **device)
+{
+    return (cli_opt){"device", OPT_STR, device, "D", "cpu, cuda or auto (auto)", 0};
+}
+
+cli_opt cli_opt_precision(const char **p)
+{
+    return (cli_opt){"precision", OPT_STR, p, "P",
+                     "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)",
+                     0};
+}
+
+cli_opt cli_opt_threads(int *threads)
+{
+    return (cli_opt){"threads", OPT_INT, threads, "T", "CPU threads, at most 1024 (0 = all cores)",
+                     0};
+}
+
+cli_opt cli_opt_max_memory(const char **size)
+{
+    return (cli_opt){"max-memory", OPT_STR, size, "SIZE",
+                     "refuse runs needing more, e.g. 8G, 512M (default: the memory available)", 0};
+}
+
 void cli_usage(FILE *f, const char *synopsis, const char *about, const cli_opt *opts, int n)
 {
     fprintf(f, "usage: %s\n\n%s\n", synopsis, about);
@@ -176,6 +223,14 @@ int cli_known_sampler(const char *name)
     for (int i = 0; i < nd; i++)
         if (strcmp(descs[i].name, name) == 0) return 1;
     return 0;
+}
+
+int cli_check_sampler(const char *cmd, const char *name)
+{
+    if (cli_known_sampler(name)) return CLI_OK;
+    fprintf(stderr, "difflux %s: unknown --sampler '%s' (difflux samplers lists them)\n", cmd,
+            name);
+    return CLI_USAGE;
 }
 
 int cli_parse_bytes(const char *s, double *bytes)
@@ -301,4 +356,16 @@ int cli_check_outputs(const char *cmd, const cli_file *outs, int nout, const cli
             }
     }
     return CLI_OK;
+}
+
+int cli_write_plot(const char *file, int ncols, int npanels, const dfx_plot_panel *panels,
+                   int width, int height, dfx_error *err)
+{
+    char tmp[4200];
+    int rc = dfx_outputs_adopt(file, tmp, sizeof tmp, err);
+    if (rc == 0) {
+        rc = dfx_plot_png(tmp, ncols, npanels, panels, width, height, err);
+        if (dfx_outputs_adopt_done(tmp, rc == 0, rc == 0 ? err : NULL)) rc = -1;
+    }
+    return rc;
 }

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "difflux.h"
+
 typedef enum { OPT_INT, OPT_U64, OPT_DOUBLE, OPT_STR, OPT_FLAG } cli_type;
 
 typedef struct cli_opt {
@@ -16,14 +18,29 @@ typedef struct cli_opt {
     int set;          /* filled by the parser */
 } cli_opt;
 
-/* Exit codes of the command-line tool. */
-enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+/* Exit codes of the command-line tool, and CLI_GO, none: "go on with the
+ * command" (cli_options, cli_steps in cli.h). */
+enum { CLI_GO = -1, CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
 /* Parses argv[0..argc) (after the command name). Returns CLI_OK, or
  * CLI_USAGE with a message on stderr; *help is set by --help / -h. */
 int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int n, int *help);
 void cli_usage(FILE *f, const char *synopsis, const char *about, const cli_opt *opts, int n);
 const cli_opt *cli_find(const cli_opt *opts, int n, const char *name);
+/* The opening of every command: cli_parse, and with --help the usage
+ * (cli_usage) on stdout. CLI_GO when the command goes on, else its exit code. */
+int cli_options(const char *cmd, const char *synopsis, const char *about, int argc, char **argv,
+                cli_opt *opts, int n);
+
+/* The option rows several commands share, each described here once
+ * (`--device` of sample, eval and sweep adds MPI: draw.c). */
+cli_opt cli_opt_model(const char **file);      /* --model FILE */
+cli_opt cli_opt_sampler(const char **name);    /* --sampler NAME (heun) */
+cli_opt cli_opt_device(const char **device);   /* --device D, one process */
+cli_opt cli_opt_precision(const char **p);     /* --precision P */
+cli_opt cli_opt_threads(int *threads);         /* --threads T */
+cli_opt cli_opt_max_memory(const char **size); /* --max-memory SIZE */
+
 /* "a,b,c": 1 to cap finite numbers into v[*n]; -1 on anything else. */
 int cli_parse_list(const char *s, double *v, int cap, int *n);
 
@@ -37,6 +54,8 @@ int cli_parse_bytes(const char *s, double *bytes);
 int cli_check_max_memory(const char *cmd, const char *arg, double *bytes);
 /* 1 when name is a sampler of dfx_samplers() */
 int cli_known_sampler(const char *name);
+/* --sampler: CLI_OK, or CLI_USAGE with a message when name is no sampler. */
+int cli_check_sampler(const char *cmd, const char *name);
 /* "1.5 GiB" */
 const char *cli_format_bytes(double bytes, char *buf, size_t cap);
 
@@ -50,5 +69,9 @@ typedef struct cli_file {
  * CLI_OK, or CLI_USAGE / CLI_FAIL with a message naming the options. */
 int cli_check_outputs(const char *cmd, const cli_file *outs, int nout, const cli_file *ins,
                       int nin);
+/* dfx_plot_png into file through a temporary, renamed with the outputs of
+ * dfx_outputs_begin .. commit, or at once outside them; 0 or -1 with err. */
+int cli_write_plot(const char *file, int ncols, int npanels, const dfx_plot_panel *panels,
+                   int width, int height, dfx_error *err);
 
 #endif

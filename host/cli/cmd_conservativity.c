@@ -239,12 +239,7 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
         {"path dependence (normalised)", "t", "|∫#dline#u f·dx - ∫#darc#u f·dx| / ∫ |f| |dx|", 0,
          1, nmodels * R, path},
     };
-    char tmp[4200];
-    int rc = dfx_outputs_adopt(file, tmp, sizeof tmp, err);
-    if (rc == 0) {
-        rc = dfx_plot_png(tmp, 2, 4, panels, 1400, 1000, err);
-        if (dfx_outputs_adopt_done(tmp, rc == 0, rc == 0 ? err : NULL)) rc = -1;
-    }
+    int rc = cli_write_plot(file, 2, 4, panels, 1400, 1000, err);
     free(buf);
     free(s);
     free(labels);
@@ -327,295 +322,316 @@ done:
     return rc;
 }
 
-int cmd_conservativity(int argc, char **argv)
+static const char about[] =
+    "Measures whether a model's field is a gradient (MATH.md section 4), at a\n"
+    "list of times, on data-like points x_t = a x0 + s z + m:\n"
+    "  asymmetry  ||J - J^T||_F / ||J||_F from random probe pairs, +- standard error\n"
+    "  patch      the same, exactly, on the block of a centred pixel patch\n"
+    "  circ       |loop integral of f.dx| / integral of |f||dx| on circles in\n"
+    "             random planes (periodic trapezoid rule)\n"
+    "  path       the same for a segment against a half circle between two points\n"
+    "All are 0 for a true score; --baseline measures an exact (conservative)\n"
+    "Gaussian-mixture model of the same data beside the model.\n"
+    "Options, output paths and memory are checked before any work; --csv,\n"
+    "--json and --plot are renamed into place together at the end.";
+
+typedef struct cons_cmd {
+    const char *model, *baseline, *field_s, *times, *radii_s, *method_s, *data, *sampler,
+        *device, *csv, *json, *plot, *replot, *max_memory;
+    int points, probes, patch, loop_nodes, steps, threads, batch, quiet;
+    uint64_t seed;
+    double fd_step, mem_limit;
+    /* parsed */
+    dfx_cons_opts o;
+    double tl[MAX_TIMES]; /* --t, or 8 over the model's sampling interval */
+    int nt;
+    /* the run */
+    dfx_backend *be;
+    dfx_model *ms[2];
+    const char *names[2];
+    int nmodels;
+    float *x0;
+    dfx_cons_result *res[2];
+} cons_cmd;
+
+static int cons_parse(void *state, int argc, char **argv)
 {
-    const char *model = NULL, *baseline = NULL, *field_s = "score", *times = NULL,
-               *radii_s = "0.01,0.1,0.5", *method_s = "exact", *data = NULL,
-               *sampler = "heun", *device = "auto", *csv = NULL, *json = NULL, *plot = NULL,
-               *replot = NULL, *max_memory = NULL;
-    int points = 8, probes = 16, patch = 4, loop_nodes = 64, steps = 20, threads = 0,
-        batch = 64, quiet = 0;
-    uint64_t seed = 0;
-    double fd_step = 1e-3;
+    cons_cmd *c = state;
+    c->field_s = "score", c->radii_s = "0.01,0.1,0.5", c->method_s = "exact";
+    c->sampler = "heun", c->device = "auto";
+    c->points = 8, c->probes = 16, c->patch = 4, c->loop_nodes = 64, c->steps = 20;
+    c->batch = 64, c->fd_step = 1e-3;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
-        {"baseline", OPT_STR, &baseline, "FILE",
+        cli_opt_model(&c->model),
+        {"baseline", OPT_STR, &c->baseline, "FILE",
          "an exact Gaussian-mixture model of the same data, measured beside it", 0},
-        {"field", OPT_STR, &field_s, "NAME", "score (default), velocity, eps, data or v", 0},
-        {"t", OPT_STR, &times, "LIST",
+        {"field", OPT_STR, &c->field_s, "NAME", "score (default), velocity, eps, data or v", 0},
+        {"t", OPT_STR, &c->times, "LIST",
          "comma-separated times (8 spread over the sampling interval)", 0},
-        {"points", OPT_INT, &points, "N", "data-like points per time (8)", 0},
-        {"data", OPT_STR, &data, "IDX",
+        {"points", OPT_INT, &c->points, "N", "data-like points per time (8)", 0},
+        {"data", OPT_STR, &c->data, "IDX",
          "take the points from these images (default: the model's own samples)", 0},
-        {"sampler", OPT_STR, &sampler, "NAME", "sampler for the model's own samples (heun)", 0},
-        {"steps", OPT_INT, &steps, "N", "its steps (20)", 0},
-        {"probes", OPT_INT, &probes, "K", "random probe pairs per point (16; 0 = skip)", 0},
-        {"patch", OPT_INT, &patch, "P",
+        {"sampler", OPT_STR, &c->sampler, "NAME", "sampler for the model's own samples (heun)",
+         0},
+        {"steps", OPT_INT, &c->steps, "N", "its steps (20)", 0},
+        {"probes", OPT_INT, &c->probes, "K", "random probe pairs per point (16; 0 = skip)", 0},
+        {"patch", OPT_INT, &c->patch, "P",
          "side of the centred pixel patch for the exact sub-Jacobian (4; 0 = skip)", 0},
-        {"loop-nodes", OPT_INT, &loop_nodes, "M", "trapezoid nodes per loop (64; 0 = skip)", 0},
-        {"radii", OPT_STR, &radii_s, "LIST", "loop radii as fractions of |x_t| (0.01,0.1,0.5)",
+        {"loop-nodes", OPT_INT, &c->loop_nodes, "M", "trapezoid nodes per loop (64; 0 = skip)",
          0},
-        {"method", OPT_STR, &method_s, "M", "exact (forward-mode JVPs) or fd (central differences)",
-         0},
-        {"fd-step", OPT_DOUBLE, &fd_step, "H", "finite differences: relative step (1e-3)", 0},
-        {"seed", OPT_U64, &seed, "S", "random seed for points, probes and planes (0)", 0},
-        {"device", OPT_STR, &device, "D", "cpu, cuda or auto (auto)", 0},
-        {"threads", OPT_INT, &threads, "T", "CPU threads, at most 1024 (0 = all cores)", 0},
-        {"max-memory", OPT_STR, &max_memory, "SIZE",
-         "refuse runs needing more, e.g. 8G (default: the memory available)", 0},
-        {"batch", OPT_INT, &batch, "B", "rows per network evaluation (64)", 0},
-        {"csv", OPT_STR, &csv, "FILE", "write the results as CSV", 0},
-        {"json", OPT_STR, &json, "FILE", "write the results as JSON", 0},
-        {"plot", OPT_STR, &plot, "FILE", "PNG plot of every metric against t", 0},
-        {"replot", OPT_STR, &replot, "CSV",
+        {"radii", OPT_STR, &c->radii_s, "LIST",
+         "loop radii as fractions of |x_t| (0.01,0.1,0.5)", 0},
+        {"method", OPT_STR, &c->method_s, "M",
+         "exact (forward-mode JVPs) or fd (central differences)", 0},
+        {"fd-step", OPT_DOUBLE, &c->fd_step, "H", "finite differences: relative step (1e-3)", 0},
+        {"seed", OPT_U64, &c->seed, "S", "random seed for points, probes and planes (0)", 0},
+        cli_opt_device(&c->device),
+        cli_opt_threads(&c->threads),
+        cli_opt_max_memory(&c->max_memory),
+        {"batch", OPT_INT, &c->batch, "B", "rows per network evaluation (64)", 0},
+        {"csv", OPT_STR, &c->csv, "FILE", "write the results as CSV", 0},
+        {"json", OPT_STR, &c->json, "FILE", "write the results as JSON", 0},
+        {"plot", OPT_STR, &c->plot, "FILE", "PNG plot of every metric against t", 0},
+        {"replot", OPT_STR, &c->replot, "CSV",
          "measure nothing: plot (--plot) the results of an earlier --csv", 0},
-        {"quiet", OPT_FLAG, &quiet, NULL, "no progress on stderr", 0},
+        {"quiet", OPT_FLAG, &c->quiet, NULL, "no progress on stderr", 0},
     };
-    const int nopts = (int)(sizeof opts / sizeof opts[0]);
-    int help, rc = cli_parse("conservativity", argc, argv, opts, nopts, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux conservativity [options]",
-                  "Measures whether a model's field is a gradient (MATH.md section 4), at a\n"
-                  "list of times, on data-like points x_t = a x0 + s z + m:\n"
-                  "  asymmetry  ||J - J^T||_F / ||J||_F from random probe pairs, +- standard error\n"
-                  "  patch      the same, exactly, on the block of a centred pixel patch\n"
-                  "  circ       |loop integral of f.dx| / integral of |f||dx| on circles in\n"
-                  "             random planes (periodic trapezoid rule)\n"
-                  "  path       the same for a segment against a half circle between two points\n"
-                  "All are 0 for a true score; --baseline measures an exact (conservative)\n"
-                  "Gaussian-mixture model of the same data beside the model.\n"
-                  "Options, output paths and memory are checked before any work; --csv,\n"
-                  "--json and --plot are renamed into place together at the end.",
-                  opts, nopts);
-        return CLI_OK;
-    }
+    return cli_options("conservativity", "difflux conservativity [options]", about, argc, argv,
+                       opts, (int)(sizeof opts / sizeof opts[0]));
+}
+
+/* Field, method, radii and times into c->o and c->tl, the other checks
+ * that need no model, and the outputs. */
+static int cons_check(void *state)
+{
+    cons_cmd *c = state;
+    dfx_cons_opts *o = &c->o;
     dfx_pred field;
-    if (dfx_pred_parse(field_s, &field))
+    if (dfx_pred_parse(c->field_s, &field))
         return fprintf(stderr,
                        "difflux conservativity: unknown --field '%s' (score, velocity, eps, "
                        "data or v)\n",
-                       field_s),
+                       c->field_s),
                CLI_USAGE;
     dfx_jvp_method method;
-    if (strcmp(method_s, "exact") == 0) method = DFX_JVP_EXACT;
-    else if (strcmp(method_s, "fd") == 0) method = DFX_JVP_FD;
+    if (strcmp(c->method_s, "exact") == 0) method = DFX_JVP_EXACT;
+    else if (strcmp(c->method_s, "fd") == 0) method = DFX_JVP_FD;
     else
         return fprintf(stderr, "difflux conservativity: unknown --method '%s' (exact or fd)\n",
-                       method_s),
+                       c->method_s),
                CLI_USAGE;
-    dfx_cons_opts o;
-    dfx_cons_opts_default(&o);
-    if (cli_parse_list(radii_s, o.radii, DFX_CONS_MAX_RADII, &o.nradii))
+    dfx_cons_opts_default(o);
+    if (cli_parse_list(c->radii_s, o->radii, DFX_CONS_MAX_RADII, &o->nradii))
         return fprintf(stderr,
                        "difflux conservativity: --radii expects up to %d numbers like "
                        "0.01,0.1, got '%s'\n",
-                       DFX_CONS_MAX_RADII, radii_s),
+                       DFX_CONS_MAX_RADII, c->radii_s),
                CLI_USAGE;
-    for (int k = 0; k < o.nradii; k++)
-        if (!(o.radii[k] > 0))
+    for (int k = 0; k < o->nradii; k++)
+        if (!(o->radii[k] > 0))
             return fprintf(stderr, "difflux conservativity: --radii must be positive\n"),
                    CLI_USAGE;
-    if (points < 1 || probes < 0 || patch < 0 || batch < 1 || steps < 1 || steps > 1000000 ||
-        (loop_nodes != 0 && loop_nodes < 4) || !(fd_step > 0))
+    if (c->points < 1 || c->probes < 0 || c->patch < 0 || c->batch < 1 || c->steps < 1 ||
+        c->steps > 1000000 || (c->loop_nodes != 0 && c->loop_nodes < 4) || !(c->fd_step > 0))
         return fprintf(stderr, "difflux conservativity: need --points >= 1, --probes >= 0, "
                                "--patch >= 0, --batch >= 1, --steps >= 1 (at most 1000000), "
                                "--loop-nodes 0 or >= 4, --fd-step > 0\n"),
                CLI_USAGE;
-    if (cli_check_threads("conservativity", threads)) return CLI_USAGE;
-    double mem_limit = 0;
-    if (cli_check_max_memory("conservativity", max_memory, &mem_limit)) return CLI_USAGE;
-    if (!data && !cli_known_sampler(sampler))
-        return fprintf(stderr, "difflux conservativity: unknown --sampler '%s' (difflux "
-                               "samplers lists them)\n",
-                       sampler),
-               CLI_USAGE;
-    if (times) {
-        double tv[MAX_TIMES];
-        int ntv = 0;
-        if (cli_parse_list(times, tv, MAX_TIMES, &ntv))
+    if (cli_check_threads("conservativity", c->threads)) return CLI_USAGE;
+    if (cli_check_max_memory("conservativity", c->max_memory, &c->mem_limit)) return CLI_USAGE;
+    if (!c->data && cli_check_sampler("conservativity", c->sampler)) return CLI_USAGE;
+    if (c->times) {
+        if (cli_parse_list(c->times, c->tl, MAX_TIMES, &c->nt))
             return fprintf(stderr, "difflux conservativity: --t expects up to %d times like "
                                    "0.1,0.5, got '%s'\n",
-                           MAX_TIMES, times),
+                           MAX_TIMES, c->times),
                    CLI_USAGE;
-        for (int i = 0; i < ntv; i++)
-            if (!(tv[i] >= 0 && tv[i] <= 1))
+        for (int i = 0; i < c->nt; i++)
+            if (!(c->tl[i] >= 0 && c->tl[i] <= 1))
                 return fprintf(stderr, "difflux conservativity: --t: %g is outside [0, 1]\n",
-                               tv[i]),
+                               c->tl[i]),
                        CLI_USAGE;
     }
-    {
-        const cli_file outs[3] = {{"csv", csv}, {"json", json}, {"plot", plot}};
-        const cli_file ins[4] = {{"model", model ? model : cli_default_model()},
-                                 {"baseline", baseline},
-                                 {"data", data},
-                                 {"replot", replot}};
-        if ((rc = cli_check_outputs("conservativity", outs, 3, ins, 4))) return rc;
-    }
-    if (probes == 0 && patch == 0 && loop_nodes == 0)
+    const cli_file outs[3] = {{"csv", c->csv}, {"json", c->json}, {"plot", c->plot}};
+    const cli_file ins[4] = {{"model", c->model ? c->model : cli_default_model()},
+                             {"baseline", c->baseline},
+                             {"data", c->data},
+                             {"replot", c->replot}};
+    int rc = cli_check_outputs("conservativity", outs, 3, ins, 4);
+    if (rc) return rc;
+    if (c->probes == 0 && c->patch == 0 && c->loop_nodes == 0)
         return fprintf(stderr, "difflux conservativity: every metric is switched off\n"),
                CLI_USAGE;
-    if (plot && !dfx_have_plots())
+    if (c->plot && !dfx_have_plots())
         return fprintf(stderr,
                        "difflux conservativity: --plot: this build has no plotting (install "
                        "libplplot-dev and plplot-driver-cairo, then reconfigure)\n"),
                CLI_FAIL;
-    o.field = field;
-    o.method = method;
-    o.fd_step = fd_step;
-    o.probes = probes;
-    o.patch = patch;
-    o.loop_nodes = loop_nodes;
-    o.seed = seed;
-    o.batch = batch;
-    if (replot) {
-        if (!plot)
-            return fprintf(stderr, "difflux conservativity: --replot needs --plot FILE\n"),
-                   CLI_USAGE;
-        char rn[2][256];
-        dfx_cons_result *rr[2] = {NULL, NULL};
-        int nm = 0, ntr = 0;
-        dfx_error e = {{0}};
-        int r = read_csv(replot, rn, rr, &nm, &ntr, &e);
-        const char *np[2] = {rn[0], rn[1]};
-        for (int i = 0; i < nm && r == 0; i++) {
-            const char *sl = strrchr(rn[i], '/');
-            np[i] = sl ? sl + 1 : rn[i];
-            ((char *)np[i])[strcspn(np[i], ".")] = 0;
-        }
-        if (r == 0) r = write_plot(plot, np, rr, nm, ntr, dfx_pred_name(field), &e);
-        free(rr[0]);
-        free(rr[1]);
-        if (r) return fprintf(stderr, "difflux conservativity: %s\n", e.msg), CLI_FAIL;
-        printf("wrote %s\n", plot);
-        return CLI_OK;
-    }
-    if (!model) model = cli_default_model();
+    o->field = field;
+    o->method = method;
+    o->fd_step = c->fd_step;
+    o->probes = c->probes;
+    o->patch = c->patch;
+    o->loop_nodes = c->loop_nodes;
+    o->seed = c->seed;
+    o->batch = c->batch;
+    if (c->replot && !c->plot)
+        return fprintf(stderr, "difflux conservativity: --replot needs --plot FILE\n"),
+               CLI_USAGE;
+    return CLI_OK;
+}
 
-    dfx_error err = {{0}};
-    dfx_backend *be = dfx_backend_create(device, threads, &err);
-    if (!be) return fprintf(stderr, "difflux conservativity: %s\n", err.msg), CLI_FAIL;
-    dfx_model *ms[2] = {NULL, NULL};
-    dfx_cons_result *res[2] = {NULL, NULL};
-    float *x0 = NULL;
-    const char *names[2] = {model, baseline};
-    const char *shortn[2] = {NULL, NULL};
-    char shortbuf[2][128];
-    int nmodels = baseline ? 2 : 1;
-    double tl[MAX_TIMES];
-    int nt = 0;
-    rc = CLI_FAIL;
-    for (int i = 0; i < nmodels; i++) {
-        ms[i] = dfx_model_load(names[i], be, &err);
-        if (!ms[i]) goto done;
+/* A model's name in the plot: its file name up to the first dot. */
+static const char *short_name(const char *name, char *buf, size_t cap)
+{
+    const char *sl = strrchr(name, '/');
+    const char *base = sl ? sl + 1 : name;
+    snprintf(buf, cap, "%.*s", (int)strcspn(base, "."), base);
+    return buf;
+}
+
+/* --replot: the plot of an earlier --csv, nothing measured. */
+static int cons_replot(const cons_cmd *c, dfx_error *err)
+{
+    char rn[2][256], sn[2][256];
+    dfx_cons_result *rr[2] = {NULL, NULL};
+    int nm = 0, ntr = 0;
+    int r = read_csv(c->replot, rn, rr, &nm, &ntr, err);
+    const char *np[2] = {rn[0], rn[1]};
+    for (int i = 0; i < nm && r == 0; i++) np[i] = short_name(rn[i], sn[i], sizeof sn[i]);
+    if (r == 0) r = write_plot(c->plot, np, rr, nm, ntr, dfx_pred_name(c->o.field), err);
+    free(rr[0]);
+    free(rr[1]);
+    if (r == 0) printf("wrote %s\n", c->plot);
+    return r;
+}
+
+/* Backend, the model and --baseline (on the model's path), and the times. */
+static int cons_open(cons_cmd *c, dfx_error *err)
+{
+    c->be = cli_backend_open(c->device, c->threads, NULL, err);
+    if (!c->be) return -1;
+    c->names[0] = c->model, c->names[1] = c->baseline;
+    c->nmodels = c->baseline ? 2 : 1;
+    for (int i = 0; i < c->nmodels; i++) {
+        c->ms[i] = dfx_model_load(c->names[i], c->be, err);
+        if (!c->ms[i]) return -1;
     }
-    const dfx_model_info *mi = dfx_model_get_info(ms[0]);
-    if (baseline) {
-        const dfx_model_info *bi = dfx_model_get_info(ms[1]);
-        if (bi->channels != mi->channels || bi->height != mi->height || bi->width != mi->width) {
-            snprintf(err.msg, sizeof err.msg,
-                     "--baseline %s: %dx%dx%d images, but %s has %dx%dx%d", baseline,
-                     bi->channels, bi->height, bi->width, model, mi->channels, mi->height,
-                     mi->width);
-            goto done;
-        }
+    const dfx_model_info *mi = dfx_model_get_info(c->ms[0]);
+    if (c->baseline) {
+        const dfx_model_info *bi = dfx_model_get_info(c->ms[1]);
+        if (bi->channels != mi->channels || bi->height != mi->height || bi->width != mi->width)
+            return dfx_fail(err, "--baseline %s: %dx%dx%d images, but %s has %dx%dx%d",
+                            c->baseline, bi->channels, bi->height, bi->width, c->model,
+                            mi->channels, mi->height, mi->width);
         if (memcmp(&bi->path, &mi->path, sizeof mi->path) != 0 &&
-            dfx_model_set_path(ms[1], &mi->path, &err))
-            goto done;
+            dfx_model_set_path(c->ms[1], &mi->path, err))
+            return -1;
     }
-    if (times) {
-        if (cli_parse_list(times, tl, MAX_TIMES, &nt)) {
-            snprintf(err.msg, sizeof err.msg, "--t expects up to %d times like 0.1,0.5, got '%s'",
-                     MAX_TIMES, times);
-            rc = CLI_USAGE;
-            goto done;
-        }
-        for (int i = 0; i < nt; i++)
-            if (!(tl[i] >= 0 && tl[i] <= 1)) {
-                snprintf(err.msg, sizeof err.msg, "--t: %g is outside [0, 1]", tl[i]);
-                rc = CLI_USAGE;
-                goto done;
-            }
-    } else {
+    if (!c->times) {
         static const double frac[] = {0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97};
         double tn, td;
         dfx_path_default_range(&mi->path, &tn, &td);
-        nt = 8;
-        for (int i = 0; i < nt; i++) tl[i] = tn + frac[i] * (td - tn);
+        c->nt = 8;
+        for (int i = 0; i < c->nt; i++) c->tl[i] = tn + frac[i] * (td - tn);
     }
-    {
-        /* the base points' draw (one batch of --points), and per model the
-         * network's scratch with its tangents for batches of --batch rows */
-        dfx_sample_opts so;
-        dfx_sample_opts_default(&so, ms[0]);
-        so.sampler = sampler;
-        const double row = (double)mi->channels * mi->height * mi->width * sizeof(float);
-        double need = (data ? 0.0 : (double)dfx_sampler_bytes(ms[0], &so, points)) +
-                      (double)points * row * (4.0 + 2.0 * (o.loop_nodes > 0));
-        double weights = 0;
-        for (int i = 0; i < nmodels; i++) {
-            need += 2.0 * (double)dfx_model_scratch_bytes(ms[i], batch) + 6.0 * batch * row;
-            weights += (double)dfx_model_get_info(ms[i])->n_params * sizeof(float);
-        }
-        char what[1200];
-        snprintf(what, sizeof what, "measuring %s with %d points in batches of %d", model,
-                 points, batch);
-        if (cli_mem_check(need, need + weights, mem_limit, what,
-                          "; fewer --points or a smaller --batch need less", &err))
-            goto done;
+    return 0;
+}
+
+/* The base points' draw (one batch of --points), and per model the
+ * network's scratch with its tangents for batches of --batch rows. */
+static int cons_fits(const cons_cmd *c, dfx_error *err)
+{
+    const dfx_model_info *mi = dfx_model_get_info(c->ms[0]);
+    dfx_sample_opts so;
+    dfx_sample_opts_default(&so, c->ms[0]);
+    so.sampler = c->sampler;
+    const double row = (double)mi->channels * mi->height * mi->width * sizeof(float);
+    double need = (c->data ? 0.0 : (double)dfx_sampler_bytes(c->ms[0], &so, c->points)) +
+                  (double)c->points * row * (4.0 + 2.0 * (c->o.loop_nodes > 0));
+    double weights = 0;
+    for (int i = 0; i < c->nmodels; i++) {
+        need += 2.0 * (double)dfx_model_scratch_bytes(c->ms[i], c->batch) + 6.0 * c->batch * row;
+        weights += (double)dfx_model_get_info(c->ms[i])->n_params * sizeof(float);
     }
-    x0 = base_points(ms[0], data, points, seed, sampler, steps, quiet, &err);
-    if (!x0) goto done;
-    for (int i = 0; i < nmodels; i++) {
-        res[i] = calloc((size_t)nt, sizeof(dfx_cons_result));
-        if (!res[i]) {
-            snprintf(err.msg, sizeof err.msg, "out of memory");
-            goto done;
-        }
+    char what[1200];
+    snprintf(what, sizeof what, "measuring %s with %d points in batches of %d", c->model,
+             c->points, c->batch);
+    return cli_mem_check(need, need + weights, c->mem_limit, what,
+                         "; fewer --points or a smaller --batch need less", err);
+}
+
+/* Base points, then every model at every time into c->res. */
+static int cons_measure(cons_cmd *c, dfx_error *err)
+{
+    const dfx_model_info *mi = dfx_model_get_info(c->ms[0]);
+    c->x0 = base_points(c->ms[0], c->data, c->points, c->seed, c->sampler, c->steps, c->quiet,
+                        err);
+    if (!c->x0) return -1;
+    for (int i = 0; i < c->nmodels; i++) {
+        c->res[i] = calloc((size_t)c->nt, sizeof(dfx_cons_result));
+        if (!c->res[i]) return dfx_fail(err, "out of memory");
     }
-    printf("model     %s (%s, %s path)%s%s\n", model, mi->kind, dfx_path_name(mi->path.family),
-           baseline ? "; baseline " : "", baseline ? baseline : "");
-    printf("field     %s, %s\n", dfx_pred_name(field),
-           method == DFX_JVP_EXACT ? "exact JVPs (forward mode)" : "central differences");
-    printf("points    %d per time: %s, noised along the path\n", points,
-           data ? data : "the model's own samples");
-    progress pr = {!quiet && isatty(2), 0, nmodels * nt, "measuring"};
-    for (int i = 0; i < nmodels; i++)
-        for (int k = 0; k < nt; k++, pr.done++)
-            if (dfx_conservativity(ms[i], &o, x0, points, tl[k], &res[i][k], on_progress, &pr,
-                                   &err)) {
+    printf("model     %s (%s, %s path)%s%s\n", c->model, mi->kind,
+           dfx_path_name(mi->path.family), c->baseline ? "; baseline " : "",
+           c->baseline ? c->baseline : "");
+    printf("field     %s, %s\n", dfx_pred_name(c->o.field),
+           c->o.method == DFX_JVP_EXACT ? "exact JVPs (forward mode)" : "central differences");
+    printf("points    %d per time: %s, noised along the path\n", c->points,
+           c->data ? c->data : "the model's own samples");
+    progress pr = {!c->quiet && isatty(2), 0, c->nmodels * c->nt, "measuring"};
+    for (int i = 0; i < c->nmodels; i++)
+        for (int k = 0; k < c->nt; k++, pr.done++)
+            if (dfx_conservativity(c->ms[i], &c->o, c->x0, c->points, c->tl[k], &c->res[i][k],
+                                   on_progress, &pr, err)) {
                 if (pr.on) fprintf(stderr, "\n");
-                dfx_fail_prefix(&err, "%s at t = %g", names[i], tl[k]);
-                goto done;
+                dfx_fail_prefix(err, "%s at t = %g", c->names[i], c->tl[k]);
+                return -1;
             }
     if (pr.on) fprintf(stderr, "\n");
-    for (int i = 0; i < nmodels; i++) print_table(names[i], res[i], nt);
-    dfx_outputs_begin(); /* CSV, JSON and plot renamed into place together */
-    if (csv && write_csv(csv, names, res, nmodels, nt, &err)) goto done;
-    if (json && write_json(json, names, res, nmodels, nt, dfx_pred_name(field), &err)) goto done;
-    for (int i = 0; i < nmodels; i++) {
-        const char *sl = strrchr(names[i], '/');
-        shortn[i] = sl ? sl + 1 : names[i];
-        snprintf(shortbuf[i], sizeof shortbuf[i], "%.*s", (int)strcspn(shortn[i], "."),
-                 shortn[i]);
-        shortn[i] = shortbuf[i];
-    }
-    if (plot && write_plot(plot, shortn, res, nmodels, nt, dfx_pred_name(field), &err)) goto done;
-    if (dfx_outputs_commit(&err)) goto done;
-    if (csv) printf("\nwrote %s\n", csv);
-    if (json) printf("wrote %s\n", json);
-    if (plot) printf("wrote %s\n", plot);
-    rc = CLI_OK;
-done:
-    if (rc != CLI_OK) {
-        dfx_outputs_abort();
-        fprintf(stderr, "difflux conservativity: %s\n", err.msg);
-    }
-    free(x0);
-    for (int i = 0; i < 2; i++) {
-        free(res[i]);
-        dfx_model_free(ms[i]);
-    }
-    dfx_backend_destroy(be);
-    return rc;
+    return 0;
 }
+
+static int cons_run(void *state, dfx_error *err)
+{
+    cons_cmd *c = state;
+    if (c->replot) return cons_replot(c, err);
+    if (!c->model) c->model = cli_default_model();
+    return cons_open(c, err) || cons_fits(c, err) || cons_measure(c, err) ? -1 : 0;
+}
+
+/* The tables, and --csv, --json and --plot renamed into place together. */
+static int cons_report(void *state, dfx_error *err)
+{
+    const cons_cmd *c = state;
+    if (c->replot) return 0;
+    const int nm = c->nmodels, nt = c->nt;
+    const char *field = dfx_pred_name(c->o.field);
+    for (int i = 0; i < nm; i++) print_table(c->names[i], c->res[i], nt);
+    dfx_outputs_begin();
+    if (c->csv && write_csv(c->csv, c->names, c->res, nm, nt, err)) return -1;
+    if (c->json && write_json(c->json, c->names, c->res, nm, nt, field, err)) return -1;
+    char sb[2][128];
+    const char *shortn[2] = {NULL, NULL};
+    for (int i = 0; i < nm; i++) shortn[i] = short_name(c->names[i], sb[i], sizeof sb[i]);
+    if (c->plot && write_plot(c->plot, shortn, c->res, nm, nt, field, err)) return -1;
+    if (dfx_outputs_commit(err)) return -1;
+    if (c->csv) printf("\nwrote %s\n", c->csv);
+    if (c->json) printf("wrote %s\n", c->json);
+    if (c->plot) printf("wrote %s\n", c->plot);
+    return 0;
+}
+
+static void cons_release(void *state)
+{
+    cons_cmd *c = state;
+    free(c->x0);
+    for (int i = 0; i < 2; i++) {
+        free(c->res[i]);
+        dfx_model_free(c->ms[i]);
+    }
+    dfx_backend_destroy(c->be);
+}
+
+const cli_steps cmd_conservativity = {sizeof(cons_cmd), cons_parse, cons_check, cons_run,
+                                      cons_report, cons_release};

@@ -69,178 +69,206 @@ static int write_json(const char *file, const cli_quality *q, const cli_draw *d,
     return dfx_write_text(file, buf, err);
 }
 
-int cmd_eval(int argc, char **argv)
-{
+static const char about[] =
+    "Draws --n samples (or reads --samples) and measures their quality on a classifier's\n"
+    "features against the data set's reference statistics: FID, KID (mean +- std over\n"
+    "subsets), classifier confidence, the predicted-class histogram (mode coverage) and\n"
+    "the distance to the nearest training image (memorisation). Under\n"
+    "`mpirun -np K difflux eval ...` the ranks draw blocks of the samples; rank 0\n"
+    "gathers them and reports exactly what one process would.\n"
+    "`--make-reference --classifier C --data IDX` computes a reference file once.\n"
+    "Options, output paths and memory (--max-memory) are checked before any\n"
+    "sampling; --save-samples and --json are renamed into place together at the\n"
+    "end, and SIGINT/SIGTERM remove their temporaries.";
+
+typedef struct eval_cmd {
     cli_draw d;
-    cli_draw_init(&d);
-    const char *classifier = NULL, *reference = NULL, *samples = NULL, *json = NULL,
-               *npy = NULL, *data = NULL, *train = NULL, *out = NULL;
-    int n = 1000, make_ref = 0, no_nn = 0, kid_subsets = 10, kid_size = 1000;
-    cli_opt opts[CLI_DRAW_OPTS + 16] = {
-        {"n", OPT_INT, &n, "COUNT", "samples to draw (1000)", 0},
-        {"classifier", OPT_STR, &classifier, "FILE",
+    const char *classifier, *reference, *samples, *json, *npy, *data, *train, *out;
+    int n, make_ref, no_nn, kid_subsets, kid_size;
+    cli_opt opts[CLI_DRAW_OPTS + 16];
+    int nopts;
+    /* the run */
+    dfx_model *cls;
+    cli_ref ref;
+    cli_quality q;
+    float *images; /* pixels in [0, 1] once measured */
+    long count;
+    double nfe, seconds;
+} eval_cmd;
+
+static int eval_parse(void *state, int argc, char **argv)
+{
+    eval_cmd *e = state;
+    cli_draw_init(&e->d);
+    e->n = 1000, e->kid_subsets = 10, e->kid_size = 1000;
+    const cli_opt own[] = {
+        {"n", OPT_INT, &e->n, "COUNT", "samples to draw (1000)", 0},
+        {"classifier", OPT_STR, &e->classifier, "FILE",
          "feature network (models/mnist-classifier or fashion-classifier, by the model's data)",
          0},
-        {"reference", OPT_STR, &reference, "FILE",
+        {"reference", OPT_STR, &e->reference, "FILE",
          "reference statistics (the classifier's FILE.ref.safetensors)", 0},
-        {"samples", OPT_STR, &samples, "FILE",
+        {"samples", OPT_STR, &e->samples, "FILE",
          "evaluate these samples instead of drawing: .npy from difflux sample --npy (data "
          "range from --model), or IDX images (real data: the metrics' baseline; the first --n)",
          0},
-        {"save-samples", OPT_STR, &npy, "FILE.npy", "also write the drawn samples", 0},
-        {"json", OPT_STR, &json, "FILE", "also write the metrics as JSON", 0},
-        {"kid-subsets", OPT_INT, &kid_subsets, "S", "KID: subsets averaged (10)", 0},
-        {"kid-size", OPT_INT, &kid_size, "M", "KID: samples per subset (1000, at most n)", 0},
-        {"no-nn", OPT_FLAG, &no_nn, NULL, "skip the nearest-training-image distances", 0},
-        {"make-reference", OPT_FLAG, &make_ref, NULL,
+        {"save-samples", OPT_STR, &e->npy, "FILE.npy", "also write the drawn samples", 0},
+        {"json", OPT_STR, &e->json, "FILE", "also write the metrics as JSON", 0},
+        cli_opt_kid_subsets(&e->kid_subsets),
+        cli_opt_kid_size(&e->kid_size),
+        {"no-nn", OPT_FLAG, &e->no_nn, NULL, "skip the nearest-training-image distances", 0},
+        {"make-reference", OPT_FLAG, &e->make_ref, NULL,
          "compute the classifier's reference statistics from --data and write --out", 0},
-        {"data", OPT_STR, &data, "IDX", "--make-reference: reference images", 0},
-        {"train-data", OPT_STR, &train, "IDX",
+        {"data", OPT_STR, &e->data, "IDX", "--make-reference: reference images", 0},
+        {"train-data", OPT_STR, &e->train, "IDX",
          "--make-reference: the models' training images (default --data)", 0},
-        {"out", OPT_STR, &out, "FILE", "--make-reference: output (the classifier's .ref file)", 0},
+        {"out", OPT_STR, &e->out, "FILE", "--make-reference: output (the classifier's .ref file)",
+         0},
     };
-    int nopts = cli_draw_options(&d, opts, 1);
-    int help;
-    int rc = cli_parse("eval", argc, argv, opts, nopts, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux eval [options]",
-                  "Draws --n samples (or reads --samples) and measures their quality on a "
-                  "classifier's\nfeatures against the data set's reference statistics: FID, KID "
-                  "(mean +- std over\nsubsets), classifier confidence, the predicted-class "
-                  "histogram (mode coverage) and\nthe distance to the nearest training image "
-                  "(memorisation). Under\n`mpirun -np K difflux eval ...` the ranks draw blocks of "
-                  "the samples; rank 0\ngathers them and reports exactly what one process would.\n"
-                  "`--make-reference --classifier C --data IDX` computes a reference file once.\n"
-                  "Options, output paths and memory (--max-memory) are checked before any\n"
-                  "sampling; --save-samples and --json are renamed into place together at the\n"
-                  "end, and SIGINT/SIGTERM remove their temporaries.",
-                  opts, nopts);
-        return CLI_OK;
-    }
-    if (n < 2) return fprintf(stderr, "difflux eval: --n must be at least 2\n"), CLI_USAGE;
-    if (kid_subsets < 1 || kid_size < 2)
+    memcpy(e->opts, own, sizeof own);
+    e->nopts = cli_draw_options(&e->d, e->opts, (int)(sizeof own / sizeof own[0]), 1);
+    return cli_options("eval", "difflux eval [options]", about, argc, argv, e->opts, e->nopts);
+}
+
+static int eval_check(void *state)
+{
+    eval_cmd *e = state;
+    if (e->n < 2) return fprintf(stderr, "difflux eval: --n must be at least 2\n"), CLI_USAGE;
+    if (e->kid_subsets < 1 || e->kid_size < 2)
         return fprintf(stderr, "difflux eval: need --kid-subsets >= 1 and --kid-size >= 2\n"),
                CLI_USAGE;
-    if (make_ref && (!classifier || !data))
+    if (e->make_ref && (!e->classifier || !e->data))
         return fprintf(stderr, "difflux eval: --make-reference needs --classifier and --data\n"),
                CLI_USAGE;
-    if (!make_ref && (data || train || out))
+    if (!e->make_ref && (e->data || e->train || e->out))
         return fprintf(stderr, "difflux eval: --data, --train-data and --out belong to "
                                "--make-reference\n"),
                CLI_USAGE;
-    if (samples && npy)
+    if (e->samples && e->npy)
         return fprintf(stderr, "difflux eval: --samples and --save-samples contradict each "
                                "other\n"),
                CLI_USAGE;
-    if ((rc = cli_draw_check("eval", &d, opts, nopts, n))) return rc;
-    {
-        const cli_file outs[3] = {{"save-samples", npy}, {"json", json}, {"out", out}};
-        const cli_file ins[7] = {{"model", d.model},         {"classifier", classifier},
-                                 {"reference", reference},   {"samples", samples},
-                                 {"data", data},             {"train-data", train},
-                                 {"model", cli_default_model()}};
-        int orc = cli_mpi_rank() == 0 ? cli_check_outputs("eval", outs, 3, ins, 7) : CLI_OK;
-        if (cli_mpi_any(orc)) return orc ? orc : CLI_FAIL;
-    }
-
-    dfx_error err = {{0}};
-    const int root = cli_mpi_rank() == 0;
-    dfx_model *cls = NULL;
-    float *images = NULL;
-    cli_ref ref = {0};
-    cli_quality q = {0};
-    char outbuf[1200];
-    rc = CLI_FAIL;
-    double t0 = cli_now(), nfe = 0.0, seconds = 0.0;
-    long count = n;
-    if (make_ref) {
-        if (!root) return CLI_OK;
-        d.be = dfx_backend_create(d.device, d.threads, &err);
-        cls = d.be ? dfx_model_load(classifier, d.be, &err) : NULL;
-        if (!cls) goto done;
-        if (!out) out = cli_ref_name(classifier, outbuf, sizeof outbuf);
-        if (cli_ref_make(cls, classifier, data, train ? train : data, out, d.quiet, &err))
-            goto done;
-        rc = CLI_OK;
-        goto done;
-    }
-    if (samples) {
-        if (!root) return CLI_OK; /* nothing to split */
-        d.be = dfx_backend_create(d.device, d.threads, &err);
-        if (!d.be) goto done;
-        /* the model (if given) only tells the data range and the data set */
-        double lo = -1.0, hi = 1.0;
-        size_t dim = 0;
-        const dfx_model_info *mi = NULL;
-        if (cli_find(opts, nopts, "model")->set) {
-            d.m = dfx_model_load(d.model, d.be, &err);
-            if (!d.m) goto done;
-            mi = dfx_model_get_info(d.m);
-            lo = mi->range_lo;
-            hi = mi->range_hi;
-        }
-        if (cli_quality_open(d.be, mi, &classifier, &reference, &cls, &ref, &err)) goto done;
-        const dfx_model_info *ci = dfx_model_get_info(cls);
-        dim = (size_t)ci->channels * ci->height * ci->width;
-        size_t len = strlen(samples);
-        if (len > 4 && strcmp(samples + len - 4, ".npy") == 0) {
-            images = dfx_read_npy(samples, dim, &count, &err);
-            if (images) cli_to_pixels(images, (size_t)count * dim, lo, hi);
-        } else { /* IDX images, e.g. real data: the baseline of a metric */
-            int ni = 0;
-            images = cli_read_pixels(samples, &ni, (int)dim, &err);
-            count = ni;
-        }
-        if (!images) goto done;
-        if (cli_find(opts, nopts, "n")->set && n < count) count = n;
-        if (count < 2) {
-            dfx_fail(&err, "%s: need at least 2 samples", samples);
-            goto done;
-        }
-    } else {
-        if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
-        if (cli_mpi_fail(cli_draw_memory(&d, n, 0, &err), &err)) goto done;
-        int orc = 0;
-        if (root) {
-            images = malloc((size_t)n * d.dim * sizeof(float));
-            orc = images ? cli_quality_open(d.be, d.mi, &classifier, &reference, &cls, &ref, &err)
-                         : dfx_fail(&err, "out of memory for %d samples", n);
-        }
-        if (cli_mpi_fail(orc, &err)) goto done;
-        if (cli_draw_run(&d, n, images, &nfe, "sampling", &err)) goto done;
-        seconds = cli_now() - t0;
-        if (!root) {
-            rc = CLI_OK;
-            goto done;
-        }
-        dfx_outputs_begin(); /* the samples wait for the report: renamed together */
-        if (npy) {
-            int64_t shape[4] = {n, d.mi->channels, d.mi->height, d.mi->width};
-            if (dfx_write_npy(npy, images, 4, shape, &err)) goto done;
-        }
-        cli_to_pixels(images, (size_t)n * d.dim, d.mi->range_lo, d.mi->range_hi);
-    }
-    cli_quality_opts qo = {kid_subsets, kid_size, d.seed, !no_nn, d.quiet};
-    if (cli_quality_measure(cls, &ref, images, count, &qo, &q, &err)) goto done;
-    if (samples)
-        printf("samples      %ld from %s\n", count, samples);
-    else
-        printf("samples      %d from %s, sampler %s, %.1f evaluations/sample, %.1f s\n", n,
-               d.model, d.sampler, nfe, seconds);
-    printf("classifier   %s (reference %s)\n", classifier, reference);
-    print_report(stdout, &q, &ref, cls);
-    if (json && write_json(json, &q, &d, samples != NULL, nfe, seconds, &err)) goto done;
-    if (dfx_outputs_commit(&err)) goto done;
-    rc = CLI_OK;
-done:
-    if (rc != CLI_OK) dfx_outputs_abort();
-    if (rc != CLI_OK && (root || !cli_mpi_other(&err)))
-        fprintf(stderr, "difflux eval: %s\n", err.msg);
-    cli_quality_free(&q);
-    cli_ref_free(&ref);
-    free(images);
-    dfx_model_free(cls);
-    cli_draw_close(&d);
-    return rc;
+    int rc = cli_draw_check("eval", &e->d, e->opts, e->nopts, e->n);
+    if (rc) return rc;
+    const cli_file outs[3] = {{"save-samples", e->npy}, {"json", e->json}, {"out", e->out}};
+    const cli_file ins[7] = {{"model", e->d.model},       {"classifier", e->classifier},
+                             {"reference", e->reference}, {"samples", e->samples},
+                             {"data", e->data},           {"train-data", e->train},
+                             {"model", cli_default_model()}};
+    return cli_draw_outputs("eval", outs, 3, ins, 7);
 }
+
+/* --make-reference (rank 0 only). */
+static int eval_make_reference(eval_cmd *e, dfx_error *err)
+{
+    char outbuf[1200];
+    e->d.be = cli_backend_open(e->d.device, e->d.threads, NULL, err);
+    e->cls = e->d.be ? dfx_model_load(e->classifier, e->d.be, err) : NULL;
+    if (!e->cls) return -1;
+    const char *out = e->out ? e->out : cli_ref_name(e->classifier, outbuf, sizeof outbuf);
+    return cli_ref_make(e->cls, e->classifier, e->data, e->train ? e->train : e->data, out,
+                        e->d.quiet, err);
+}
+
+/* --samples (rank 0 only): .npy samples or IDX images as pixels. */
+static int eval_read_samples(eval_cmd *e, dfx_error *err)
+{
+    cli_draw *d = &e->d;
+    d->be = cli_backend_open(d->device, d->threads, NULL, err);
+    if (!d->be) return -1;
+    /* the model (if given) only tells the data range and the data set */
+    double lo = -1.0, hi = 1.0;
+    const dfx_model_info *mi = NULL;
+    if (cli_find(e->opts, e->nopts, "model")->set) {
+        d->m = dfx_model_load(d->model, d->be, err);
+        if (!d->m) return -1;
+        mi = dfx_model_get_info(d->m);
+        lo = mi->range_lo;
+        hi = mi->range_hi;
+    }
+    if (cli_quality_open(d->be, mi, &e->classifier, &e->reference, &e->cls, &e->ref, err))
+        return -1;
+    const dfx_model_info *ci = dfx_model_get_info(e->cls);
+    size_t dim = (size_t)ci->channels * ci->height * ci->width;
+    size_t len = strlen(e->samples);
+    if (len > 4 && strcmp(e->samples + len - 4, ".npy") == 0) {
+        e->images = dfx_read_npy(e->samples, dim, &e->count, err);
+        if (e->images) cli_to_pixels(e->images, (size_t)e->count * dim, lo, hi);
+    } else { /* IDX images, e.g. real data: the baseline of a metric */
+        int ni = 0;
+        e->images = cli_read_pixels(e->samples, &ni, (int)dim, err);
+        e->count = ni;
+    }
+    if (!e->images) return -1;
+    if (cli_find(e->opts, e->nopts, "n")->set && e->n < e->count) e->count = e->n;
+    if (e->count < 2) return dfx_fail(err, "%s: need at least 2 samples", e->samples);
+    return 0;
+}
+
+/* Draws --n samples, gathered on rank 0; there --save-samples waits for
+ * the report and the samples become pixels. */
+static int eval_draw(eval_cmd *e, dfx_error *err)
+{
+    cli_draw *d = &e->d;
+    const int n = e->n, root = cli_mpi_rank() == 0;
+    double t0 = dfx_seconds();
+    e->count = n;
+    if (cli_mpi_fail(cli_draw_open(d, e->opts, e->nopts, err), err)) return -1;
+    if (cli_mpi_fail(cli_draw_memory(d, n, 0, err), err)) return -1;
+    int orc = root && (cli_draw_images(d, n, &e->images, err) ||
+                       cli_quality_open(d->be, d->mi, &e->classifier, &e->reference, &e->cls,
+                                        &e->ref, err));
+    if (cli_mpi_fail(orc, err)) return -1;
+    if (cli_draw_run(d, n, e->images, &e->nfe, "sampling", err)) return -1;
+    e->seconds = dfx_seconds() - t0;
+    if (!root) return 0;
+    dfx_outputs_begin(); /* the samples wait for the report: renamed together */
+    if (e->npy) {
+        int64_t shape[4] = {n, d->mi->channels, d->mi->height, d->mi->width};
+        if (dfx_write_npy(e->npy, e->images, 4, shape, err)) return -1;
+    }
+    cli_to_pixels(e->images, (size_t)n * d->dim, d->mi->range_lo, d->mi->range_hi);
+    return 0;
+}
+
+static int eval_run(void *state, dfx_error *err)
+{
+    eval_cmd *e = state;
+    if (cli_mpi_rank() != 0 && (e->make_ref || e->samples)) return 0; /* nothing to split */
+    if (e->make_ref) return eval_make_reference(e, err);
+    return e->samples ? eval_read_samples(e, err) : eval_draw(e, err);
+}
+
+/* Rank 0: the metrics, printed and in --json, and the outputs renamed. */
+static int eval_report(void *state, dfx_error *err)
+{
+    eval_cmd *e = state;
+    if (cli_mpi_rank() != 0 || e->make_ref) return 0;
+    const cli_draw *d = &e->d;
+    cli_quality_opts qo = {e->kid_subsets, e->kid_size, d->seed, !e->no_nn, d->quiet};
+    if (cli_quality_measure(e->cls, &e->ref, e->images, e->count, &qo, &e->q, err)) return -1;
+    if (e->samples)
+        printf("samples      %ld from %s\n", e->count, e->samples);
+    else
+        printf("samples      %d from %s, sampler %s, %.1f evaluations/sample, %.1f s\n", e->n,
+               d->model, d->sampler, e->nfe, e->seconds);
+    printf("classifier   %s (reference %s)\n", e->classifier, e->reference);
+    print_report(stdout, &e->q, &e->ref, e->cls);
+    if (e->json &&
+        write_json(e->json, &e->q, d, e->samples != NULL, e->nfe, e->seconds, err))
+        return -1;
+    return dfx_outputs_commit(err);
+}
+
+static void eval_release(void *state)
+{
+    eval_cmd *e = state;
+    cli_quality_free(&e->q);
+    cli_ref_free(&e->ref);
+    free(e->images);
+    dfx_model_free(e->cls);
+    cli_draw_close(&e->d);
+}
+
+const cli_steps cmd_eval = {sizeof(eval_cmd), eval_parse, eval_check, eval_run, eval_report,
+                            eval_release};

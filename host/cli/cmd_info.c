@@ -8,35 +8,38 @@
 #include <stdio.h>
 #include <string.h>
 
-int cmd_info(int argc, char **argv)
+static const char about[] =
+    "Describes a model file: kind, path, prediction, image shape, data range,\n"
+    "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
+    "sampling needs (weights, and the heun sampler's state with the network's\n"
+    "scratch per batch size, on the CPU with all cores).";
+
+typedef struct info_cmd {
+    const char *model;
+    int tensors;
+    dfx_backend *be;
+    dfx_model *m;
+} info_cmd;
+
+static int info_parse(void *state, int argc, char **argv)
 {
-    const char *model = NULL;
-    int tensors = 0;
+    info_cmd *c = state;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "FILE", "model file (default: models/mnist-flow.safetensors)", 0},
-        {"tensors", OPT_FLAG, &tensors, NULL, "also list every stored tensor", 0},
+        cli_opt_model(&c->model),
+        {"tensors", OPT_FLAG, &c->tensors, NULL, "also list every stored tensor", 0},
     };
-    int help, rc = cli_parse("info", argc, argv, opts, 2, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux info [--model FILE]",
-                  "Describes a model file: kind, path, prediction, image shape, data range,\n"
-                  "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
-                  "sampling needs (weights, and the heun sampler's state with the network's\n"
-                  "scratch per batch size, on the CPU with all cores).",
-                  opts, 2);
-        return CLI_OK;
-    }
-    if (!model) model = cli_default_model();
-    dfx_error err = {{0}};
+    return cli_options("info", "difflux info [--model FILE]", about, argc, argv, opts, 2);
+}
+
+/* The description, the memory line for generative models and --tensors. */
+static int info_run(void *state, dfx_error *err)
+{
+    info_cmd *c = state;
+    const char *model = c->model ? c->model : cli_default_model();
     /* all cores, as difflux sample: the convolutions' scratch is per thread */
-    dfx_backend *be = dfx_backend_create("cpu", 0, &err);
-    dfx_model *m = be ? dfx_model_load(model, be, &err) : NULL;
-    if (!m) {
-        fprintf(stderr, "difflux info: %s\n", err.msg);
-        dfx_backend_destroy(be);
-        return CLI_FAIL;
-    }
+    c->be = dfx_backend_create("cpu", 0, err);
+    dfx_model *m = c->m = c->be ? dfx_model_load(model, c->be, err) : NULL;
+    if (!m) return -1;
     char buf[8192];
     dfx_model_describe(m, buf, sizeof buf);
     fputs(buf, stdout);
@@ -52,21 +55,26 @@ int cmd_info(int argc, char **argv)
                cli_format_bytes((double)dfx_sampler_bytes(m, &o, 64), b64, sizeof b64),
                cli_format_bytes((double)dfx_model_scratch_bytes(m, 64), s64, sizeof s64));
     }
-    if (tensors) {
-        dfx_st_file f;
-        if (dfx_st_open(&f, model, &err) == 0) {
-            printf("tensors      %d\n", f.n);
-            for (int i = 0; i < f.n; i++) {
-                const dfx_st_tensor *t = &f.tensors[i];
-                printf("  %-32s %-4s [", t->name, dfx_dtype_name(t->dtype));
-                for (int d = 0; d < t->ndim; d++)
-                    printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
-                printf("]\n");
-            }
-            dfx_st_close(&f);
+    dfx_st_file f;
+    if (c->tensors && dfx_st_open(&f, model, err) == 0) {
+        printf("tensors      %d\n", f.n);
+        for (int i = 0; i < f.n; i++) {
+            const dfx_st_tensor *t = &f.tensors[i];
+            printf("  %-32s %-4s [", t->name, dfx_dtype_name(t->dtype));
+            for (int d = 0; d < t->ndim; d++)
+                printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            printf("]\n");
         }
+        dfx_st_close(&f);
     }
-    dfx_model_free(m);
-    dfx_backend_destroy(be);
-    return CLI_OK;
+    return 0;
 }
+
+static void info_release(void *state)
+{
+    info_cmd *c = state;
+    dfx_model_free(c->m);
+    dfx_backend_destroy(c->be);
+}
+
+const cli_steps cmd_info = {sizeof(info_cmd), info_parse, NULL, info_run, NULL, info_release};

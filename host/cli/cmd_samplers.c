@@ -5,18 +5,21 @@
 
 #include <stdio.h>
 
-int cmd_samplers(int argc, char **argv)
+static const char about[] =
+    "Lists every sampler: its order of convergence (weak order for SDEs), network\n"
+    "evaluations per step, default steps, whether it integrates an ODE or an SDE,\n"
+    "and which model families it applies to.";
+
+static int samplers_parse(void *state, int argc, char **argv)
 {
-    int help, rc = cli_parse("samplers", argc, argv, NULL, 0, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux samplers",
-                  "Lists every sampler: its order of convergence (weak order for SDEs), network\n"
-                  "evaluations per step, default steps, whether it integrates an ODE or an SDE,\n"
-                  "and which model families it applies to.",
-                  NULL, 0);
-        return CLI_OK;
-    }
+    (void)state;
+    return cli_options("samplers", "difflux samplers", about, argc, argv, NULL, 0);
+}
+
+/* The table, on stdout. */
+static int samplers_run(void *state, dfx_error *err)
+{
+    (void)state, (void)err;
     const dfx_sampler_desc *d;
     int n = dfx_samplers(&d);
     printf("%-16s %-5s %-9s %-6s %-5s %-15s %s\n", "name", "order", "NFE/step", "steps", "kind",
@@ -33,5 +36,8 @@ int cmd_samplers(int argc, char **argv)
                d[i].default_steps ? steps : "-", d[i].stochastic ? "SDE" : "ODE", d[i].families,
                d[i].summary);
     }
-    return CLI_OK;
+    return 0;
 }
+
+/* no state: one byte for calloc */
+const cli_steps cmd_samplers = {1, samplers_parse, NULL, samplers_run, NULL, NULL};

@@ -85,162 +85,196 @@ static int plot(const char *file, const sweep_row *rows, int nrows, const char *
         {t1, "network evaluations per sample", "FID", 1, 1, ns, s1},
         {t2, "network evaluations per sample", "KID", 1, 1, ns, s2},
     };
-    char tmp[4200];
-    int rc = dfx_outputs_adopt(file, tmp, sizeof tmp, err);
-    if (rc == 0) {
-        rc = dfx_plot_png(tmp, 2, 2, p, 1400, 560, err);
-        if (dfx_outputs_adopt_done(tmp, rc == 0, rc == 0 ? err : NULL)) rc = -1;
-    }
+    int rc = cli_write_plot(file, 2, 2, p, 1400, 560, err);
     free(x);
     free(s1);
     free(s2);
     return rc;
 }
 
-int cmd_sweep(int argc, char **argv)
-{
+static const char about[] =
+    "Runs every sampler of --samplers at every step count of --steps on one model,\n"
+    "draws --n samples each time (the same seeds: sample i starts from the same\n"
+    "noise) and measures them as difflux eval does. Writes a CSV table and, with\n"
+    "--plot, FID and KID against network evaluations per sample. Works under mpirun.\n"
+    "Options, output paths and memory (--max-memory) are checked before any sampling;\n"
+    "the CSV is rewritten (atomically) after every point.";
+
+typedef struct sweep_cmd {
     cli_draw d;
-    cli_draw_init(&d);
-    const char *classifier = NULL, *reference = NULL, *csv = "sweep.csv", *png = NULL;
-    const char *samplers_arg = "euler,heun,dpmpp_2m", *steps_arg = "4,8,16,32";
-    int n = 1000, kid_subsets = 10, kid_size = 1000;
-    cli_opt opts[CLI_DRAW_OPTS + 12] = {
-        {"samplers", OPT_STR, &samplers_arg, "A,B,..", "samplers (euler,heun,dpmpp_2m)", 0},
-        {"steps", OPT_STR, &steps_arg, "N,M,..", "step counts (4,8,16,32)", 0},
-        {"n", OPT_INT, &n, "COUNT", "samples per point (1000)", 0},
-        {"classifier", OPT_STR, &classifier, "FILE", "feature network (as difflux eval)", 0},
-        {"reference", OPT_STR, &reference, "FILE", "reference statistics (as difflux eval)", 0},
-        {"csv", OPT_STR, &csv, "FILE", "table to write (sweep.csv)", 0},
-        {"plot", OPT_STR, &png, "FILE.png", "plot FID and KID against evaluations", 0},
-        {"kid-subsets", OPT_INT, &kid_subsets, "S", "KID: subsets averaged (10)", 0},
-        {"kid-size", OPT_INT, &kid_size, "M", "KID: samples per subset (1000, at most n)", 0},
-    };
-    int nopts = cli_draw_options(&d, opts, 0);
-    int help;
-    int rc = cli_parse("sweep", argc, argv, opts, nopts, &help);
-    if (rc) return rc;
-    if (help) {
-        cli_usage(stdout, "difflux sweep [options]",
-                  "Runs every sampler of --samplers at every step count of --steps on one model,\n"
-                  "draws --n samples each time (the same seeds: sample i starts from the same\n"
-                  "noise) and measures them as difflux eval does. Writes a CSV table and, with\n"
-                  "--plot, FID and KID against network evaluations per sample. Works under "
-                  "mpirun.\nOptions, output paths and memory (--max-memory) are checked before "
-                  "any sampling;\nthe CSV is rewritten (atomically) after every point.",
-                  opts, nopts);
-        return CLI_OK;
-    }
+    const char *classifier, *reference, *csv, *png, *samplers_arg, *steps_arg;
+    int n, kid_subsets, kid_size;
+    cli_opt opts[CLI_DRAW_OPTS + 12];
+    int nopts;
+    /* parsed */
     char sbuf[1024];
     const char *samplers[MAX_SAMPLERS];
     double stepv[MAX_STEPS];
-    int ns, nsteps = 0;
-    snprintf(sbuf, sizeof sbuf, "%s", samplers_arg);
-    if ((ns = split_names(sbuf, samplers, MAX_SAMPLERS)) < 1)
+    int ns, nsteps;
+    /* the run */
+    dfx_model *cls;
+    cli_ref ref;
+    float *images;
+    sweep_row *rows;
+    int nrows;
+} sweep_cmd;
+
+static int sweep_parse(void *state, int argc, char **argv)
+{
+    sweep_cmd *w = state;
+    cli_draw_init(&w->d);
+    w->csv = "sweep.csv";
+    w->samplers_arg = "euler,heun,dpmpp_2m", w->steps_arg = "4,8,16,32";
+    w->n = 1000, w->kid_subsets = 10, w->kid_size = 1000;
+    const cli_opt own[] = {
+        {"samplers", OPT_STR, &w->samplers_arg, "A,B,..", "samplers (euler,heun,dpmpp_2m)", 0},
+        {"steps", OPT_STR, &w->steps_arg, "N,M,..", "step counts (4,8,16,32)", 0},
+        {"n", OPT_INT, &w->n, "COUNT", "samples per point (1000)", 0},
+        {"classifier", OPT_STR, &w->classifier, "FILE", "feature network (as difflux eval)", 0},
+        {"reference", OPT_STR, &w->reference, "FILE", "reference statistics (as difflux eval)",
+         0},
+        {"csv", OPT_STR, &w->csv, "FILE", "table to write (sweep.csv)", 0},
+        {"plot", OPT_STR, &w->png, "FILE.png", "plot FID and KID against evaluations", 0},
+        cli_opt_kid_subsets(&w->kid_subsets),
+        cli_opt_kid_size(&w->kid_size),
+    };
+    memcpy(w->opts, own, sizeof own);
+    w->nopts = cli_draw_options(&w->d, w->opts, (int)(sizeof own / sizeof own[0]), 0);
+    return cli_options("sweep", "difflux sweep [options]", about, argc, argv, w->opts, w->nopts);
+}
+
+/* The sampler and step lists, the other checks that need no model, and
+ * the outputs. */
+static int sweep_check(void *state)
+{
+    sweep_cmd *w = state;
+    snprintf(w->sbuf, sizeof w->sbuf, "%s", w->samplers_arg);
+    if ((w->ns = split_names(w->sbuf, w->samplers, MAX_SAMPLERS)) < 1)
         return fprintf(stderr, "difflux sweep: --samplers must list 1 to %d samplers\n",
                        MAX_SAMPLERS),
                CLI_USAGE;
-    for (int i = 0; i < ns; i++)
-        if (!cli_known_sampler(samplers[i]))
+    for (int i = 0; i < w->ns; i++)
+        if (!cli_known_sampler(w->samplers[i]))
             return fprintf(stderr, "difflux sweep: unknown sampler '%s' in --samplers\n",
-                           samplers[i]),
+                           w->samplers[i]),
                    CLI_USAGE;
-    if (cli_parse_list(steps_arg, stepv, MAX_STEPS, &nsteps))
+    if (cli_parse_list(w->steps_arg, w->stepv, MAX_STEPS, &w->nsteps))
         return fprintf(stderr, "difflux sweep: --steps must be a list of step counts\n"),
                CLI_USAGE;
-    for (int i = 0; i < nsteps; i++)
-        if (stepv[i] < 1 || stepv[i] > 100000 || stepv[i] != floor(stepv[i]))
+    for (int i = 0; i < w->nsteps; i++)
+        if (w->stepv[i] < 1 || w->stepv[i] > 100000 || w->stepv[i] != floor(w->stepv[i]))
             return fprintf(stderr, "difflux sweep: --steps entries must be integers >= 1\n"),
                    CLI_USAGE;
-    if (n < 2 || kid_subsets < 1 || kid_size < 2)
+    if (w->n < 2 || w->kid_subsets < 1 || w->kid_size < 2)
         return fprintf(stderr, "difflux sweep: need --n >= 2, --kid-subsets >= 1, --kid-size >= "
                                "2\n"),
                CLI_USAGE;
-    if (png && !dfx_have_plots())
+    if (w->png && !dfx_have_plots())
         return fprintf(stderr, "difflux sweep: --plot: this build has no PLplot (apt-get "
                                "install libplplot-dev plplot-driver-cairo, then rebuild)\n"),
                CLI_FAIL;
-    if ((rc = cli_draw_check("sweep", &d, opts, nopts, n))) return rc;
-    {
-        const cli_file outs[2] = {{"csv", csv}, {"plot", png}};
-        const cli_file ins[3] = {
-            {"model", d.model}, {"classifier", classifier}, {"reference", reference}};
-        int orc = cli_mpi_rank() == 0 ? cli_check_outputs("sweep", outs, 2, ins, 3) : CLI_OK;
-        if (cli_mpi_any(orc)) return orc ? orc : CLI_FAIL;
-    }
-
-    dfx_error err = {{0}};
-    const int root = cli_mpi_rank() == 0;
-    dfx_model *cls = NULL;
-    float *images = NULL;
-    cli_ref ref = {0};
-    sweep_row *rows = calloc((size_t)ns * nsteps, sizeof *rows);
-    int nrows = 0;
-    rc = CLI_FAIL;
-    if (!rows) {
-        dfx_fail(&err, "out of memory");
-        goto done;
-    }
-    if (cli_mpi_fail(cli_draw_open(&d, opts, nopts, &err), &err)) goto done;
-    for (int s = 0; s < ns; s++) { /* the most demanding sampler of the list */
-        d.o.sampler = samplers[s];
-        if (cli_mpi_fail(cli_draw_memory(&d, n, 0, &err), &err)) goto done;
-    }
-    int orc = 0;
-    if (root) {
-        images = malloc((size_t)n * d.dim * sizeof(float));
-        orc = images ? cli_quality_open(d.be, d.mi, &classifier, &reference, &cls, &ref, &err)
-                     : dfx_fail(&err, "out of memory for %d samples", n);
-    }
-    if (cli_mpi_fail(orc, &err)) goto done;
-    if (root && !d.quiet)
-        printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID",
-               "KID", "conf", "seconds");
-    for (int s = 0; s < ns; s++)
-        for (int k = 0; k < nsteps; k++) {
-            d.o.sampler = samplers[s];
-            d.o.steps = (int)stepv[k];
-            char label[64];
-            snprintf(label, sizeof label, "%s %d", samplers[s], d.o.steps);
-            double t0 = cli_now(), nfe = 0.0;
-            if (cli_draw_run(&d, n, images, &nfe, label, &err)) goto done;
-            sweep_row *r = &rows[nrows++];
-            r->sampler = s;
-            r->steps = d.o.steps;
-            r->nfe = nfe;
-            r->seconds = cli_now() - t0;
-            int qrc = 0;
-            if (root) {
-                cli_to_pixels(images, (size_t)n * d.dim, d.mi->range_lo, d.mi->range_hi);
-                cli_quality q;
-                cli_quality_opts qo = {kid_subsets, kid_size, d.seed, 0, 1};
-                qrc = cli_quality_measure(cls, &ref, images, n, &qo, &q, &err);
-                if (qrc == 0) {
-                    r->fid = q.fid;
-                    r->kid = q.kid;
-                    r->kid_std = q.kid_std;
-                    r->conf = q.confidence;
-                    cli_quality_free(&q);
-                    printf("%-16s %6d %8.1f %10.3f %12.4g %8.3f %8.1f\n", samplers[s], r->steps,
-                           r->nfe, r->fid, r->kid, r->conf, r->seconds);
-                    fflush(stdout);
-                    /* the table so far survives an interrupted sweep */
-                    qrc = write_csv(csv, rows, nrows, samplers, d.model, n, &err);
-                }
-            }
-            if (cli_mpi_fail(qrc, &err)) goto done;
-        }
-    if (root && png && plot(png, rows, nrows, samplers, ns, d.model, &err)) goto done;
-    if (root && !d.quiet)
-        fprintf(stderr, "difflux sweep: %d points -> %s%s%s\n", nrows, csv, png ? ", " : "",
-                png ? png : "");
-    rc = CLI_OK;
-done:
-    if (rc != CLI_OK && (root || !cli_mpi_other(&err)))
-        fprintf(stderr, "difflux sweep: %s\n", err.msg);
-    free(rows);
-    cli_ref_free(&ref);
-    free(images);
-    dfx_model_free(cls);
-    cli_draw_close(&d);
-    return rc;
+    int rc = cli_draw_check("sweep", &w->d, w->opts, w->nopts, w->n);
+    if (rc) return rc;
+    const cli_file outs[2] = {{"csv", w->csv}, {"plot", w->png}};
+    const cli_file ins[3] = {
+        {"model", w->d.model}, {"classifier", w->classifier}, {"reference", w->reference}};
+    return cli_draw_outputs("sweep", outs, 2, ins, 3);
 }
+
+/* Model, memory for the most demanding sampler of the list, and on rank 0
+ * the samples' room and the classifier. */
+static int sweep_open(sweep_cmd *w, dfx_error *err)
+{
+    cli_draw *d = &w->d;
+    w->rows = calloc((size_t)w->ns * w->nsteps, sizeof *w->rows);
+    if (!w->rows) return dfx_fail(err, "out of memory");
+    if (cli_mpi_fail(cli_draw_open(d, w->opts, w->nopts, err), err)) return -1;
+    for (int s = 0; s < w->ns; s++) {
+        d->o.sampler = w->samplers[s];
+        if (cli_mpi_fail(cli_draw_memory(d, w->n, 0, err), err)) return -1;
+    }
+    int orc = cli_mpi_rank() == 0 &&
+              (cli_draw_images(d, w->n, &w->images, err) ||
+               cli_quality_open(d->be, d->mi, &w->classifier, &w->reference, &w->cls, &w->ref,
+                                err));
+    return cli_mpi_fail(orc, err) ? -1 : 0;
+}
+
+/* One point: sampler s at steps; rank 0 measures it, prints its row and
+ * rewrites the CSV. */
+static int sweep_point(sweep_cmd *w, int s, int steps, dfx_error *err)
+{
+    cli_draw *d = &w->d;
+    const int n = w->n;
+    d->o.sampler = w->samplers[s];
+    d->o.steps = steps;
+    char label[64];
+    snprintf(label, sizeof label, "%s %d", w->samplers[s], steps);
+    double t0 = dfx_seconds(), nfe = 0.0;
+    if (cli_draw_run(d, n, w->images, &nfe, label, err)) return -1;
+    sweep_row *r = &w->rows[w->nrows++];
+    r->sampler = s;
+    r->steps = steps;
+    r->nfe = nfe;
+    r->seconds = dfx_seconds() - t0;
+    int qrc = 0;
+    if (cli_mpi_rank() == 0) {
+        cli_to_pixels(w->images, (size_t)n * d->dim, d->mi->range_lo, d->mi->range_hi);
+        cli_quality q;
+        cli_quality_opts qo = {w->kid_subsets, w->kid_size, d->seed, 0, 1};
+        qrc = cli_quality_measure(w->cls, &w->ref, w->images, n, &qo, &q, err);
+        if (qrc == 0) {
+            r->fid = q.fid;
+            r->kid = q.kid;
+            r->kid_std = q.kid_std;
+            r->conf = q.confidence;
+            cli_quality_free(&q);
+            printf("%-16s %6d %8.1f %10.3f %12.4g %8.3f %8.1f\n", w->samplers[s], r->steps,
+                   r->nfe, r->fid, r->kid, r->conf, r->seconds);
+            fflush(stdout);
+            /* the table so far survives an interrupted sweep */
+            qrc = write_csv(w->csv, w->rows, w->nrows, w->samplers, d->model, n, err);
+        }
+    }
+    return cli_mpi_fail(qrc, err) ? -1 : 0;
+}
+
+static int sweep_run(void *state, dfx_error *err)
+{
+    sweep_cmd *w = state;
+    const int root = cli_mpi_rank() == 0;
+    if (sweep_open(w, err)) return -1;
+    if (root && !w->d.quiet)
+        printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID", "KID",
+               "conf", "seconds");
+    for (int s = 0; s < w->ns; s++)
+        for (int k = 0; k < w->nsteps; k++)
+            if (sweep_point(w, s, (int)w->stepv[k], err)) return -1;
+    return 0;
+}
+
+/* Rank 0: the plot and the closing line. */
+static int sweep_report(void *state, dfx_error *err)
+{
+    const sweep_cmd *w = state;
+    if (cli_mpi_rank() != 0) return 0;
+    if (w->png && plot(w->png, w->rows, w->nrows, w->samplers, w->ns, w->d.model, err))
+        return -1;
+    if (!w->d.quiet)
+        fprintf(stderr, "difflux sweep: %d points -> %s%s%s\n", w->nrows, w->csv,
+                w->png ? ", " : "", w->png ? w->png : "");
+    return 0;
+}
+
+static void sweep_release(void *state)
+{
+    sweep_cmd *w = state;
+    free(w->rows);
+    cli_ref_free(&w->ref);
+    free(w->images);
+    dfx_model_free(w->cls);
+    cli_draw_close(&w->d);
+}
+
+const cli_steps cmd_sweep = {sizeof(sweep_cmd), sweep_parse, sweep_check, sweep_run,
+                             sweep_report, sweep_release};

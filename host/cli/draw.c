@@ -34,26 +34,20 @@ void cli_draw_init(cli_draw *d)
     d->class_id = DFX_CLASS_CYCLE;
 }
 
-int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler)
+int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
 {
-    int n = 0;
-    while (opts[n].name) n++; /* after the command's own options */
     const cli_opt common[] = {
-        {"model", OPT_STR, &d->model, "FILE", "model file (default: models/mnist-flow.safetensors)",
-         0},
-        {"sampler", OPT_STR, &d->sampler, "NAME", "sampler (heun); `difflux samplers` lists them",
-         0},
+        cli_opt_model(&d->model),
+        cli_opt_sampler(&d->sampler),
         {"steps", OPT_INT, &d->steps, "N", "steps of the time grid (the sampler's default)", 0},
         {"batch", OPT_INT, &d->batch, "B", "samples per batch (min(n, 64))", 0},
         {"seed", OPT_U64, &d->seed, "S", "random seed (0)", 0},
         {"start-index", OPT_U64, &d->start, "I", "global index of the first sample (0)", 0},
         {"device", OPT_STR, &d->device, "D",
          "cpu, cuda, cuda:N or auto (auto; under mpirun one GPU per rank)", 0},
-        {"precision", OPT_STR, &d->precision, "P",
-         "matrix products in fp32 (default), or tf32 / bf16 tensor-core math (cuda)", 0},
-        {"threads", OPT_INT, &d->threads, "T", "CPU threads, at most 1024 (0 = all cores)", 0},
-        {"max-memory", OPT_STR, &d->max_memory, "SIZE",
-         "refuse runs needing more, e.g. 8G, 512M (default: the memory available)", 0},
+        cli_opt_precision(&d->precision),
+        cli_opt_threads(&d->threads),
+        cli_opt_max_memory(&d->max_memory),
         {"grid", OPT_STR, &d->grid, "NAME",
          "time grid: uniform karras logsnr shift, or auto (karras on ve and dale paths)", 0},
         {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
@@ -145,8 +139,8 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     if (d->path && dfx_path_parse(d->path, &d->fam))
         return usage_fail(cmd, "unknown --path '%s' (linear, trig, vp, vp_cosine, ve)", d->path);
     if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler &&
-        !cli_known_sampler(d->sampler))
-        return usage_fail(cmd, "unknown --sampler '%s' (difflux samplers lists them)", d->sampler);
+        cli_check_sampler(cmd, d->sampler))
+        return CLI_USAGE;
     if (strcmp(d->recipe, "paper") != 0 && strcmp(d->recipe, "principled") != 0)
         return usage_fail(cmd, "unknown --recipe '%s' (principled, paper)", d->recipe);
     if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
@@ -172,6 +166,25 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     return CLI_OK;
 }
 
+int cli_draw_outputs(const char *cmd, const cli_file *outs, int nout, const cli_file *ins,
+                     int nin)
+{
+    int rc = cli_mpi_rank() == 0 ? cli_check_outputs(cmd, outs, nout, ins, nin) : CLI_OK;
+    if (cli_mpi_any(rc)) return rc ? rc : CLI_FAIL;
+    return CLI_OK;
+}
+
+dfx_backend *cli_backend_open(const char *device, int threads, const char *precision,
+                              dfx_error *err)
+{
+    dfx_backend *be = dfx_backend_create(device, threads, err);
+    if (be && precision && dfx_backend_set_precision(be, precision, err)) {
+        dfx_backend_destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
 int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
 {
     /* one GPU per rank of a node when several processes share it */
@@ -183,9 +196,8 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
         snprintf(dev, sizeof dev, "cuda:%d", cli_mpi_local_rank() % ngpu);
         device = dev;
     }
-    d->be = dfx_backend_create(device, d->threads, err);
+    d->be = cli_backend_open(device, d->threads, d->precision, err);
     if (!d->be) return -1;
-    if (dfx_backend_set_precision(d->be, d->precision, err)) return -1;
     d->m = dfx_model_load(d->model, d->be, err);
     if (!d->m) return -1;
     if (d->path) {
@@ -228,6 +240,14 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     return 0;
 }
 
+int cli_draw_images(const cli_draw *d, long n, float **images, dfx_error *err)
+{
+    *images = NULL;
+    if (cli_mpi_rank() != 0) return 0;
+    *images = malloc((size_t)n * d->dim * sizeof(float));
+    return *images ? 0 : dfx_fail(err, "out of memory for %ld samples", n);
+}
+
 /* ------------------------------------------------------------ progress */
 
 typedef struct progress_bar {
@@ -239,7 +259,7 @@ typedef struct progress_bar {
 
 static void bar_draw(progress_bar *b, double frac, int final)
 {
-    double now = cli_now();
+    double now = dfx_seconds();
     if (!final && now - b->last < 0.1) return;
     b->last = now;
     int width = 30, fill = (int)(frac * width + 0.5);
@@ -284,7 +304,7 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
                         mine,
                         0,
                         batch,
-                        cli_now(),
+                        dfx_seconds(),
                         0};
     d->o.progress = on_progress;
     d->o.progress_ctx = &bar;

@@ -32,18 +32,28 @@ typedef struct cli_draw {
 } cli_draw;
 
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
- * after the command's own (the entries before the first one without a
- * name); returns the length of the whole table. `sweep` leaves out sampler
- * and steps (with_sampler 0). */
+ * after the n of the command's own; returns the length of the whole table.
+ * `sweep` leaves out sampler and steps (with_sampler 0). */
 enum { CLI_DRAW_OPTS = 40 };
 void cli_draw_init(cli_draw *d);
-int cli_draw_options(cli_draw *d, cli_opt *opts, int with_sampler);
+int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler);
 /* Checks the options that need no model, and sets the batch size for n
  * samples (default min(n, 64)); CLI_OK or CLI_USAGE (message printed). */
 int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts, long n);
+/* Rank 0 checks the outputs (cli_check_outputs) and every rank agrees:
+ * CLI_OK, or the exit code. */
+int cli_draw_outputs(const char *cmd, const cli_file *outs, int nout, const cli_file *ins,
+                     int nin);
+/* A backend for --device, --threads and --precision (NULL: left as it
+ * is); NULL with err set. */
+dfx_backend *cli_backend_open(const char *device, int threads, const char *precision,
+                              dfx_error *err);
 /* Backend (one CUDA device per MPI rank on a node), model, class and the
  * sampler options; -1 with err set. */
 int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err);
+/* Room for n samples on rank 0 (*images stays NULL elsewhere); -1 with err
+ * set. */
+int cli_draw_images(const cli_draw *d, long n, float **images, dfx_error *err);
 /* Samples start .. start + n - 1 with d->o (sampler and steps as set there)
  * into images [n, dim] on rank 0 (others may pass NULL), in batches of
  * d->batch, split in contiguous blocks across MPI ranks and gathered on rank

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifndef DFX_SOURCE_MODEL
@@ -26,29 +25,56 @@ const char *cli_default_model(void)
     return DFX_SOURCE_MODEL;
 }
 
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+typedef struct command {
+    const char *name;
+    const cli_steps *steps;
+    const char *summary;
+} command;
+
+static const command commands[] = {
+#define CLI_COMMAND(name, steps, summary) {name, &steps, summary},
+#include "commands.h"
+#undef CLI_COMMAND
+};
+enum { NCOMMANDS = sizeof commands / sizeof commands[0] };
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: difflux COMMAND [options]\n\n"
-            "Draws samples from diffusion, flow-matching and analytic models of images.\n\n"
-            "commands:\n"
-            "  sample      draw samples and write a PNG grid (and raw .npy)\n"
-            "  eval        sample quality: FID, KID, confidence, classes, memorisation\n"
-            "  sweep       quality against network evaluations for several samplers\n"
-            "  info        describe a model file\n"
-            "  samplers    list the samplers\n"
-            "  make-gmm    build an exact Gaussian-mixture model from IDX images\n"
-            "  bench       measure sampling throughput\n"
-            "  conservativity  measure whether the field is a gradient\n\n"
-            "`difflux COMMAND --help` describes each command's options.\n"
-            "`difflux sample` alone samples the shipped flow-matching model into grid.png.\n");
+    fprintf(f, "usage: difflux COMMAND [options]\n\n"
+               "Draws samples from diffusion, flow-matching and analytic models of images.\n\n"
+               "commands:\n");
+    for (int i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-10s  %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n`difflux COMMAND --help` describes each command's options.\n"
+               "`difflux sample` alone samples the shipped flow-matching model into grid.png.\n");
+}
+
+/* Run and report, then release: CLI_OK, or CLI_FAIL with the message
+ * printed and the unfinished outputs removed. */
+static int run_and_report(const char *name, const cli_steps *s, void *state)
+{
+    dfx_error err = {{0}};
+    int rc = CLI_OK;
+    if ((s->run && s->run(state, &err)) || (s->report && s->report(state, &err))) {
+        rc = CLI_FAIL;
+        dfx_outputs_abort();
+        if (cli_mpi_rank() == 0 || !cli_mpi_other(&err))
+            fprintf(stderr, "difflux %s: %s\n", name, err.msg);
+    }
+    if (s->release) s->release(state);
+    return rc;
+}
+
+/* A command's steps (cli.h) on argv[0..argc), the arguments after its name. */
+static int run_steps(const char *name, const cli_steps *s, int argc, char **argv)
+{
+    void *state = calloc(1, s->state_size);
+    if (!state) return fprintf(stderr, "difflux %s: out of memory\n", name), CLI_FAIL;
+    int rc = s->parse(state, argc, argv);
+    if (rc == CLI_GO && (!s->check || (rc = s->check(state)) == CLI_OK))
+        rc = run_and_report(name, s, state);
+    free(state);
+    return rc;
 }
 
 /* OpenBLAS falls back to slow SSE3 kernels on CPU models it does not know
@@ -103,14 +129,9 @@ static void catch_signals(void)
 static int dispatch(int argc, char **argv)
 {
     const char *c = argv[1];
-    if (strcmp(c, "sample") == 0) return cmd_sample(argc - 2, argv + 2);
-    if (strcmp(c, "eval") == 0) return cmd_eval(argc - 2, argv + 2);
-    if (strcmp(c, "sweep") == 0) return cmd_sweep(argc - 2, argv + 2);
-    if (strcmp(c, "info") == 0) return cmd_info(argc - 2, argv + 2);
-    if (strcmp(c, "samplers") == 0) return cmd_samplers(argc - 2, argv + 2);
-    if (strcmp(c, "make-gmm") == 0) return cmd_make_gmm(argc - 2, argv + 2);
-    if (strcmp(c, "bench") == 0) return cmd_bench(argc - 2, argv + 2);
-    if (strcmp(c, "conservativity") == 0) return cmd_conservativity(argc - 2, argv + 2);
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (strcmp(c, commands[i].name) == 0)
+            return run_steps(c, commands[i].steps, argc - 2, argv + 2);
     if (strcmp(c, "--help") == 0 || strcmp(c, "-h") == 0 || strcmp(c, "help") == 0) {
         usage(stdout);
         return CLI_OK;

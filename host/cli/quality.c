@@ -430,3 +430,14 @@ int cli_quality_open(dfx_backend *be, const dfx_model_info *mi, const char **cla
                         mi->width);
     return cli_ref_load(*reference, ref, err);
 }
+
+cli_opt cli_opt_kid_subsets(int *subsets)
+{
+    return (cli_opt){"kid-subsets", OPT_INT, subsets, "S", "KID: subsets averaged (10)", 0};
+}
+
+cli_opt cli_opt_kid_size(int *size)
+{
+    return (cli_opt){"kid-size", OPT_INT, size, "M", "KID: samples per subset (1000, at most n)",
+                     0};
+}

@@ -5,6 +5,7 @@
 #ifndef DFX_CLI_QUALITY_H
 #define DFX_CLI_QUALITY_H
 
+#include "args.h"
 #include "difflux.h"
 
 typedef struct cli_ref {
@@ -39,6 +40,10 @@ typedef struct cli_quality {
     int nn_done;
     double nn_median, nn_min, nn_close; /* pixels in [0, 1]; fraction < nn_p05 of data */
 } cli_quality;
+
+/* The KID rows of eval and sweep: --kid-subsets S (10), --kid-size M (1000). */
+cli_opt cli_opt_kid_subsets(int *subsets);
+cli_opt cli_opt_kid_size(int *size);
 
 typedef struct cli_quality_opts {
     int kid_subsets, kid_size;
