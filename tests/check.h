@@ -163,6 +163,17 @@ static inline dfx_model *fixture_open(dfx_backend *be, const char *name, const c
     }
     return m;
 }
+
+/* A sampler for n samples of m: `sampler` with `steps` steps from `seed`,
+ * the rest m's defaults; NULL with the message in *err. */
+static inline dfx_sampler *test_sampler(dfx_model *m, const char *sampler, int steps,
+                                        uint64_t seed, int n, dfx_error *err)
+{
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.sampler = sampler, o.steps = steps, o.seed = seed;
+    return dfx_sampler_create(m, &o, n, err);
+}
 #endif
 
 #endif

@@ -116,6 +116,11 @@ void bo_free(dfx_backend *be, const void *p)
     if (p) be->ops->free(be, (void *)p);
 }
 
+void bo_free_list(dfx_backend *be, const void *const *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) bo_free(be, p[i]);
+}
+
 size_t bo_bits_differ(const float *a, const float *b, size_t n)
 {
     size_t c = 0;
@@ -475,7 +480,8 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
-            for (char *s = strtok(argv[++i], ","); s; s = strtok(NULL, ","))
+            /* a copy: argv goes to the --cpu child as it came */
+            for (char *s = strtok(strdup(argv[++i]), ","); s; s = strtok(NULL, ","))
                 if (nonly < (int)(sizeof only / sizeof only[0])) only[nonly++] = s;
         } else if (strcmp(argv[i], "perf") == 0) {
             mode = PERF;

@@ -165,6 +165,11 @@ float *bo_junk(dfx_backend *be, size_t n);
 /* Waits for the backend, then copies n floats back. */
 void bo_down(dfx_backend *be, float *h, const float *d, size_t n);
 void bo_free(dfx_backend *be, const void *p);
+/* bo_free of each (NULLs skipped) */
+void bo_free_list(dfx_backend *be, const void *const *p, size_t n);
+#define BO_FREE(be, ...)                                                                   \
+    bo_free_list(be, (const void *const[]){__VA_ARGS__},                                   \
+                 sizeof((const void *const[]){__VA_ARGS__}) / sizeof(const void *))
 size_t bo_bits_differ(const float *a, const float *b, size_t n);
 
 /* One line of the table; a NaN error fails. */

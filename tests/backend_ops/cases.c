@@ -36,6 +36,23 @@
 #define SAMPLE(...) CASE(sample, 1e-4, 1e-4, sample, __VA_ARGS__)
 #define CLASSIFIER(file, n) CASE(classifier, 1e-5, BO_NO_BATCH, sample, file, NULL, 0, n)
 
+/* The shapes of group_norm and attention, for their tangents too. */
+#define GN_SHAPES(X)                                                                        \
+    /* B   C   HW groups silu offset */                                                    \
+    X(3, 32, 784, 8, 1, 0.0f),                                                              \
+    X(3, 64, 49, 8, 0, 0.0f),                                                               \
+    X(3, 32, 784, 32, 1, 100.0f), /* one channel per group, large mean */                   \
+    X(5, 256, 49, 1, 0, 3.0f),    /* one group of 12544 values */                           \
+    X(2, 6, 5, 3, 1, 0.0f),
+#define ATTENTION_SHAPES(X)                                                                 \
+    /* B   C   HW heads qkv scale */                                                       \
+    X(3, 32, 196, 1, 2.0f),                                                                 \
+    X(3, 32, 196, 4, 2.0f),                                                                 \
+    X(3, 64, 49, 4, 2.0f),                                                                  \
+    X(2, 16, 144, 2, 1.0f),                                                                 \
+    X(2, 8, 1, 2, 1.0f),                                                                    \
+    X(110, 8, 784, 2, 1.0f), /* scratch in chunks of samples */
+
 const bo_case bo_cases[] = {
     /*      k  rows  cols c0 alias p_zero */
     LINCOMB(0, 4, 100, 1, 0, 0.0),
@@ -92,12 +109,7 @@ const bo_case bo_cases[] = {
     CONV(2, 4, 6, 6, 3, 1, 2, 0, 1),      /* 1x1 with stride: im2col */
     CONV(80, 128, 28, 28, 8, 3, 1, 1, 1), /* scratch in chunks of samples */
 
-    /*         B   C   HW groups silu offset */
-    GROUP_NORM(3, 32, 784, 8, 1, 0.0f),
-    GROUP_NORM(3, 64, 49, 8, 0, 0.0f),
-    GROUP_NORM(3, 32, 784, 32, 1, 100.0f), /* one channel per group, large mean */
-    GROUP_NORM(5, 256, 49, 1, 0, 3.0f),    /* one group of 12544 values */
-    GROUP_NORM(2, 6, 5, 3, 1, 0.0f),
+    GN_SHAPES(GROUP_NORM)
 
     /*     B   in  out silu bias */
     LINEAR(3, 32, 128, 0, 1),  /* temb.lin1 */
@@ -110,32 +122,17 @@ const bo_case bo_cases[] = {
     CASE(elementwise, BO_BITS, BO_NO_BATCH, ew, 3, 32, 16, 28, 28),
     CASE(elementwise, BO_BITS, BO_NO_BATCH, ew, 2, 3, 5, 5, 4),
 
-    /*        B   C   HW heads qkv scale */
-    ATTENTION(3, 32, 196, 1, 2.0f),
-    ATTENTION(3, 32, 196, 4, 2.0f),
-    ATTENTION(3, 64, 49, 4, 2.0f),
-    ATTENTION(2, 16, 144, 2, 1.0f),
-    ATTENTION(2, 8, 1, 2, 1.0f),
-    ATTENTION(110, 8, 784, 2, 1.0f), /* scratch in chunks of samples */
+    ATTENTION_SHAPES(ATTENTION)
 
     /*    B  dim  scale */
     EMBED(5, 32, 1000.0),
     EMBED(7, 128, 1000.0),
     EMBED(3, 33, 1.0),
 
-    GROUP_NORM_JVP(3, 32, 784, 8, 1, 0.0f),
-    GROUP_NORM_JVP(3, 64, 49, 8, 0, 0.0f),
-    GROUP_NORM_JVP(3, 32, 784, 32, 1, 100.0f), /* one channel per group, large mean */
-    GROUP_NORM_JVP(5, 256, 49, 1, 0, 3.0f),    /* one group of 12544 values */
-    GROUP_NORM_JVP(2, 6, 5, 3, 1, 0.0f),
+    GN_SHAPES(GROUP_NORM_JVP)
     CASE(silu_jvp, 1e-6, BO_NO_BATCH, unary, 100003),
     CASE(silu_jvp, 1e-6, BO_NO_BATCH, unary, 5),
-    ATTENTION_JVP(3, 32, 196, 1, 2.0f),
-    ATTENTION_JVP(3, 32, 196, 4, 2.0f),
-    ATTENTION_JVP(3, 64, 49, 4, 2.0f),
-    ATTENTION_JVP(2, 16, 144, 2, 1.0f),
-    ATTENTION_JVP(2, 8, 1, 2, 1.0f),
-    ATTENTION_JVP(110, 8, 784, 2, 1.0f), /* scratch in chunks of samples */
+    ATTENTION_SHAPES(ATTENTION_JVP)
 
     {.f = &bo_set_precision, .op = "precision", .batch_tol = BO_NO_BATCH, .device = 1},
     PRECISION("tf32", TF32_OP_TOL, TF32_NET_TOL),

@@ -118,8 +118,7 @@ static void chain_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int
         for (int i = 0; i < 2 * rows; i++) coef[i] = NAN;
     }
     bo_down(be, out, x0, d->n);
-    bo_free(be, x0);
-    bo_free(be, x1);
+    BO_FREE(be, x0, x1);
     free(coef);
 }
 
@@ -184,9 +183,7 @@ static void err_norm_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, 
     if (be->ops->err_norm(be, e, x0, x1, c->p.err_norm.rtol, c->p.err_norm.atol, rows,
                           c->p.err_norm.cols, o, &bo_err))
         bo_die("err_norm", be);
-    bo_free(be, e);
-    bo_free(be, x0);
-    bo_free(be, x1);
+    BO_FREE(be, e, x0, x1);
 }
 
 static void err_norm_check(const bo_pair *p, const bo_case *c, const bo_data *d,
@@ -316,9 +313,7 @@ static void gmm_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B
     bo_down(be, out, o, d->n);
     bo_free(be, x);
     if (!c->p.gmm.alias) bo_free(be, o);
-    bo_free(be, g.means);
-    bo_free(be, g.c2);
-    bo_free(be, g.logw);
+    BO_FREE(be, g.means, g.c2, g.logw);
 }
 
 /* All rows, then per setting, so one bad regime cannot hide in the average. */
@@ -377,10 +372,7 @@ static void unary_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int
     BO_TIMED(r) be->ops->mul_add(be, dx, da, dx, k, n);
     bo_down(be, out + 2 * n, dy, n);
     bo_down(be, out + 3 * n, dx, n);
-    bo_free(be, dx);
-    bo_free(be, dp);
-    bo_free(be, da);
-    bo_free(be, dy);
+    BO_FREE(be, dx, dp, da, dy);
 }
 
 /* exp and log within c->tol, mul_add exactly */
@@ -440,7 +432,8 @@ static void ew_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B,
     const int Bn = c->p.ew.B, C = c->p.ew.C, Cb = c->p.ew.Cb, H = c->p.ew.H, W = c->p.ew.W;
     size_t sz[4];
     const size_t nb = ew_sizes(c, sz), n = sz[0];
-    float *da = bo_up(be, v[0], n), *db = bo_up(be, v[1], nb), *de = bo_up(be, v[2], (size_t)Bn * C);
+    float *da = bo_up(be, v[0], n), *db = bo_up(be, v[1], nb),
+          *de = bo_up(be, v[2], (size_t)Bn * C);
     float *y = bo_up(be, v[0], n);
     BO_TIMED(r) be->ops->add_channel(be, y, de, Bn, C, H * W);
     bo_down(be, out, y, n);
@@ -459,8 +452,7 @@ static void ew_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B,
     float *upd = bo_junk(be, 4 * n);
     BO_TIMED(r) be->ops->upsample2x(be, upd, da, Bn, C, H, W);
     bo_down(be, out, upd, 4 * n);
-    const float *bufs[] = {da, db, de, y, bb, z, cat, upd};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) bo_free(be, bufs[i]);
+    BO_FREE(be, da, db, de, y, bb, z, cat, upd);
 }
 
 static void ew_check(const bo_pair *p, const bo_case *c, const bo_data *d, const float *got,
@@ -542,9 +534,7 @@ static void embed_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int
     for (int i = 0; i < Bn; i++) idx[i] = (in->labels[i] + 1) % EMBED_ROWS; /* valid, but wrong */
     bo_down(be, out, y0, n);
     bo_down(be, out + n, y1, n);
-    bo_free(be, y0);
-    bo_free(be, y1);
-    bo_free(be, tab);
+    BO_FREE(be, y0, y1, tab);
     free(t);
     free(idx);
 }

@@ -23,6 +23,16 @@ static void use(const bo_pair *p)
 
 /* --------------------------------------------------------- error paths */
 
+/* The next sync of be must fail with a message naming op. */
+static void sync_fails(dfx_backend *be, const char *op, const char *title)
+{
+    dfx_error e;
+    e.msg[0] = 0;
+    int rc = be->ops->sync(be, &e);
+    int ok = rc != 0 && strstr(e.msg, op) != NULL;
+    bo_row(title, ok ? 0.0 : 1.0, 0.0, rc ? e.msg : "sync returned 0");
+}
+
 /* A void op that cannot run must surface at the next sync (on a backend of
  * its own: the error is sticky). */
 static void error_path(const bo_pair *p, const bo_case *c)
@@ -39,12 +49,7 @@ static void error_path(const bo_pair *p, const bo_case *c)
         coef[i] = 1.0;
     }
     be->ops->lincomb(be, x, DFX_LINCOMB_MAX + 1, xs, coef, NULL, 1, 16);
-    dfx_error e;
-    e.msg[0] = 0;
-    int rc = be->ops->sync(be, &e);
-    int ok = rc != 0 && strstr(e.msg, "lincomb") != NULL;
-    bo_row("error path: lincomb k > max reported by sync", ok ? 0.0 : 1.0, 0.0,
-        rc ? e.msg : "sync returned 0");
+    sync_fails(be, "lincomb", "error path: lincomb k > max reported by sync");
     be->ops->free(be, x);
     dfx_backend_destroy(be);
 }
@@ -59,12 +64,7 @@ static void nn_error_path(const bo_pair *p, const bo_case *c)
     if (!be) bo_die("create", gpu);
     float *x = bo_dev_alloc(be, 64 * sizeof(float)), *w = bo_dev_alloc(be, 9 * sizeof(float));
     be->ops->conv2d(be, x, x, w, NULL, 1, 1, 8, 8, 1, 3, 1, 1, NULL);
-    dfx_error e;
-    e.msg[0] = 0;
-    int rc = be->ops->sync(be, &e);
-    int ok = rc != 0 && strstr(e.msg, "conv2d") != NULL;
-    bo_row("error path: conv2d without scratch reported by sync", ok ? 0.0 : 1.0, 0.0,
-        rc ? e.msg : "sync returned 0");
+    sync_fails(be, "conv2d", "error path: conv2d without scratch reported by sync");
     be->ops->free(be, x);
     be->ops->free(be, w);
     dfx_backend_destroy(be);
@@ -443,14 +443,9 @@ static void sample_graphs(const bo_pair *p, const bo_case *sc)
     dfx_model *mg = load_graphs(file, gpu, "1"), *me = load_graphs(file, gpu, "0");
     if (dfx_model_set_class(mg, sc->p.sample.cls, w, &bo_err)) bo_die("set_class", gpu);
     if (dfx_model_set_class(me, sc->p.sample.cls, w, &bo_err)) bo_die("set_class", gpu);
-    dfx_sample_opts o;
-    dfx_sample_opts_default(&o, mg);
-    o.sampler = sampler;
-    o.steps = steps;
-    o.seed = 99;
-    dfx_sampler *sg = dfx_sampler_create(mg, &o, n, &bo_err);
+    dfx_sampler *sg = test_sampler(mg, sampler, steps, 99, n, &bo_err);
     if (!sg) bo_die("dfx_sampler_create", gpu);
-    dfx_sampler *se = dfx_sampler_create(me, &o, n, &bo_err);
+    dfx_sampler *se = test_sampler(me, sampler, steps, 99, n, &bo_err);
     if (!se) bo_die("dfx_sampler_create", gpu);
     const size_t total = (size_t)n * mg->dim;
     float *got = bo_xmalloc(total * sizeof(float)), *eag = bo_xmalloc(total * sizeof(float));
@@ -469,12 +464,9 @@ static void sample_graphs(const bo_pair *p, const bo_case *sc)
     snprintf(note, sizeof note, "%ld evaluations: %ld captures, %ld launches, %ld failed%s%.250s",
              nfe, c, l, f, f ? ": " : "", why);
     bo_row("  evaluations through graphs", c == 1 && l == nfe - 1 && f == 0 ? 0.0 : 1.0, 0.0, note);
-    free(got);
-    free(eag);
-    dfx_sampler_free(sg);
-    dfx_sampler_free(se);
-    dfx_model_free(mg);
-    dfx_model_free(me);
+    free(got), free(eag);
+    dfx_sampler_free(sg), dfx_sampler_free(se);
+    dfx_model_free(mg), dfx_model_free(me);
 }
 
 /* ------------------------------------------------------------ precision */

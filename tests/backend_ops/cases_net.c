@@ -83,6 +83,28 @@ static void fixture_rows(bo_data *d, net_in *in, dfx_st_file *f, int B2, int wit
     memcpy(in->x, fx, nx * sizeof(float));
 }
 
+/* The model's sizes (read on the CPU backend) and the fixture rows of
+ * tests/fixtures/NAME.SUFFIX.safetensors (the jvp's with its direction v),
+ * room for B2 rows. */
+static net_in *net_fixture(const bo_pair *p, const bo_case *c, bo_data *d, const char *suffix,
+                           int B2)
+{
+    const int jvp = strcmp(suffix, "jvp") == 0;
+    dfx_model *m = load_fixture(c->p.unet.name, p->cpu);
+    net_in *in = net_in_new(d, m);
+    const int has_jvp = m->vt->jvp != NULL;
+    dfx_model_free(m);
+    if (jvp && !has_jvp) {
+        fprintf(stderr, "test_backend_ops: U-Net %s has no jvp\n", c->p.unet.name);
+        exit(1);
+    }
+    dfx_st_file f;
+    open_io(&f, c->p.unet.name, suffix);
+    fixture_rows(d, in, &f, B2, jvp);
+    dfx_st_close(&f);
+    return in;
+}
+
 /* ------------------------------------------------------------------ U-Net */
 
 /* The fixture's inputs (tests/fixtures/NAME.io.safetensors), a larger random
@@ -91,13 +113,7 @@ static void fixture_rows(bo_data *d, net_in *in, dfx_st_file *f, int B2, int wit
  * fixture pass, the random batch, the guided batch. */
 static void unet_build(const bo_pair *p, const bo_case *c, bo_data *d)
 {
-    dfx_model *m = load_fixture(c->p.unet.name, p->cpu);
-    net_in *in = net_in_new(d, m);
-    dfx_model_free(m);
-    dfx_st_file f;
-    open_io(&f, c->p.unet.name, "io");
-    fixture_rows(d, in, &f, c->p.unet.B2, 0);
-    dfx_st_close(&f);
+    net_in *in = net_fixture(p, c, d, "io", c->p.unet.B2);
     const int B2 = c->p.unet.B2 > in->Bf ? c->p.unet.B2 : in->Bf, K = in->K;
     /* rows Bf..B2-1: random inputs, labels cycling 0..K */
     for (int r = in->Bf; r < B2; r++) {
@@ -170,13 +186,7 @@ const bo_family bo_unet = {"unet", unet_build, unet_run, unet_check, NULL};
  * it is set to (bo_set_precision), against the FP32 CPU reference. */
 static void unet_precision_build(const bo_pair *p, const bo_case *c, bo_data *d)
 {
-    dfx_model *m = load_fixture(c->p.unet.name, p->cpu);
-    net_in *in = net_in_new(d, m);
-    dfx_model_free(m);
-    dfx_st_file f;
-    open_io(&f, c->p.unet.name, "io");
-    fixture_rows(d, in, &f, 0, 0);
-    dfx_st_close(&f);
+    const net_in *in = net_fixture(p, c, d, "io", 0);
     d->n = (size_t)in->Bf * in->dim;
     snprintf(d->name, sizeof d->name, "U-Net %s, %s: fixture inputs", c->p.unet.name,
              c->p.unet.mode);
@@ -186,11 +196,8 @@ static void unet_precision_run(bo_run *r, const bo_case *c, const bo_data *d, in
                                float *out)
 {
     (void)b0, (void)B;
-    const net_in *in = d->in;
     dfx_model *m = load_fixture(c->p.unet.name, r->be);
-    BO_TIMED(r)
-    if (dfx_model_eval_host(m, in->t, in->x, in->Bf, in->pred, out, &bo_err))
-        bo_die("eval", r->be);
+    unet_eval(r, m, d->in, 0, ((const net_in *)d->in)->Bf, out);
     dfx_model_free(m);
 }
 
@@ -206,18 +213,7 @@ const bo_family bo_unet_precision = {"unet", unet_precision_build, unet_precisio
  * output: out, tangent, predict's out, for each of the (one or two) passes. */
 static void unet_jvp_build(const bo_pair *p, const bo_case *c, bo_data *d)
 {
-    dfx_model *m = load_fixture(c->p.unet.name, p->cpu);
-    net_in *in = net_in_new(d, m);
-    int has_jvp = m->vt->jvp != NULL;
-    dfx_model_free(m);
-    if (!has_jvp) {
-        fprintf(stderr, "test_backend_ops: U-Net %s has no jvp\n", c->p.unet.name);
-        exit(1);
-    }
-    dfx_st_file f;
-    open_io(&f, c->p.unet.name, "jvp");
-    fixture_rows(d, in, &f, 0, 1);
-    dfx_st_close(&f);
+    const net_in *in = net_fixture(p, c, d, "jvp", 0);
     d->n = (size_t)(in->K > 0 ? 2 : 1) * 3 * in->Bf * in->dim;
     snprintf(d->name, sizeof d->name, "U-Net %s jvp: out", c->p.unet.name);
 }
@@ -236,11 +232,7 @@ static void unet_jvp_pass(bo_run *r, dfx_model *m, const net_in *in, float *out)
     bo_down(be, out, dout, n);
     bo_down(be, out + n, djv, n);
     bo_down(be, out + 2 * n, dp, n);
-    bo_free(be, dx);
-    bo_free(be, dv);
-    bo_free(be, dout);
-    bo_free(be, djv);
-    bo_free(be, dp);
+    BO_FREE(be, dx, dv, dout, djv, dp);
 }
 
 static void unet_jvp_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B,
@@ -305,12 +297,7 @@ static void sample_build(const bo_pair *p, const bo_case *c, bo_data *d)
 static void sample_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B, float *out)
 {
     dfx_model *m = bo_load(c->p.sample.file, r->be);
-    dfx_sample_opts o;
-    dfx_sample_opts_default(&o, m);
-    o.sampler = c->p.sample.sampler;
-    o.steps = c->p.sample.steps;
-    o.seed = 1234;
-    dfx_sampler *s = dfx_sampler_create(m, &o, d->B, &bo_err);
+    dfx_sampler *s = test_sampler(m, c->p.sample.sampler, c->p.sample.steps, 1234, d->B, &bo_err);
     if (!s) bo_die("dfx_sampler_create", r->be);
     dfx_sample_stats st;
     BO_TIMED(r)

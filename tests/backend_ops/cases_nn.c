@@ -63,11 +63,7 @@ static void conv_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int 
     BO_TIMED(r)
     be->ops->conv2d(be, dy, dx, dw, db, B, Cin, H, W, c->p.conv.Cout, k, s, pad, ds);
     bo_down(be, out, dy, ny);
-    bo_free(be, dx);
-    bo_free(be, dw);
-    bo_free(be, db);
-    bo_free(be, dy);
-    bo_free(be, ds);
+    BO_FREE(be, dx, dw, db, dy, ds);
 }
 
 const bo_family bo_conv = {"conv2d", conv_build, conv_run, NULL, NULL};
@@ -117,11 +113,7 @@ static void gn_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int B,
         BO_TIMED(r) be->ops->group_norm(be, dy, dx, dg, db, B, C, HW, groups, 1e-5f, silu);
     }
     bo_down(be, out, dy, n);
-    bo_free(be, dx);
-    bo_free(be, ddx);
-    bo_free(be, dg);
-    bo_free(be, db);
-    bo_free(be, dy);
+    BO_FREE(be, dx, ddx, dg, db, dy);
 }
 
 const bo_family bo_group_norm = {"group_norm", gn_build, gn_run, NULL, NULL};
@@ -160,10 +152,7 @@ static void linear_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, in
     float *dy = bo_junk(be, (size_t)B * nout);
     BO_TIMED(r) be->ops->linear(be, dy, dx, dw, db, B, nin, nout, c->p.linear.silu);
     bo_down(be, out, dy, (size_t)B * nout);
-    bo_free(be, dx);
-    bo_free(be, dw);
-    bo_free(be, db);
-    bo_free(be, dy);
+    BO_FREE(be, dx, dw, db, dy);
 }
 
 const bo_family bo_linear = {"linear", linear_build, linear_run, NULL, NULL};
@@ -215,10 +204,7 @@ static void attn_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int 
         BO_TIMED(r) be->ops->attention(be, dy, dq, B, C, HW, heads, ds);
     }
     bo_down(be, out, dy, n);
-    bo_free(be, dq);
-    bo_free(be, ddq);
-    bo_free(be, dy);
-    bo_free(be, ds);
+    BO_FREE(be, dq, ddq, dy, ds);
 }
 
 const bo_family bo_attention = {"attention", attn_build, attn_run, NULL, NULL};
@@ -257,9 +243,7 @@ static void silu_jvp_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, 
     BO_TIMED(r) be->ops->silu_jvp(be, d_dx, d_x, d_dx, n);
     bo_down(be, out, dy, n);
     bo_down(be, out + n, d_dx, n);
-    bo_free(be, d_x);
-    bo_free(be, d_dx);
-    bo_free(be, dy);
+    BO_FREE(be, d_x, d_dx, dy);
 }
 
 const bo_family bo_silu_jvp = {"silu_jvp", silu_jvp_build, silu_jvp_run, NULL, NULL};
