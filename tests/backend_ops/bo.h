@@ -147,7 +147,9 @@ extern const bo_family bo_error_path, bo_nn_error_path, bo_set_precision, bo_gra
 
 /* ------------------------------------------- the runner's helpers */
 
-/* The inputs' generator: every pass starts it from the same seed. */
+/* The inputs' generator: every pass starts it from the same seed and the
+ * cases draw from it in table order (so under -o a case's inputs may
+ * differ from a full run's, never between the two sides). */
 extern test_rng bo_rng;
 /* The last backend error (bo_die prints it). */
 extern dfx_error bo_err;
