@@ -1,8 +1,13 @@
-# Backend parity test (tests/test_backend_ops.c): every backend op on the
-# CPU reference and on CUDA, compared. Included from tests/CMakeLists.txt;
-# builds with or without the CUDA backend and exits 77 (skipped) when the
-# build has no CUDA backend or the machine has no CUDA device.
-add_executable(test_backend_ops ${CMAKE_CURRENT_LIST_DIR}/test_backend_ops.c)
+# Backend parity test (tests/test_backend_ops.c, the runner, and the cases
+# of tests/backend_ops): every backend op on the CPU reference and on CUDA,
+# compared. Included from tests/CMakeLists.txt; builds with or without the
+# CUDA backend and exits 77 (skipped) when the build has no CUDA backend or
+# the machine has no CUDA device.
+add_executable(test_backend_ops ${CMAKE_CURRENT_LIST_DIR}/test_backend_ops.c
+  ${CMAKE_CURRENT_LIST_DIR}/backend_ops/cases.c ${CMAKE_CURRENT_LIST_DIR}/backend_ops/cases_core.c
+  ${CMAKE_CURRENT_LIST_DIR}/backend_ops/cases_nn.c ${CMAKE_CURRENT_LIST_DIR}/backend_ops/cases_net.c
+  ${CMAKE_CURRENT_LIST_DIR}/backend_ops/cases_device.c)
+target_include_directories(test_backend_ops PRIVATE ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(test_backend_ops PRIVATE difflux)
 target_compile_options(test_backend_ops PRIVATE ${DFX_WARNINGS})
 # the U-Net fixtures for the whole-network comparison
@@ -27,3 +32,7 @@ add_test(NAME backend_ops COMMAND bash -c "${DFX_BACKEND_OPS_RUN}" backend_ops
          $<TARGET_FILE:test_backend_ops> $<TARGET_FILE:difflux-cli>
          ${PROJECT_SOURCE_DIR}/models/mnist-gmm.safetensors)
 set_tests_properties(backend_ops PROPERTIES SKIP_RETURN_CODE 77)
+# The same cases with the CPU backend on both sides, so the runner runs
+# everywhere: this CPU's best instruction-set path against the baseline.
+add_test(NAME backend_ops_cpu COMMAND test_backend_ops --cpu)
+set_tests_properties(backend_ops_cpu PROPERTIES TIMEOUT 900)

@@ -5,7 +5,6 @@
  * generative model is needed, and malformed classifier configs are refused
  * with a message. */
 #include "check.h"
-#include "fixture.h"
 #include "model/model.h"
 #include "io/safetensors.h"
 

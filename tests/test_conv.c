@@ -31,11 +31,10 @@ static const shape SHAPES[] = {
     {4, 9, 9, 8, 5, 1, 2},     /* 5x5 "same", im2col */
 };
 
-static uint64_t rng = 88172645463325252ull;
-static float urand(void)
+static test_rng rng = {88172645463325252ull};
+static float urand(void) /* [-1, 1) */
 {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (float)((rng >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
+    return (float)rng_uniform(&rng) * 2.0f - 1.0f;
 }
 
 static int out_dim(int n, const shape *s)

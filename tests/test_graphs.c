@@ -511,12 +511,11 @@ static dfx_backend *mock_create(void)
 /* ------------------------------------------------------------- checks */
 
 static dfx_backend *be;
-static uint64_t rng = 0x243F6A8885A308D3ull;
+static test_rng rng = {0x243F6A8885A308D3ull};
 
 static double urand(void)
 {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
+    return rng_uniform(&rng);
 }
 
 /* A model loaded with DIFFLUX_CUDA_GRAPHS set to `graphs`, restored after. */

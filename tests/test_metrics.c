@@ -9,24 +9,9 @@
 #include "difflux.h"
 #include "analysis/metrics.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static double uniform(void) /* splitmix64 -> (0, 1) */
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-
-static double normal(void)
-{
-    return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform());
-}
+static test_rng rng = {0x9E3779B97F4A7C15ull};
 
 /* rows [n, F] of mean + scale N(0, 1), optionally mixed by a fixed matrix
  * so that the coordinates are correlated */
@@ -35,7 +20,7 @@ static float *random_rows(long n, int F, double mean, double scale, int correlat
     float *x = malloc(sizeof(float) * (size_t)n * F);
     double *z = malloc(sizeof(double) * F);
     for (long i = 0; i < n; i++) {
-        for (int f = 0; f < F; f++) z[f] = normal();
+        for (int f = 0; f < F; f++) z[f] = rng_normal(&rng);
         for (int f = 0; f < F; f++) {
             double v = z[f];
             if (correlated && f > 0) v = 0.6 * z[f] + 0.5 * z[f - 1] + 0.1 * f * z[0] / F;
@@ -98,7 +83,7 @@ static void test_stats(void)
         CHECK_OK(dfx_feature_stats(x, N, F, mu, cov, &err), err);
         double worst = 0;
         for (int t = 0; t < 60; t++) {
-            int i = (int)(uniform() * F), j = t < 20 ? i : (int)(uniform() * F);
+            int i = (int)(rng_uniform(&rng) * F), j = t < 20 ? i : (int)(rng_uniform(&rng) * F);
             double c;
             naive_stats(x, N, F, ref_mu, &c, i, j);
             worst = fmax(worst, fabs(cov[i * F + j] - c));
@@ -198,9 +183,9 @@ static void test_frechet(void)
         enum { F = 5 };
         double m1[F], m2[F], S1[F * F] = {0}, S2[F * F] = {0}, want = 0;
         for (int i = 0; i < F; i++) {
-            m1[i] = normal();
-            m2[i] = normal();
-            const double a = 0.1 + 3 * uniform(), b = 0.1 + 3 * uniform();
+            m1[i] = rng_normal(&rng);
+            m2[i] = rng_normal(&rng);
+            const double a = 0.1 + 3 * rng_uniform(&rng), b = 0.1 + 3 * rng_uniform(&rng);
             S1[i * F + i] = a;
             S2[i * F + i] = b;
             want += (m1[i] - m2[i]) * (m1[i] - m2[i]) + (sqrt(a) - sqrt(b)) * (sqrt(a) - sqrt(b));
@@ -384,7 +369,7 @@ static void test_nearest(void)
     float *ref = random_rows(NREF, D, 0.0, 1.0, 1), *q = random_rows(N, D, 0.1, 1.0, 1);
     long copied[COPIES];
     for (int c = 0; c < COPIES; c++) {
-        copied[c] = (long)(uniform() * NREF);
+        copied[c] = (long)(rng_uniform(&rng) * NREF);
         memcpy(q + c * D, ref + copied[c] * D, sizeof(float) * D);
     }
     double *dist = malloc(sizeof(double) * N);

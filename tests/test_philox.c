@@ -16,14 +16,11 @@ static void kat(const uint32_t c[4], const uint32_t k[2], const uint32_t want[4]
         CHECK(out[i] == want[i], "word %d: 0x%08x, expected 0x%08x", i, out[i], want[i]);
 }
 
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+static test_rng rng = {0x2545F4914F6CDD1Dull};
 
 static uint32_t next_u32(void) /* splitmix64, high word */
 {
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (uint32_t)((z ^ (z >> 31)) >> 32);
+    return (uint32_t)(rng_u64(&rng) >> 32);
 }
 
 /* The uniform (k + 1/2) 2^-32 that Box-Muller sees. */

@@ -3,7 +3,6 @@
  * from float64 PyTorch); every sampler runs on a U-Net; the loader refuses
  * malformed U-Net files; the affine model is A x + b. */
 #include "check.h"
-#include "fixture.h"
 #include "model/model.h"
 #include "io/safetensors.h"
 

@@ -30,7 +30,6 @@
  *    O(1) inputs (h^2 + 1e-7 / h ~ 1e-4; measured up to 4e-4).
  */
 #include "check.h"
-#include "fixture.h"
 #include "model/model.h"
 #include "io/safetensors.h"
 
@@ -44,29 +43,6 @@
 #define FD_RATIO_HI 0.35
 
 static dfx_backend *be;
-
-/* ||a - b|| / ||b|| in double; NaN anywhere gives NaN. */
-static double nerr(const float *a, const float *b, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
-}
-
-static double nerr_d(const double *a, const float *b, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
-}
 
 static double norm(const float *x, size_t n)
 {
@@ -224,10 +200,10 @@ static void fixture(const char *name)
         double e_fd = INFINITY, e_h = INFINITY, ratio = INFINITY;
         if (central_diff(m, t, forced, x, v, B, FD_STEP, d1) == 0 &&
             central_diff(m, t, forced, x, v, B, FD_STEP / 2, d2) == 0) {
-            e_h = nerr_d(d1, jv, n);
-            ratio = nerr_d(d2, jv, n) / e_h;
+            e_h = nerr_df(d1, jv, n);
+            ratio = nerr_df(d2, jv, n) / e_h;
             for (size_t i = 0; i < n; i++) d1[i] = (4.0 * d2[i] - d1[i]) / 3.0;
-            e_fd = nerr_d(d1, jv, n);
+            e_fd = nerr_df(d1, jv, n);
         }
         CHECK(e_fd <= FD_TOL, "%s%s: finite differences (Richardson) %.3g", name, tag, e_fd);
         CHECK(ratio >= FD_RATIO_LO && ratio <= FD_RATIO_HI,
@@ -294,7 +270,7 @@ static void ops_silu(void)
         double h = 1e-5, a = x[i] + h * dx[i], b = x[i] - h * dx[i];
         fd[i] = (a / (1.0 + exp(-a)) - b / (1.0 + exp(-b))) / (2.0 * h);
     }
-    double e = nerr_d(fd, dy, N + 6);
+    double e = nerr_df(fd, dy, N + 6);
     int finite = 1;
     for (size_t i = 0; i < N + 6; i++) finite &= isfinite(dy[i]) != 0;
     CHECK(e <= 1e-6 && finite, "silu_jvp vs differences of SiLU in double: %.3g", e);
@@ -329,7 +305,7 @@ static void ops_group_norm(int B, int C, int HW, int groups, int act, float offs
     be->ops->group_norm(be, ym, xp, g, bt, B, C, HW, groups, eps, act);
     central(fd, yp, ym, h, n);
     be->ops->group_norm_jvp(be, dy, x, dx, g, bt, B, C, HW, groups, eps, act);
-    double e = nerr_d(fd, dy, n);
+    double e = nerr_df(fd, dy, n);
     CHECK(e <= OP_FD_TOL, "group_norm_jvp B=%d C=%d HW=%d groups=%d silu=%d: %.3g", B, C, HW,
           groups, act, e);
     printf("group_norm_jvp B=%d C=%d HW=%d groups=%d%s offset %g: error %.2e against "
@@ -364,7 +340,7 @@ static void ops_attention(int B, int C, int HW, int heads)
     be->ops->attention(be, ym, qp, B, C, HW, heads, s);
     central(fd, yp, ym, h, n);
     be->ops->attention_jvp(be, dy, q, dq, B, C, HW, heads, s);
-    double e = nerr_d(fd, dy, n);
+    double e = nerr_df(fd, dy, n);
     CHECK(e <= OP_FD_TOL, "attention_jvp B=%d C=%d HW=%d heads=%d: %.3g", B, C, HW, heads, e);
     printf("attention_jvp B=%d C=%d HW=%d heads=%d: error %.2e against differences\n", B, C, HW,
            heads, e);
