@@ -413,8 +413,9 @@ typedef struct dfx_sample_stats {
     long rejected;     /* rejected steps, summed over the batch            */
 } dfx_sample_stats;
 
-/* Fills the defaults that fit the model: heun, 30 steps, a safe noise
- * schedule for its path, the path's interval. */
+/* Fills the defaults that fit the model: heun at its default steps
+ * (steps = 0: the sampler's own default, `difflux samplers`), a safe time
+ * grid for its path, the path's interval. */
 void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m);
 
 typedef struct dfx_sampler dfx_sampler;
@@ -434,7 +435,7 @@ const double *dfx_sampler_grid(const dfx_sampler *s, int *n);
 typedef struct dfx_sampler_desc {
     const char *name;
     const char *summary;
-    int order;        /* order of convergence (strong for SDEs); 0 if n/a    */
+    int order;        /* order of convergence (weak for SDEs); 0 if n/a      */
     int nfe_per_step; /* network evaluations per step; 0 = adaptive          */
     int stochastic;
     const char *families; /* which model families it applies to          */

@@ -1,7 +1,8 @@
 /*
  * CUDA graphs (graph_begin .. graph_free in backend.h): a fixed sequence of
- * ops (one U-Net evaluation, host/model/model_unet.c) is captured once with
- * cudaStreamBeginCapture and replayed with one cudaGraphLaunch. The kernels
+ * ops (one network evaluation, dfx_net_predict_graph in host/model/net.c)
+ * is captured once with cudaStreamBeginCapture and replayed with one
+ * cudaGraphLaunch. The kernels
  * of a graph read their host data (coefficients, times, labels) from one
  * device block of the graph's own: in the measure pass each op that stages
  * host data notes its region of the block (graph_take in memory.cuh,
@@ -24,7 +25,7 @@
  * never calls graph_begin.
  *
  * CPU reference: none: the CPU backend has no graphs (host/cpu/backend_cpu.c
- * leaves graph_begin .. graph_free NULL); host/model/model_unet.c is the
+ * leaves graph_begin .. graph_free NULL); host/model/net.c is the
  * caller.
  */
 #pragma once

@@ -206,11 +206,12 @@ const bo_family bo_unet_precision = {"unet", unet_precision_build, unet_precisio
 
 /* ---------------------------------------------------------- U-Net jvp */
 
-/* The U-Net's exact jvp (model_unet.c) on the inputs and direction of
- * tests/fixtures/NAME.jvp.safetensors (conditional models: per-row labels,
- * then guidance 2 with class 1): out and the tangent are compared, and on
- * the backend under test jvp's out must be its predict's, bit for bit. The
- * output: out, tangent, predict's out, for each of the (one or two) passes. */
+/* The U-Net's exact jvp (model_unet.c, over net.c's tangents) on the inputs
+ * and direction of tests/fixtures/NAME.jvp.safetensors (conditional models:
+ * per-row labels, then guidance 2 with class 1): out and the tangent are
+ * compared, and on the backend under test jvp's out must be its predict's,
+ * bit for bit. The output: out, tangent, predict's out, for each of the
+ * (one or two) passes. */
 static void unet_jvp_build(const bo_pair *p, const bo_case *c, bo_data *d)
 {
     const net_in *in = net_fixture(p, c, d, "jvp", 0);
