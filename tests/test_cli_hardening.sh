@@ -101,12 +101,26 @@ quick 2 "--threads must be in \[0, 1024\]" -- "$DFX" eval --model "$GMM" --threa
 
 # ---- 12: signals and temporaries
 tmps() { find "${1:-.}" -maxdepth 1 \( -name '*difflux-tmp*' -o -name '*.tmp*' \); }
+# whether process $1 catches signal $2, waited for at most 60 s (Linux:
+# the SigCgt mask of /proc/PID/status)
+caught() {
+    local bit=$(( 1 << ($(kill -l "$2") - 1) )) i mask
+    for i in $(seq 600); do
+        mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+        [ -n "$mask" ] && (( 16#$mask & bit )) && return 0
+        sleep 0.1
+    done
+    return 1
+}
 # a long sampling run, stopped: exit 128 + signal, a message, nothing left
 for sig in TERM INT; do
     rm -f sig.png sig.npy sig.err
     "$DFX" sample --model "$FLOW" --n 4 --steps 5000 --out sig.png --npy sig.npy 2>sig.err &
     pid=$!
-    sleep 1.5
+    # until its handler is installed (a loaded machine may take seconds to
+    # get there; before, the signal would kill it without a message)
+    caught "$pid" "$sig" || fail "SIG$sig: no handler after 60 s"
+    sleep 0.5
     t0=$SECONDS
     kill -$sig $pid
     wait $pid
