@@ -7,6 +7,7 @@
 #include "difflux.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 enum { D = 2, K = 3, N = 20000 };
 static const float MU[K * D] = {1.0f, 0.5f, -0.8f, 0.9f, 0.2f, -1.0f};
@@ -116,6 +117,18 @@ int main(void)
         compare(what, x, mean, cov);
         dfx_sampler_free(s);
         dfx_model_free(m);
+    }
+    /* "every sampler": each one of the registry for all paths is in runs[],
+     * but pc, whose moments test_samplers.c checks on its own mixture (its
+     * Langevin corrector needs more steps than this test affords); the
+     * Dale samplers' are checked there too, on the dale path. */
+    const dfx_sampler_desc *list;
+    int n = dfx_samplers(&list);
+    for (int j = 0; j < n; j++) {
+        int found = strcmp(list[j].families, "all paths") != 0 || strcmp(list[j].name, "pc") == 0;
+        for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++)
+            found |= strcmp(runs[i].sampler, list[j].name) == 0;
+        CHECK(found, "sampler %s has no run here: add it to runs[]", list[j].name);
     }
     free(x);
     dfx_backend_destroy(be);
