@@ -43,8 +43,11 @@ static void usage(FILE *f)
     fprintf(f, "usage: difflux COMMAND [options]\n\n"
                "Draws samples from diffusion, flow-matching and analytic models of images.\n\n"
                "commands:\n");
+    int width = 0; /* the longest name: the summaries in one column */
     for (int i = 0; i < NCOMMANDS; i++)
-        fprintf(f, "  %-10s  %s\n", commands[i].name, commands[i].summary);
+        if ((int)strlen(commands[i].name) > width) width = (int)strlen(commands[i].name);
+    for (int i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-*s  %s\n", width, commands[i].name, commands[i].summary);
     fprintf(f, "\n`difflux COMMAND --help` describes each command's options.\n"
                "`difflux sample` alone samples the shipped flow-matching model into grid.png.\n");
 }
