@@ -1,6 +1,6 @@
 /*
- * Models: a kind (gmm, unet, affine, classifier: the table in model.c)
- * behind one small table of functions, a path and the prediction the model
+ * Models: a kind (one row of the table of kinds in model.c) behind one
+ * small table of functions, a path and the prediction the model
  * natively makes. dfx_model_eval turns the native prediction into whatever
  * a sampler asks for (path.c does the algebra, the backend's lincomb
  * applies it per row).

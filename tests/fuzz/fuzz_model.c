@@ -1,5 +1,5 @@
 /* The model loader on any bytes: the safetensors reader, the config and
- * every model kind's loader (gmm, unet, affine, classifier), from memory.
+ * the loader of every kind in host/model/model.c's table, from memory.
  * A model that loads is described and freed. */
 #include "fuzz.h"
 
