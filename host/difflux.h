@@ -105,6 +105,8 @@ typedef enum {
     DFX_PATH_VE,         /* variance exploding: a = 1, s = geometric sigma(t)  */
     DFX_PATH_DALE,       /* multiplicative (Dale): VE in y = log x, s = sigma sqrt(t),
                             m = (mu - sigma^2/2) t                             */
+    DFX_PATH_DISCRETE,   /* a discrete-time schedule (diffusers): VP with a = sqrt(abar_tau)
+                            from a table, timestep tau = N t - 1 (MATH.md section 7) */
     DFX_PATH_COUNT
 } dfx_path_family;
 
@@ -114,7 +116,19 @@ typedef struct dfx_path {
     double cosine_s;             /* vp_cosine: 0.008       */
     double sigma_min, sigma_max; /* ve: 0.002, 80          */
     double dale_sigma, dale_mu;  /* dale: 0.8, 0.32        */
+    /* discrete: N training timesteps and log abar_tau for tau = 0 .. N - 1
+     * (the model's table: it lives as long as the model), the scheduler's
+     * timestep spacing (DFX_SPACING_*) and steps_offset, dpm_timesteps (1:
+     * DPM-Solver's rule, which divides into steps + 1 and drops the last)
+     * and final_one (1: the last step goes to abar = 1, t = 0; 0: to abar_0,
+     * tau = 0, as DDIM's set_alpha_to_one = false) */
+    int n_train;
+    const double *log_abar;
+    int spacing, steps_offset, dpm_timesteps, final_one;
 } dfx_path;
+
+/* Timestep spacings of discrete schedules (diffusers' timestep_spacing). */
+enum { DFX_SPACING_LEADING = 0, DFX_SPACING_TRAILING, DFX_SPACING_LINSPACE };
 
 /* Path coefficients and their time derivatives at one t. */
 typedef struct dfx_coef {
@@ -141,6 +155,9 @@ double dfx_path_t_of_logsnr(const dfx_path *p, double lambda);
 /* Default sampling interval: generation runs from t_noise to t_data, which
  * sit a small distance from any end where a conversion is singular. */
 void dfx_path_default_range(const dfx_path *p, double *t_noise, double *t_data);
+/* Discrete path: the training timestep tau = N t - 1 of time t, and back. */
+double dfx_path_timestep(const dfx_path *p, double t);
+double dfx_path_t_of_timestep(const dfx_path *p, double tau);
 
 const char *dfx_path_name(dfx_path_family f);
 int dfx_path_parse(const char *name, dfx_path_family *f); /* 0 ok, -1 unknown */
@@ -171,7 +188,15 @@ typedef struct dfx_model_info {
     double flops;            /* floating-point operations per evaluation of one sample */
 } dfx_model_info;
 
+/* A difflux model file, or a model saved by diffusers: a pipeline folder
+ * (DDPMPipeline.save_pretrained), a unet folder, or its safetensors file
+ * with config.json beside it (README "Models from diffusers"). */
 dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err);
+/* A diffusers model with the scheduler config `scheduler`
+ * (scheduler_config.json) instead of its own (NULL: its own, or
+ * DDPMScheduler's defaults where it has none). */
+dfx_model *dfx_model_load_diffusers(const char *path, const char *scheduler, dfx_backend *be,
+                                    dfx_error *err);
 /* The same from a file image in memory (size bytes at buf, not kept after
  * the call); `name` stands for the file in messages. */
 dfx_model *dfx_model_load_mem(const void *buf, size_t size, const char *name, dfx_backend *be,
@@ -360,6 +385,7 @@ typedef enum {
     DFX_GRID_KARRAS,      /* Karras et al. sigma^(1/rho) spacing          */
     DFX_GRID_LOGSNR,      /* uniform in log-SNR                            */
     DFX_GRID_SHIFT,       /* shifted uniform: u' = k u / (1 + (k - 1) u)  */
+    DFX_GRID_SCHEDULE,    /* discrete path: the scheduler's own timesteps  */
     DFX_GRID_COUNT
 } dfx_grid;
 
@@ -390,7 +416,9 @@ typedef struct dfx_sample_opts {
     long max_nfe;          /* dopri5: give up after this many evaluations per sample */
     dfx_noise noise;       /* em: noise schedule                             */
     double eps0;           /* em: scale of the schedule                      */
-    int denoise;           /* 1: finish with x <- x_hat(t_data, x)           */
+    int denoise;           /* 1: finish with x <- x_hat(t_data, x); -1: as the
+                              model suggests (diffusers models: only where the
+                              sampler stops short of abar = 1) */
     double eta;            /* ancestral samplers: noise level, NAN = default */
     double snr;            /* pc: corrector target signal-to-noise (0.16)    */
     int corrector_steps;   /* pc: Langevin steps per time (1)                */
@@ -404,6 +432,11 @@ typedef struct dfx_sample_opts {
                               model file carries a fitted start distribution */
     void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
     void *progress_ctx;
+    /* The start noise z of samples 0 .. init_rows - 1 (host, [init_rows, dim]),
+     * used instead of the Philox draws (for comparing with other frameworks);
+     * NULL: the draws. The array must outlive the sampler. */
+    const float *init;
+    long init_rows;
 } dfx_sample_opts;
 
 typedef struct dfx_sample_stats {

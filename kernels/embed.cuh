@@ -48,26 +48,29 @@ static __device__ __forceinline__ void sincos_moderate(double a, double *sn, dou
     }
 }
 
-/* y[b, i] = sin(u f_i), y[b, half + i] = cos(u f_i), u = t[b] scale,
- * f_i = exp(-ln(10000) i / half): nn_cpu.c's expression, in double (the
- * sine and cosine through sincos_moderate). */
-static __global__ void k_time_embed(float *y, const double *t, int B, int dim, double scale)
+/* y[b, i] = sin(u f_i), y[b, half + i] = cos(u f_i) (swapped if flip),
+ * u = t[b] scale + offset (rounded twice, no fma: the CPU's expression),
+ * f_i = exp(-ln(10000) i / (half - shift)): nn_cpu.c's expression, in
+ * double (the sine and cosine through sincos_moderate). */
+static __global__ void k_time_embed(float *y, const double *t, int B, int dim, double scale,
+                                    double offset, int shift, int flip)
 {
     const int half = dim / 2;
     const int total = B * half; /* time_embed_queue: fits an int */
+    const size_t s0 = flip ? (size_t)half : 0, c0 = flip ? 0 : (size_t)half;
     for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < total; p += gridDim.x * blockDim.x) {
         const int b = p / half, i = p % half;
-        const double u = t[b] * scale;
-        const double f = exp(-DFX_LN_10000 * (double)i / (double)half);
+        const double u = __dadd_rn(__dmul_rn(t[b], scale), offset);
+        const double f = exp(-DFX_LN_10000 * (double)i / (double)(half - shift));
         double sn, cs;
         sincos_moderate(u * f, &sn, &cs);
-        y[(size_t)b * dim + i] = (float)sn;
-        y[(size_t)b * dim + half + i] = (float)cs;
+        y[(size_t)b * dim + s0 + i] = (float)sn;
+        y[(size_t)b * dim + c0 + i] = (float)cs;
     }
 }
 
 static int time_embed_queue(cu_impl *cu, float *y, const double *t, int B, int dim,
-                            double scale, dfx_error *err)
+                            double scale, double offset, int shift, int flip, dfx_error *err)
 {
     if ((size_t)B * (size_t)(dim / 2) > (size_t)INT_MAX)
         return dfx_fail(err, "cuda time_embed: %d x %d values", B, dim);
@@ -77,19 +80,20 @@ static int time_embed_queue(cu_impl *cu, float *y, const double *t, int B, int d
     if (stage(cu, 1, src, n, dev, "time_embed", err)) return -1;
     if (cu_dry(cu)) return 0;
     k_time_embed<<<elem_blocks((size_t)B * (dim / 2)), DFX_CUDA_BLOCK, 0, cu->stream>>>(
-        y, dev[0], B, dim, scale);
+        y, dev[0], B, dim, scale, offset, shift, flip);
     CU_LAUNCH_TRY("time_embed", err, k_time_embed);
     return 0;
 }
 
 /* CPU twin: dfx_cpu_time_embed. t is a host array, consumed before return. */
 static void cu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim,
-                          double scale)
+                          double scale, double offset, int shift, int flip)
 {
     cu_impl *cu = impl_of(be);
     if (B <= 0 || dim < 2) return;
     dfx_error e;
-    if (time_embed_queue(cu, y, t, B, dim, scale, &e)) cu_failed(cu, &e, y, (size_t)B * dim);
+    if (time_embed_queue(cu, y, t, B, dim, scale, offset, shift, flip, &e))
+        cu_failed(cu, &e, y, (size_t)B * dim);
 }
 
 static __global__ void k_embed_add(float *y, const float *table, const int *idx, int B, int dim)

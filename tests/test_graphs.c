@@ -42,7 +42,7 @@ typedef struct rec {
     const float *xs[DFX_LINCOMB_MAX];
     int i[10];
     size_t n;
-    double d;
+    double d, d2;
     float f;
     int s0, s1; /* regions, -1: none */
 } rec;
@@ -215,15 +215,16 @@ static void w_attention(dfx_backend *be, float *o, const float *qkv, int B, int 
 }
 
 static void w_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim,
-                         double scale)
+                         double scale, double offset, int shift, int flip)
 {
     if (mk.mode != M_NONE) {
         int s = take(t, (size_t)B * sizeof *t);
         if (mk.mode == M_CAPTURE)
-            record((rec){.k = R_TEMB, .y = y, .i = {B, dim}, .d = scale, .s0 = s, .s1 = -1});
+            record((rec){.k = R_TEMB, .y = y, .i = {B, dim, shift, flip}, .d = scale,
+                         .d2 = offset, .s0 = s, .s1 = -1});
         return;
     }
-    mk.cpu->time_embed(be, y, t, B, dim, scale);
+    mk.cpu->time_embed(be, y, t, B, dim, scale, offset, shift, flip);
 }
 
 static void w_embed_add(dfx_backend *be, float *y, const float *table, const int *idx, int B,
@@ -419,12 +420,15 @@ static void replay(dfx_backend *be, const dfx_graph *g)
         case R_CONCAT: o->concat(be, r->y, r->a, i[0], r->b, i[1], i[2], i[3]); break;
         case R_UP: o->upsample2x(be, r->y, r->a, i[0], i[1], i[2], i[3]); break;
         case R_ATTN: o->attention(be, r->y, r->a, i[0], i[1], i[2], i[3], r->scratch); break;
-        case R_TEMB: o->time_embed(be, r->y, staged(g, r->s0), i[0], i[1], r->d); break;
+        case R_TEMB:
+            o->time_embed(be, r->y, staged(g, r->s0), i[0], i[1], r->d, r->d2, i[2], i[3]);
+            break;
         case R_CLASS: o->embed_add(be, r->y, r->w, staged(g, r->s0), i[0], i[1]); break;
         case R_LINCOMB:
             o->lincomb(be, r->y, i[0], r->xs, staged(g, r->s0), staged(g, r->s1), i[1], r->n);
             break;
         case R_COPY: o->copy(be, r->y, r->a, r->n); break;
+        case R_AFFINE: break; /* its calls are recorded as R_LINCOMB (its slot) */
         }
     }
 }

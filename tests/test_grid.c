@@ -56,18 +56,51 @@ int main(void)
     /* k > 1 puts more steps at high noise: the first step is shorter in t */
     CHECK(g[1] - g[0] < 1.0 / N, "shift spends more steps near the noise end");
 
+    /* the schedule grid: diffusers' timesteps for 10 of 1000 steps (DDIM's
+     * set_timesteps, and DPM-Solver's, which divides into 11), then abar = 1 */
+    {
+        static const struct {
+            int spacing, dpm, offset;
+            double tau[10];
+        } known[] = {
+            {DFX_SPACING_LEADING, 0, 0, {900, 800, 700, 600, 500, 400, 300, 200, 100, 0}},
+            {DFX_SPACING_LEADING, 0, 1, {901, 801, 701, 601, 501, 401, 301, 201, 101, 1}},
+            {DFX_SPACING_TRAILING, 0, 0, {999, 899, 799, 699, 599, 499, 399, 299, 199, 99}},
+            {DFX_SPACING_LINSPACE, 0, 0, {999, 888, 777, 666, 555, 444, 333, 222, 111, 0}},
+            {DFX_SPACING_LINSPACE, 1, 0, {999, 899, 799, 699, 599, 500, 400, 300, 200, 100}},
+            {DFX_SPACING_LEADING, 1, 0, {900, 810, 720, 630, 540, 450, 360, 270, 180, 90}},
+        };
+        double sg[11];
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
+            dfx_path_default(&p, DFX_PATH_DISCRETE);
+            p.spacing = known[k].spacing;
+            p.dpm_timesteps = known[k].dpm;
+            p.steps_offset = known[k].offset;
+            CHECK_OK(dfx_time_grid(&p, DFX_GRID_SCHEDULE, 7, 3, 1.0, 0.0, 10, sg, &err), err);
+            for (int i = 0; i < 10; i++)
+                CHECK_NEAR(dfx_path_timestep(&p, sg[i]), known[k].tau[i], 1e-9,
+                           "schedule timestep");
+            CHECK(sg[10] == 0.0, "the schedule ends at abar = 1");
+        }
+    }
+
     /* monotone in the generation direction on every grid and path */
     for (int f = 0; f < DFX_PATH_COUNT; f++) {
         dfx_path_default(&p, (dfx_path_family)f);
         double tn, td;
         dfx_path_default_range(&p, &tn, &td);
         if (f == DFX_PATH_LINEAR || f == DFX_PATH_TRIG) tn = 1e-3; /* finite sigma for karras */
+        if (f == DFX_PATH_DISCRETE) td = 1e-3;                      /* timestep 0 */
         for (int k = 0; k < DFX_GRID_COUNT; k++) {
-            CHECK_OK(dfx_time_grid(&p, (dfx_grid)k, 7, 3, tn, td, N, g, &err), err);
-            CHECK(g[0] == tn && g[N] == td, "end points %s/%s", dfx_path_name(p.family),
-                  dfx_grid_name((dfx_grid)k));
+            /* the scheduler's timesteps exist on the discrete path only */
+            if ((k == DFX_GRID_SCHEDULE) != (f == DFX_PATH_DISCRETE) && k == DFX_GRID_SCHEDULE)
+                continue;
+            double te = k == DFX_GRID_SCHEDULE ? 0.0 : td;
+            CHECK_OK(dfx_time_grid(&p, (dfx_grid)k, 7, 3, tn, te, N, g, &err), err);
+            CHECK((g[0] == tn || k == DFX_GRID_SCHEDULE) && g[N] == te, "end points %s/%s",
+                  dfx_path_name(p.family), dfx_grid_name((dfx_grid)k));
             for (int i = 0; i < N; i++)
-                CHECK((td > tn) ? g[i + 1] > g[i] : g[i + 1] < g[i], "monotone %s/%s",
+                CHECK((te > tn) ? g[i + 1] > g[i] : g[i + 1] < g[i], "monotone %s/%s",
                       dfx_path_name(p.family), dfx_grid_name((dfx_grid)k));
         }
     }

@@ -56,7 +56,8 @@ static void check_derivatives(const dfx_path *p)
 {
     const double ts[] = {0.05, 0.2, 0.5, 0.8, 0.95};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
-        double t = ts[i], h = 1e-6;
+        /* discrete: between the table's timesteps, where a and s are smooth */
+        double t = ts[i] + (p->family == DFX_PATH_DISCRETE ? 0.4 / p->n_train : 0.0), h = 1e-6;
         dfx_coef c, cp, cm;
         dfx_path_eval(p, t, &c);
         dfx_path_eval(p, t + h, &cp);
@@ -67,7 +68,8 @@ static void check_derivatives(const dfx_path *p)
         CHECK_NEAR(c.da, fa, 1e-6 * (1 + fabs(fa)), what);
         snprintf(what, sizeof what, "%s: ds at t=%g", dfx_path_name(p->family), t);
         CHECK_NEAR(c.ds, fs, 1e-6 * (1 + fabs(fs)), what);
-        if (p->family == DFX_PATH_VP || p->family == DFX_PATH_VP_COSINE)
+        if (p->family == DFX_PATH_VP || p->family == DFX_PATH_VP_COSINE ||
+            p->family == DFX_PATH_DISCRETE)
             CHECK_NEAR(c.a * c.a + c.s * c.s, 1.0, 1e-12, "variance preserving");
         double lam = dfx_path_logsnr(p, t);
         CHECK_NEAR(dfx_path_t_of_logsnr(p, lam), t, 1e-9, "t(logsnr(t))");
@@ -95,6 +97,16 @@ int main(void)
     CHECK_NEAR(c.s, 80.0, 1e-12, "ve sigma(1)");
     CHECK(dfx_path_data_at_one(&(dfx_path){.family = DFX_PATH_LINEAR}) == 1, "linear data end");
     CHECK(dfx_path_data_at_one(&(dfx_path){.family = DFX_PATH_VP}) == 0, "vp data end");
+    /* discrete: abar at the table's timesteps, 1 at tau = -1 (t = 0) */
+    dfx_path_default(&p, DFX_PATH_DISCRETE);
+    for (int tau = -1; tau < 1000; tau += 111) {
+        dfx_path_eval(&p, dfx_path_t_of_timestep(&p, tau), &c);
+        double abar = 1.0;
+        for (int i = 0; i <= tau; i++) abar *= 1.0 - (double)(float)(1e-4 + 0.0199 * i / 999.0);
+        CHECK(fabs(c.a * c.a - abar) <= 1e-12 + 1e-9 * abar, "discrete abar at tau %d: %.12g vs %.12g",
+              tau, c.a * c.a, abar);
+    }
+    CHECK_NEAR(dfx_path_timestep(&p, 0.5), 499.0, 1e-12, "discrete tau(1/2)");
 
     for (int f = 0; f < DFX_PATH_COUNT; f++) {
         dfx_path_default(&p, (dfx_path_family)f);

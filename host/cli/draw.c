@@ -214,7 +214,11 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     }
     dfx_sample_opts *o = &d->o;
     dfx_sample_opts_default(o, d->m);
-    o->sampler = d->sampler;
+    const cli_opt *so = cli_find(opts, nopts, "sampler");
+    if (so && so->set)
+        o->sampler = d->sampler;
+    else
+        d->sampler = o->sampler; /* the model's own (diffusers: its scheduler's), else heun */
     o->steps = d->steps;
     o->seed = d->seed;
     o->grid = d->g;
@@ -235,7 +239,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->anneal = d->anneal;
     o->path_start = d->path_start;
     o->eps0 = d->eps0;
-    o->denoise = !d->no_denoise;
+    if (d->no_denoise) o->denoise = 0;
     d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;
     return 0;
 }

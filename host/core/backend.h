@@ -92,10 +92,11 @@ typedef struct dfx_backend_ops {
      * scratch: attention_scratch() floats. */
     void (*attention)(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
                       int heads, float *scratch);
-    /* sinusoidal embedding of t[b] * scale (host array t): [sin(u f_i)..., cos(u f_i)...],
-     * f_i = exp(-ln(10000) i / (dim/2)); y [B, dim] */
+    /* sinusoidal embedding of u = t[b] * scale + offset (host array t):
+     * [sin(u f_i)..., cos(u f_i)...] (cos first if flip), f_i = exp(-ln(10000)
+     * i / (dim/2 - shift)) (diffusers' downscale_freq_shift); y [B, dim] */
     void (*time_embed)(dfx_backend *be, float *y, const double *t, int B, int dim,
-                       double scale);
+                       double scale, double offset, int shift, int flip);
     /* y[b, :] += table[idx[b], :] (host idx), y [B, dim] */
     void (*embed_add)(dfx_backend *be, float *y, const float *table, const int *idx, int B,
                       int dim);

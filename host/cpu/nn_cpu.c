@@ -559,16 +559,19 @@ void dfx_cpu_attention_jvp(dfx_backend *be, float *dout, const float *qkv, const
     }
 }
 
-void dfx_cpu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim, double scale)
+void dfx_cpu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim, double scale,
+                        double offset, int shift, int flip)
 {
     (void)be;
     const int half = dim / 2;
+    const size_t s0 = flip ? (size_t)half : 0, c0 = flip ? 0 : (size_t)half;
     for (int b = 0; b < B; b++) {
         double u = t[b] * scale;
+        u = u + offset;
         for (int i = 0; i < half; i++) {
-            double f = exp(-log(10000.0) * i / half);
-            y[(size_t)b * dim + i] = (float)sin(u * f);
-            y[(size_t)b * dim + half + i] = (float)cos(u * f);
+            double f = exp(-log(10000.0) * i / (double)(half - shift));
+            y[(size_t)b * dim + s0 + i] = (float)sin(u * f);
+            y[(size_t)b * dim + c0 + i] = (float)cos(u * f);
         }
     }
 }

@@ -22,7 +22,7 @@ void dfx_cpu_upsample2x(dfx_backend *be, float *y, const float *x, int B, int C,
 void dfx_cpu_attention(dfx_backend *be, float *o, const float *qkv, int B, int C, int HW,
                        int heads, float *scratch);
 void dfx_cpu_time_embed(dfx_backend *be, float *y, const double *t, int B, int dim,
-                        double scale);
+                        double scale, double offset, int shift, int flip);
 void dfx_cpu_embed_add(dfx_backend *be, float *y, const float *table, const int *idx, int B,
                        int dim);
 void dfx_cpu_group_norm_jvp(dfx_backend *be, float *dy, const float *x, const float *dx,

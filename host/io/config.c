@@ -1,10 +1,12 @@
 /* The model config: JSON stored in the safetensors __metadata__ (models/FORMAT.md). */
 #include "core/error.h"
+#include "core/names.h"
 #include "model/model.h"
 #include "io/safetensors.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int get_int(const cJSON *obj, const char *key, int lo, int hi, int *out,
@@ -38,6 +40,108 @@ static void get_str(const cJSON *obj, const char *key, char *out, size_t cap)
     if (cJSON_IsString(j)) snprintf(out, cap, "%s", j->valuestring);
 }
 
+static const char *const spacing_names[] = {"leading", "trailing", "linspace"};
+
+const char *dfx_spacing_name(int spacing)
+{
+    return dfx_enum_name(spacing_names, 3, spacing);
+}
+
+int dfx_spacing_parse(const char *name)
+{
+    return dfx_enum_parse(spacing_names, 3, name);
+}
+
+int dfx_config_discrete(dfx_model_config *c, const double *betas, int N, const char *file,
+                        dfx_error *err)
+{
+    if (N < 2 || N > 1000000)
+        return dfx_fail(err, "%s: a discrete schedule needs 2 .. 1000000 timesteps (got %d)",
+                        file, N);
+    double *l = dfx_alloc((size_t)N, sizeof *l, "schedule", err);
+    if (!l) return -1;
+    double acc = 0.0;
+    for (int i = 0; i < N; i++) {
+        if (!(betas[i] >= 0.0 && betas[i] < 1.0)) {
+            free(l);
+            return dfx_fail(err, "%s: schedule: beta %d = %g is not in [0, 1)", file, i,
+                            betas[i]);
+        }
+        acc += log1p(-betas[i]);
+        l[i] = acc;
+    }
+    if (!(acc < 0.0)) {
+        free(l);
+        return dfx_fail(err, "%s: schedule: every beta is 0 (no noise is ever added)", file);
+    }
+    free(c->log_abar);
+    c->log_abar = l;
+    c->path.family = DFX_PATH_DISCRETE;
+    c->path.n_train = N;
+    c->path.log_abar = l;
+    return 0;
+}
+
+/* The discrete family's fields: "betas" [N], "spacing", "steps_offset",
+ * "dpm_timesteps", "final_one". */
+static int parse_discrete(dfx_model_config *c, const cJSON *j, const char *file, dfx_error *err)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "betas");
+    int N = cJSON_IsArray(b) ? cJSON_GetArraySize(b) : 0;
+    if (N < 2) return dfx_fail(err, "%s: config: path.betas must be a list of betas", file);
+    double *betas = dfx_alloc((size_t)N, sizeof *betas, "betas", err);
+    if (!betas) return -1;
+    int i = 0, rc = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, b) betas[i++] = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+    rc = dfx_config_discrete(c, betas, N, file, err);
+    free(betas);
+    if (rc) return -1;
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(j, "spacing");
+    if (sp) {
+        int k = cJSON_IsString(sp) ? dfx_spacing_parse(sp->valuestring) : -1;
+        if (k < 0)
+            return dfx_fail(err, "%s: config: path.spacing must be leading, trailing or linspace",
+                            file);
+        c->path.spacing = k;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(j, "steps_offset") &&
+        get_int(j, "steps_offset", 0, N - 1, &c->path.steps_offset, file, "path", err))
+        return -1;
+    const char *flags[2] = {"dpm_timesteps", "final_one"};
+    int *dst[2] = {&c->path.dpm_timesteps, &c->path.final_one};
+    c->path.final_one = 1;
+    for (int k = 0; k < 2; k++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, flags[k]);
+        if (!f) continue;
+        if (!cJSON_IsBool(f))
+            return dfx_fail(err, "%s: config: path.%s must be true or false", file, flags[k]);
+        *dst[k] = cJSON_IsTrue(f);
+    }
+    return 0;
+}
+
+/* "xhat": {"clip": r, "threshold_ratio": q, "threshold_max": v}, all optional. */
+static int parse_xhat(dfx_model_config *c, const cJSON *j, const char *file, dfx_error *err)
+{
+    if (!j) return 0;
+    if (!cJSON_IsObject(j)) return dfx_fail(err, "%s: config: xhat must be an object", file);
+    const char *keys[3] = {"clip", "threshold_ratio", "threshold_max"};
+    double *dst[3] = {&c->clip, &c->thr_ratio, &c->thr_max};
+    for (int k = 0; k < 3; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[k]);
+        if (!v) continue;
+        if (!cJSON_IsNumber(v) || !(v->valuedouble > 0.0) || !isfinite(v->valuedouble) ||
+            (k == 1 && v->valuedouble > 1.0))
+            return dfx_fail(err, "%s: config: xhat.%s must be a positive number%s", file,
+                            keys[k], k == 1 ? " at most 1" : "");
+        *dst[k] = v->valuedouble;
+    }
+    if (c->thr_ratio > 0.0 && !(c->thr_max >= 1.0))
+        return dfx_fail(err, "%s: config: xhat.threshold_max must be at least 1", file);
+    return 0;
+}
+
 static int parse_path(dfx_path *p, const cJSON *j, const char *file, dfx_error *err)
 {
     if (!cJSON_IsObject(j)) return dfx_fail(err, "%s: config: missing object 'path'", file);
@@ -46,7 +150,7 @@ static int parse_path(dfx_path *p, const cJSON *j, const char *file, dfx_error *
     if (!cJSON_IsString(fam) || dfx_path_parse(fam->valuestring, &f) != 0)
         return dfx_fail(err,
                         "%s: config: path.family must be one of linear, trig, vp, vp_cosine, "
-                        "ve, dale",
+                        "ve, dale, discrete",
                         file);
     dfx_path_default(p, f);
     if (get_opt_pos(j, "beta_min", &p->beta_min, file, err) ||
@@ -120,7 +224,9 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
     if (classifier && !pj && !pred) {
         dfx_path_default(&c->path, DFX_PATH_LINEAR);
         c->prediction = DFX_PRED_DATA;
-    } else if (parse_path(&c->path, pj, file, err)) {
+    } else if (parse_path(&c->path, pj, file, err) ||
+               (c->path.family == DFX_PATH_DISCRETE && parse_discrete(c, pj, file, err)) ||
+               parse_xhat(c, cJSON_GetObjectItemCaseSensitive(r, "xhat"), file, err)) {
         goto fail;
     } else if (!cJSON_IsString(pred) || dfx_pred_parse(pred->valuestring, &c->prediction) != 0) {
         dfx_fail(err, "%s: config: prediction must be one of eps, data, score, velocity, v",
@@ -149,6 +255,7 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
         c->start_std = sd->valuedouble;
         c->start_full = cJSON_IsTrue(full);
     }
+    get_str(r, "sampler", c->sampler, sizeof c->sampler);
     const cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     if (cJSON_IsObject(prov)) {
         get_str(prov, "dataset", c->dataset, sizeof c->dataset);
@@ -185,6 +292,9 @@ void dfx_config_free(dfx_model_config *c)
 {
     cJSON_Delete(c->root);
     c->root = NULL;
+    free(c->log_abar);
+    c->log_abar = NULL;
+    c->path.log_abar = NULL;
 }
 
 cJSON *dfx_path_to_json(const dfx_path *p)
@@ -207,6 +317,17 @@ cJSON *dfx_path_to_json(const dfx_path *p)
         cJSON_AddNumberToObject(j, "sigma", p->dale_sigma);
         cJSON_AddNumberToObject(j, "mu", p->dale_mu);
         break;
+    case DFX_PATH_DISCRETE: {
+        cJSON *b = cJSON_AddArrayToObject(j, "betas");
+        for (int i = 0; i < p->n_train && p->log_abar; i++)
+            cJSON_AddItemToArray(b, cJSON_CreateNumber(-expm1(
+                                        p->log_abar[i] - (i ? p->log_abar[i - 1] : 0.0))));
+        cJSON_AddStringToObject(j, "spacing", dfx_spacing_name(p->spacing));
+        cJSON_AddNumberToObject(j, "steps_offset", p->steps_offset);
+        cJSON_AddBoolToObject(j, "dpm_timesteps", p->dpm_timesteps);
+        cJSON_AddBoolToObject(j, "final_one", p->final_one);
+        break;
+    }
     default:
         break;
     }
@@ -228,6 +349,14 @@ cJSON *dfx_config_to_json(const dfx_model_config *c)
     cJSON_AddItemToArray(rg, cJSON_CreateNumber(c->range_hi));
     cJSON_AddItemToObject(r, "path", dfx_path_to_json(&c->path));
     cJSON_AddStringToObject(r, "prediction", dfx_pred_name(c->prediction));
+    if (c->clip > 0.0 || c->thr_ratio > 0.0) {
+        cJSON *x = cJSON_AddObjectToObject(r, "xhat");
+        if (c->clip > 0.0) cJSON_AddNumberToObject(x, "clip", c->clip);
+        if (c->thr_ratio > 0.0) {
+            cJSON_AddNumberToObject(x, "threshold_ratio", c->thr_ratio);
+            cJSON_AddNumberToObject(x, "threshold_max", c->thr_max);
+        }
+    }
     cJSON *prov = cJSON_AddObjectToObject(r, "provenance");
     cJSON_AddStringToObject(prov, "dataset", c->dataset);
     cJSON_AddStringToObject(prov, "description", c->description);

@@ -300,6 +300,41 @@ int dfx_write_text(const char *file, const char *text, dfx_error *err)
 
 /* ------------------------------------------------------------- reading */
 
+int dfx_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+char *dfx_read_text(const char *file, const char *what, size_t max, size_t *len, dfx_error *err)
+{
+    size_t size = 0;
+    int fd = dfx_open_regular(file, what, &size, err);
+    if (fd < 0) return NULL;
+    if (size > max) {
+        close(fd);
+        dfx_fail(err, "%s: %zu bytes, more than the %zu a %s may have", file, size, max,
+                 what ? what : "file");
+        return NULL;
+    }
+    char *buf = malloc(size + 1);
+    size_t got = 0;
+    while (buf && got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (!buf || got != size) {
+        free(buf);
+        dfx_fail(err, "%s: cannot read", file);
+        return NULL;
+    }
+    buf[size] = 0;
+    if (len) *len = size;
+    return buf;
+}
+
 int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err)
 {
     /* O_NONBLOCK: opening a FIFO without a writer must not wait for one */

@@ -63,5 +63,10 @@ int dfx_png_grid_check(const char *file, int n, int channels, int height, int wi
  * ("cannot open WHAT 'FILE': ..." with `what` the file's role, "model
  * file"; "FILE: cannot open: ..." when what is NULL). */
 int dfx_open_regular(const char *file, const char *what, size_t *size, dfx_error *err);
+/* The whole of a regular file of at most `max` bytes, NUL-terminated
+ * (malloc'd), its length in *len; NULL with a message. */
+char *dfx_read_text(const char *file, const char *what, size_t max, size_t *len, dfx_error *err);
+/* 1 if path names a directory (or a link to one). */
+int dfx_is_dir(const char *path);
 
 #endif

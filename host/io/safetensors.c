@@ -492,6 +492,11 @@ const dfx_st_tensor *dfx_st_get(dfx_st_file *f, const char *name, int ndim,
     return t;
 }
 
+int dfx_st_has(const dfx_st_file *f, const char *name)
+{
+    return f->n && bsearch(name, f->by_name, (size_t)f->n, sizeof *f->by_name, cmp_key_name);
+}
+
 void dfx_st_to_f32(const dfx_st_file *f, const dfx_st_tensor *t, float *dst)
 {
     const unsigned char *src = f->data + t->begin;

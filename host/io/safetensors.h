@@ -53,6 +53,8 @@ void dfx_st_close(dfx_st_file *f);
 /* Finds a tensor, checks its shape (ndim < 0: any shape) and marks it used. */
 const dfx_st_tensor *dfx_st_get(dfx_st_file *f, const char *name, int ndim,
                                 const int64_t *shape, dfx_error *err);
+/* 1 if the file has a tensor of that name (nothing is marked used). */
+int dfx_st_has(const dfx_st_file *f, const char *name);
 /* Converts a tensor's values to float32. */
 void dfx_st_to_f32(const dfx_st_file *f, const dfx_st_tensor *t, float *dst);
 /* Fails naming the first tensor no loader asked for. */

@@ -45,6 +45,7 @@ static const struct {
     {"unet", dfx_unet_load},
     {"affine", dfx_affine_load},
     {"classifier", dfx_classifier_load},
+    {"diffusers", dfx_diffusers_unet_load},
 };
 #define NKINDS ((int)(sizeof kinds / sizeof kinds[0]))
 
@@ -61,17 +62,18 @@ static int load_kind(dfx_model *m, dfx_st_file *f, const char *file, dfx_error *
                     known);
 }
 
-/* The model of an opened file (a path or a buffer), which it closes. */
-static dfx_model *load_opened(dfx_st_file *f, const char *file, dfx_backend *be,
-                              dfx_error *err)
+/* The model of an opened file (a path or a buffer), which it closes; with
+ * its own config, or with `config` (JSON text) where given. */
+static dfx_model *load_opened(dfx_st_file *f, const char *file, const char *config,
+                              dfx_backend *be, dfx_error *err)
 {
     dfx_model *m = NULL;
     dfx_model_config cfg;
-    if (!f->format || strcmp(f->format, "difflux") != 0) {
+    if (!config && (!f->format || strcmp(f->format, "difflux") != 0)) {
         dfx_fail(err, "%s: not a difflux model (__metadata__.format is not \"difflux\")", file);
         goto done;
     }
-    if (dfx_config_parse(&cfg, f->config, file, err) != 0) goto done;
+    if (dfx_config_parse(&cfg, config ? config : f->config, file, err) != 0) goto done;
     m = dfx_model_new(be, &cfg, err);
     if (!m) {
         dfx_config_free(&cfg);
@@ -111,9 +113,32 @@ done:
 
 dfx_model *dfx_model_load(const char *file, dfx_backend *be, dfx_error *err)
 {
+    if (dfx_diffusers_looks(file, 0)) return dfx_model_load_diffusers(file, NULL, be, err);
     dfx_st_file f;
     if (dfx_st_open(&f, file, err) != 0) return NULL;
-    return load_opened(&f, file, be, err);
+    if ((!f.format || strcmp(f.format, "difflux") != 0) && dfx_diffusers_looks(file, 1)) {
+        dfx_st_close(&f);
+        return dfx_model_load_diffusers(file, NULL, be, err);
+    }
+    return load_opened(&f, file, NULL, be, err);
+}
+
+dfx_model *dfx_model_load_as(const char *weights, const char *config, const char *name,
+                             dfx_backend *be, dfx_error *err)
+{
+    dfx_st_file f;
+    if (dfx_st_open(&f, weights, err) != 0) return NULL;
+    return load_opened(&f, name, config, be, err);
+}
+
+dfx_model *dfx_model_load_diffusers(const char *path, const char *scheduler, dfx_backend *be,
+                                    dfx_error *err)
+{
+    char weights[2048], *cfg = NULL;
+    if (dfx_diffusers_config(path, scheduler, &cfg, weights, sizeof weights, err)) return NULL;
+    dfx_model *m = dfx_model_load_as(weights, cfg, path, be, err);
+    free(cfg);
+    return m;
 }
 
 dfx_model *dfx_model_load_mem(const void *buf, size_t size, const char *name, dfx_backend *be,
@@ -121,7 +146,7 @@ dfx_model *dfx_model_load_mem(const void *buf, size_t size, const char *name, df
 {
     dfx_st_file f;
     if (dfx_st_open_mem(&f, buf, size, name, err) != 0) return NULL;
-    return load_opened(&f, name, be, err);
+    return load_opened(&f, name, NULL, be, err);
 }
 
 int dfx_model_tensor(dfx_model *m, dfx_st_file *f, const char *name, int ndim,
@@ -197,6 +222,11 @@ int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err)
                         "%s: a %s model was trained on the %s path and cannot be sampled on "
                         "another one",
                         m->file, m->cfg.kind, dfx_path_name(m->cfg.path.family));
+    if ((p->family == DFX_PATH_DISCRETE) != (m->cfg.path.family == DFX_PATH_DISCRETE))
+        return dfx_fail(err,
+                        "%s: the discrete path comes with a diffusers schedule; it cannot be "
+                        "chosen for or taken from a model by name",
+                        m->file[0] ? m->file : "model");
     if ((p->family == DFX_PATH_DALE) != (m->cfg.path.family == DFX_PATH_DALE))
         return dfx_fail(err,
                         "%s: the dale path works in log space, so a mixture defined for the "
@@ -221,6 +251,14 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
     case DFX_PATH_DALE:
         return (size_t)snprintf(buf, cap, "dale (multiplicative, sigma %g, mu %g)",
                                 p->dale_sigma, p->dale_mu);
+    case DFX_PATH_DISCRETE:
+        return (size_t)snprintf(buf, cap,
+                                "discrete (%d timesteps, abar %.3g .. %.3g, %s spacing%s, "
+                                "offset %d, final abar %s)",
+                                p->n_train, exp(p->log_abar[0]), exp(p->log_abar[p->n_train - 1]),
+                                dfx_spacing_name(p->spacing),
+                                p->dpm_timesteps ? " as DPM-Solver" : "", p->steps_offset,
+                                p->final_one ? "1" : "abar_0");
     default:
         return (size_t)snprintf(buf, cap, "%s", dfx_path_name(p->family));
     }
@@ -229,7 +267,7 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const dfx_model_info *i = &m->info;
-    char pd[128], field[320], start[192] = "";
+    char pd[256], field[448], start[192] = "";
     path_desc(pd, sizeof pd, &i->path);
     double tn, td;
     dfx_path_default_range(&i->path, &tn, &td);

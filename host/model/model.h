@@ -24,6 +24,15 @@ typedef struct dfx_model_config {
     double start_mean, start_std; /* per value, in the samplers' space       */
     int start_full;         /* "start".full: the file holds start.mean [dim] and
                                start.scale [dim, dim], N(mean, scale scale^T) */
+    double *log_abar;       /* discrete path: its table [path.n_train] (owned; the
+                               path points at it) */
+    /* x_hat as the schedulers post-process it (diffusers' clip_sample and
+     * thresholding), in ddim, ddpm and the DPM-Solver++ samplers: clip > 0
+     * clamps to [-clip, clip]; thr_ratio > 0 clamps each sample to its
+     * thr_ratio quantile of |x_hat| (at least 1, at most thr_max) and divides
+     * by it */
+    double clip, thr_ratio, thr_max;
+    char sampler[32];       /* the sampler that matches the model's scheduler ("": none) */
     char dataset[128];
     char training[256];     /* provenance.training, in words ("" if absent) */
     char description[512];
@@ -37,6 +46,13 @@ void dfx_config_free(dfx_model_config *c);
 cJSON *dfx_config_to_json(const dfx_model_config *c);
 /* Path as its config object ({"family": ..., parameters}). */
 cJSON *dfx_path_to_json(const dfx_path *p);
+/* The discrete path of c from the N betas of a schedule (c->log_abar
+ * allocated, c->path pointed at it; other path fields as they are). */
+int dfx_config_discrete(dfx_model_config *c, const double *betas, int N, const char *file,
+                        dfx_error *err);
+/* The names of DFX_SPACING_*, and parsing one (-1 if unknown). */
+const char *dfx_spacing_name(int spacing);
+int dfx_spacing_parse(const char *name);
 
 typedef struct dfx_model_vt {
     /* Native prediction at per-row times t[rows] (host) for x (backend) into
@@ -133,6 +149,19 @@ struct dfx_st_file;
 int dfx_model_tensor(dfx_model *m, struct dfx_st_file *f, const char *name, int ndim,
                      const int64_t *shape, float **dev, dfx_error *err);
 
+/* A model from the tensors of `weights` with the given config (JSON text)
+ * instead of the file's own; `name` stands for the model in messages. */
+dfx_model *dfx_model_load_as(const char *weights, const char *config, const char *name,
+                             dfx_backend *be, dfx_error *err);
+/* diffusers models (diffusers_load.c): 1 if path is a folder holding one,
+ * or (foreign: a safetensors file without difflux metadata) has its
+ * config.json beside it; the native config of one as JSON text (malloc'd)
+ * and the file with its weights (scheduler: a scheduler_config.json to use
+ * instead of the model's own, or NULL). */
+int dfx_diffusers_looks(const char *path, int foreign);
+int dfx_diffusers_config(const char *path, const char *scheduler, char **config, char *weights,
+                         size_t cap, dfx_error *err);
+
 /* Common construction: fills cfg-derived info, dim. */
 dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error *err);
 
@@ -142,6 +171,7 @@ int dfx_gmm_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_unet_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_classifier_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 int dfx_affine_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
+int dfx_diffusers_unet_load(dfx_model *m, struct dfx_st_file *f, dfx_error *err);
 /* Tests: per-row labels (0..K, K = no class) for the next evaluations, NULL
  * to go back to dfx_model_set_class. The array must outlive them. */
 int dfx_unet_force_labels(dfx_model *m, const int *labels);

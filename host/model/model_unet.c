@@ -61,36 +61,12 @@ static int parse_unet(net_cfg *c, const dfx_model_config *mc, const char *file, 
 
 /* ---------------------------------------------------------- building */
 
-static int add(net_builder *bd, int a, int b, size_t size)
-{
-    int out = dfx_net_buf(bd, size);
-    dfx_net_add_op(bd, (net_op){.kind = OP_ADD, .out = out, .in0 = a, .in1 = b, .cin = (int)size,
-                                .flops = (double)size});
-    return out;
-}
+static const net_res_names res_names = {"norm1", "conv1", "temb", "norm2", "conv2", "skip"};
 
 static int resblock(net_builder *bd, int in, int temb, const char *p, int cin, int cout, int h,
                     int w)
 {
-    char n[128];
-    snprintf(n, sizeof n, "%s.norm1", p);
-    int x = dfx_net_norm(bd, in, n, cin, h, w, 1);
-    snprintf(n, sizeof n, "%s.conv1", p);
-    x = dfx_net_conv(bd, x, n, cin, cout, h, w, 3, 1);
-    snprintf(n, sizeof n, "%s.temb", p);
-    int e = dfx_net_linear(bd, temb, n, bd->u->c.T, cout, 1);
-    dfx_net_add_op(bd, (net_op){.kind = OP_ADDCH, .out = x, .in0 = e, .in1 = x, .cin = cout, .h = h,
-                                .w_ = w});
-    snprintf(n, sizeof n, "%s.norm2", p);
-    x = dfx_net_norm(bd, x, n, cout, h, w, 1);
-    snprintf(n, sizeof n, "%s.conv2", p);
-    x = dfx_net_conv(bd, x, n, cout, cout, h, w, 3, 1);
-    int skip = in;
-    if (cin != cout) {
-        snprintf(n, sizeof n, "%s.skip", p);
-        skip = dfx_net_conv(bd, in, n, cin, cout, h, w, 1, 1);
-    }
-    return add(bd, x, skip, (size_t)cout * h * w);
+    return dfx_net_resblock(bd, in, temb, p, &res_names, cin, cout, h, w, 1.0);
 }
 
 static int attention(net_builder *bd, int in, const char *p, int C, int h, int w)
@@ -115,7 +91,7 @@ static int attention(net_builder *bd, int in, const char *p, int C, int h, int w
                                 .flops = 4.0 * hw * hw * C + 5.0 * hw * hw * u->c.heads});
     snprintf(n, sizeof n, "%s.proj", p);
     x = dfx_net_conv(bd, o, n, C, C, h, w, 1, 1);
-    return add(bd, in, x, (size_t)C * h * w);
+    return dfx_net_sum(bd, in, x, (size_t)C * h * w, 1.0);
 }
 
 static int build(net_builder *bd)
@@ -203,7 +179,7 @@ static int build(net_builder *bd)
 
 /* -------------------------------------------------------- the model */
 
-static int unet_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+int dfx_unet_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
                         dfx_error *err)
 {
     net_impl *u = m->impl;
@@ -234,7 +210,7 @@ static int unet_predict(dfx_model *m, const double *t, const float *x, float *ou
  * depend on x (zero tangents); guidance P_u + w (P_c - P_u) is a fixed
  * combination of two evaluations, so its tangent is the same combination
  * of theirs. */
-static int unet_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+int dfx_unet_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
                     float *dout, int rows, dfx_error *err)
 {
     net_impl *u = m->impl;
@@ -278,7 +254,7 @@ static int unet_describe(const dfx_model *m, char *buf, size_t cap)
     return n;
 }
 
-static int unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
+int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
 {
     net_impl *u = m->impl;
     if (u->c.classes == 0) {
@@ -295,14 +271,14 @@ static int unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err
 }
 
 static const dfx_model_vt unet_vt = {
-    .predict = unet_predict,
-    .jvp = unet_jvp,
+    .predict = dfx_unet_predict,
+    .jvp = dfx_unet_jvp,
     .reserve = dfx_net_reserve,
     .describe = unet_describe,
     .profile = dfx_net_profile,
     .destroy = dfx_net_destroy,
     .scratch_bytes = dfx_net_scratch_bytes,
-    .set_class = unet_set_class,
+    .set_class = dfx_unet_set_class,
 };
 
 int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
@@ -312,12 +288,19 @@ int dfx_unet_load(dfx_model *m, dfx_st_file *f, dfx_error *err)
         return dfx_fail(err, "%s: the %s backend cannot run U-Nets yet", f->path, m->be->name);
     net_impl *u = dfx_net_load(m, f, &unet_vt, parse_unet, build, err);
     if (!u || dfx_net_mark_tangents(u, err)) return -1;
+    dfx_unet_enable_graphs(m);
+    return 0;
+}
+
+void dfx_unet_enable_graphs(dfx_model *m)
+{
     /* Graphs where the backend has them, unless DIFFLUX_CUDA_GRAPHS=0: the
      * switch for comparing against (or falling back to) op-by-op evaluation. */
+    const dfx_backend_ops *o = m->be->ops;
+    net_impl *u = m->impl;
     const char *env = getenv("DIFFLUX_CUDA_GRAPHS");
     u->graphs = o->graph_begin && o->graph_capture && o->graph_end && o->graph_refill &&
                 o->graph_launch && o->graph_free && o->copy && !(env && strcmp(env, "0") == 0);
-    return 0;
 }
 
 int dfx_unet_force_labels(dfx_model *m, const int *labels)

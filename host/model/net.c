@@ -122,8 +122,8 @@ void dfx_net_add_op(net_builder *bd, net_op op)
     if (op.out >= 0) u->bufs[op.out].last = idx > u->bufs[op.out].last ? idx : u->bufs[op.out].last;
 }
 
-/* A weight tensor with the expected shape, uploaded to the backend. */
-const float *dfx_net_weight(net_builder *bd, const char *name, int ndim, const int64_t *shape)
+float *dfx_net_weight_host(net_builder *bd, const char *name, int ndim, const int64_t *shape,
+                          size_t *numel)
 {
     if (bd->failed) return NULL;
     const dfx_st_tensor *t = dfx_st_get(bd->f, name, ndim, shape, bd->err);
@@ -131,38 +131,70 @@ const float *dfx_net_weight(net_builder *bd, const char *name, int ndim, const i
         bd->failed = 1;
         return NULL;
     }
-    net_impl *u = bd->u;
-    if (grow((void **)&u->weights, &u->capweights, u->nweights + 1, sizeof *u->weights)) {
-        bd->failed = 1;
-        dfx_fail(bd->err, "out of memory");
-        return NULL;
-    }
     float *host = dfx_alloc(t->numel, sizeof(float), name, bd->err);
-    float *dev = host ? dfx_be_alloc(bd->m->be, t->numel * sizeof(float), name, bd->err) : NULL;
-    if (!dev) {
-        free(host);
+    if (!host) {
         bd->failed = 1;
         return NULL;
     }
-    u->weights[u->nweights++] = dev;
     dfx_st_to_f32(bd->f, t, host);
     for (size_t i = 0; i < t->numel; i++)
         if (!isfinite(host[i])) {
             dfx_fail(bd->err, "%s: tensor '%s' holds a NaN or Inf at index %zu", bd->f->path,
                      name, i);
             bd->failed = 1;
-            break;
+            free(host);
+            return NULL;
         }
-    if (!bd->failed && bd->m->be->ops->upload(bd->m->be, dev, host, t->numel * 4, bd->err))
+    *numel = t->numel;
+    return host;
+}
+
+const float *dfx_net_upload(net_builder *bd, const float *host, size_t n, const char *what)
+{
+    if (bd->failed) return NULL;
+    net_impl *u = bd->u;
+    if (grow((void **)&u->weights, &u->capweights, u->nweights + 1, sizeof *u->weights)) {
         bd->failed = 1;
+        dfx_fail(bd->err, "out of memory");
+        return NULL;
+    }
+    float *dev = dfx_be_alloc(bd->m->be, n * sizeof(float), what, bd->err);
+    if (!dev) {
+        bd->failed = 1;
+        return NULL;
+    }
+    u->weights[u->nweights++] = dev;
+    if (bd->m->be->ops->upload(bd->m->be, dev, host, n * sizeof(float), bd->err))
+        bd->failed = 1;
+    u->params += n;
+    return dev;
+}
+
+/* A weight tensor with the expected shape, uploaded to the backend. */
+const float *dfx_net_weight(net_builder *bd, const char *name, int ndim, const int64_t *shape)
+{
+    size_t n = 0;
+    float *host = dfx_net_weight_host(bd, name, ndim, shape, &n);
+    if (!host) return NULL;
+    const float *dev = dfx_net_upload(bd, host, n, name);
     free(host);
-    u->params += t->numel;
     return dev;
 }
 
 static void wname(char *buf, size_t cap, const char *prefix, const char *leaf)
 {
     snprintf(buf, cap, "%s.%s", prefix, leaf);
+}
+
+int dfx_net_conv_with(net_builder *bd, int in, const float *W, const float *B, int cin, int cout,
+                      int h, int w, int k, int stride, int pad)
+{
+    int ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    int out = dfx_net_buf(bd, (size_t)cout * ho * wo);
+    dfx_net_add_op(bd, (net_op){.kind = OP_CONV, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
+                                .cin = cin, .cout = cout, .h = h, .w_ = w, .k = k, .stride = stride,
+                                .pad = pad, .flops = 2.0 * cout * cin * k * k * ho * wo});
+    return out;
 }
 
 int dfx_net_conv(net_builder *bd, int in, const char *prefix, int cin, int cout, int h, int w,
@@ -174,12 +206,44 @@ int dfx_net_conv(net_builder *bd, int in, const char *prefix, int cin, int cout,
     const float *W = dfx_net_weight(bd, n, 4, ws);
     wname(n, sizeof n, prefix, "bias");
     const float *B = dfx_net_weight(bd, n, 1, bs);
-    int pad = k / 2, ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
-    int out = dfx_net_buf(bd, (size_t)cout * ho * wo);
-    dfx_net_add_op(bd, (net_op){.kind = OP_CONV, .out = out, .in0 = in, .in1 = -1, .w = W, .b = B,
-                                .cin = cin, .cout = cout, .h = h, .w_ = w, .k = k, .stride = stride,
-                                .pad = pad, .flops = 2.0 * cout * cin * k * k * ho * wo});
+    return dfx_net_conv_with(bd, in, W, B, cin, cout, h, w, k, stride, k / 2);
+}
+
+int dfx_net_sum(net_builder *bd, int a, int b, size_t size, double scale)
+{
+    int out = dfx_net_buf(bd, size);
+    if (scale == 1.0)
+        dfx_net_add_op(bd, (net_op){.kind = OP_ADD, .out = out, .in0 = a, .in1 = b,
+                                    .cin = (int)size, .flops = (double)size});
+    else
+        dfx_net_add_op(bd, (net_op){.kind = OP_AFFINE, .out = out, .in0 = a, .in1 = b,
+                                    .cin = (int)size, .ka = scale, .kb = scale,
+                                    .flops = 3.0 * (double)size});
     return out;
+}
+
+int dfx_net_resblock(net_builder *bd, int in, int temb, const char *p, const net_res_names *nm,
+                     int cin, int cout, int h, int w, double scale)
+{
+    char n[160];
+    snprintf(n, sizeof n, "%s.%s", p, nm->norm1);
+    int x = dfx_net_norm(bd, in, n, cin, h, w, 1);
+    snprintf(n, sizeof n, "%s.%s", p, nm->conv1);
+    x = dfx_net_conv(bd, x, n, cin, cout, h, w, 3, 1);
+    snprintf(n, sizeof n, "%s.%s", p, nm->temb);
+    int e = dfx_net_linear(bd, temb, n, bd->u->c.T, cout, 1);
+    dfx_net_add_op(bd, (net_op){.kind = OP_ADDCH, .out = x, .in0 = e, .in1 = x, .cin = cout, .h = h,
+                                .w_ = w});
+    snprintf(n, sizeof n, "%s.%s", p, nm->norm2);
+    x = dfx_net_norm(bd, x, n, cout, h, w, 1);
+    snprintf(n, sizeof n, "%s.%s", p, nm->conv2);
+    x = dfx_net_conv(bd, x, n, cout, cout, h, w, 3, 1);
+    int skip = in;
+    if (cin != cout) {
+        snprintf(n, sizeof n, "%s.%s", p, nm->skip);
+        skip = dfx_net_conv(bd, in, n, cin, cout, h, w, 1, 1);
+    }
+    return dfx_net_sum(bd, x, skip, (size_t)cout * h * w, scale);
 }
 
 int dfx_net_norm(net_builder *bd, int in, const char *prefix, int C, int h, int w, int act)
@@ -286,8 +350,10 @@ static void free_plan(dfx_model *m, net_impl *u)
     if (u->scratch) be->ops->free(be, u->scratch);
     if (u->uncond) be->ops->free(be, u->uncond);
     free(u->labels);
+    free(u->acoef);
     u->arena = u->scratch = u->uncond = NULL;
     u->labels = NULL;
+    u->acoef = NULL;
     u->plan_B = 0;
 }
 
@@ -318,6 +384,7 @@ int dfx_net_plan(dfx_model *m, net_impl *u, int B, dfx_error *err)
     u->scratch = dfx_be_alloc(be, (scratch ? scratch : 1) * sizeof(float), "U-Net scratch", err);
     u->uncond = dfx_be_alloc(be, m->dim * B * sizeof(float), "guidance buffer", err);
     u->labels = dfx_alloc((size_t)B, sizeof(int), "labels", err);
+    u->acoef = dfx_alloc((size_t)B * 3, sizeof(double), "affine coefficients", err);
     if (!u->arena || !u->scratch || !u->uncond || !u->labels) {
         free_plan(m, u);
         return -1;
@@ -402,6 +469,22 @@ static float *ptr(net_impl *u, int id, int B, const float *x, float *out)
 }
 
 /* Op `op` of the list on a batch of B. */
+/* y = ka a + kb b (+ kc if constant) per value, through lincomb with
+ * host coefficients u->acoef (b NULL: ka a + kc). */
+static void affine(dfx_backend *be, net_impl *u, float *y, const float *a, const float *b,
+                   const net_op *op, int constant, int B)
+{
+    double *k = u->acoef, *c0 = u->acoef + 2 * (size_t)B;
+    for (int r = 0; r < B; r++) {
+        k[r] = op->ka;
+        k[B + r] = op->kb;
+        c0[r] = op->kc;
+    }
+    const float *xs[2] = {a, b};
+    be->ops->lincomb(be, y, b ? 2 : 1, xs, k, constant && op->kc != 0.0 ? c0 : NULL, B,
+                     (size_t)op->cin);
+}
+
 static void run_op(dfx_model *m, net_impl *u, const net_op *op, const double *t, const float *x,
                    float *out, int B)
 {
@@ -438,7 +521,11 @@ static void run_op(dfx_model *m, net_impl *u, const net_op *op, const double *t,
         o->attention(be, y, a, B, op->cin, hw, op->heads, u->scratch);
         break;
     case OP_TEMB:
-        o->time_embed(be, y, t, B, op->cin, u->c.time_scale);
+        o->time_embed(be, y, t, B, op->cin, u->c.time_scale, u->c.time_offset, u->c.freq_shift,
+                      u->c.flip_sin_cos);
+        break;
+    case OP_AFFINE:
+        affine(be, u, y, a, b, op, 1, B);
         break;
     case OP_CLASS:
         o->embed_add(be, y, op->w, u->labels, B, op->cin);
@@ -565,6 +652,10 @@ static void tangent_op(dfx_model *m, net_impl *u, const net_op *op, const float 
     case OP_ATTN:
         o->attention_jvp(be, dy, a, tin(m, u, op->in0, d0, B, v, dout), B, op->cin, hw, op->heads,
                          u->jscratch);
+        break;
+    case OP_AFFINE: /* linear: the same combination of the tangents, no constant */
+        affine(be, u, dy, tin(m, u, op->in0, d0, B, v, dout),
+               op->in1 != -1 ? tin(m, u, op->in1, d1, B, v, dout) : NULL, op, 0, B);
         break;
     case OP_CLASS: /* in place, adds a constant: the tangent is unchanged */
     case OP_TEMB:  /* no inputs */

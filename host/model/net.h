@@ -22,6 +22,19 @@ typedef struct net_cfg {
     float eps;
     /* classifiers (kind "classifier"): channels per level and feature width */
     int ch[MAX_LEVELS], features;
+    /* diffusers UNet2DModel (kind "diffusers"; ch[] are block_out_channels,
+     * attn[] the down blocks with attention): up blocks with attention,
+     * attention_head_dim (0: one head of all channels), center_input_sample,
+     * downsample_padding, a mid block, its attention, mid_block_scale_factor */
+    struct {
+        int up_attn[MAX_LEVELS], head_dim, center, down_pad, mid, mid_attn;
+        double mid_scale;
+    } dd;
+    /* the time embedding of u = t time_scale + time_offset, frequencies
+     * exp(-ln(10000) i / (half - freq_shift)), cos first if flip_sin_cos
+     * (diffusers' conventions; 0 for the native U-Net) */
+    double time_offset;
+    int freq_shift, flip_sin_cos;
 } net_cfg;
 
 /* The op kinds (net_ops.h) and their count. */
@@ -65,6 +78,7 @@ typedef struct net_op {
     int out, in0, in1;     /* buffer ids */
     const float *w, *b;    /* weights on the backend */
     int cin, cout, h, w_, k, stride, pad, groups, silu, heads, c1;
+    double ka, kb, kc;     /* OP_AFFINE: out = ka in0 + kb in1 + kc (in1 -1: no term) */
     double flops; /* per sample */
     unsigned char tan0, tan1; /* in0, in1 have nonzero tangents here (mark_tangents) */
 } net_op;
@@ -93,6 +107,7 @@ typedef struct net_impl {
     float *arena, *scratch, *uncond;
     size_t arena_per_sample, scratch_n;
     int *labels;
+    double *acoef; /* host [3 plan_B]: OP_AFFINE's coefficients */
     const int *forced; /* per-row labels set by dfx_unet_force_labels, or NULL */
     /* conditioning */
     int cls;
@@ -151,10 +166,30 @@ int dfx_net_buf(net_builder *bd, size_t size);
 void dfx_net_add_op(net_builder *bd, net_op op);
 /* A weight tensor with the expected shape, uploaded to the backend. */
 const float *dfx_net_weight(net_builder *bd, const char *name, int ndim, const int64_t *shape);
+/* The same as float32 on the host (malloc'd, numel values), for a builder
+ * that rearranges it before dfx_net_upload. */
+float *dfx_net_weight_host(net_builder *bd, const char *name, int ndim, const int64_t *shape,
+                           size_t *numel);
+/* n floats of host memory uploaded as a weight of the network. */
+const float *dfx_net_upload(net_builder *bd, const float *host, size_t n, const char *what);
 /* The layers of both networks, with weights prefix.weight and prefix.bias;
  * each returns its output buffer. A k x k convolution, padded k / 2. */
 int dfx_net_conv(net_builder *bd, int in, const char *prefix, int cin, int cout, int h, int w,
                  int k, int stride);
+/* The same with weights already on the backend and an explicit padding. */
+int dfx_net_conv_with(net_builder *bd, int in, const float *W, const float *B, int cin, int cout,
+                      int h, int w, int k, int stride, int pad);
+/* (a + b) * scale, size floats per sample (an add where scale is 1). */
+int dfx_net_sum(net_builder *bd, int a, int b, size_t size, double scale);
+/* The names of a residual block's layers under its prefix. */
+typedef struct net_res_names {
+    const char *norm1, *conv1, *temb, *norm2, *conv2, *skip;
+} net_res_names;
+/* A residual block: GroupNorm, SiLU, 3x3 conv, plus the projected time
+ * embedding (SiLU, linear) per channel, GroupNorm, SiLU, 3x3 conv, plus the
+ * input (through a 1x1 conv where cin != cout), all times scale. */
+int dfx_net_resblock(net_builder *bd, int in, int temb, const char *p, const net_res_names *nm,
+                     int cin, int cout, int h, int w, double scale);
 /* GroupNorm (the section's groups), then SiLU if act. */
 int dfx_net_norm(net_builder *bd, int in, const char *prefix, int C, int h, int w, int act);
 /* A fully connected layer, on SiLU(in) if silu_in. */
@@ -202,6 +237,16 @@ void dfx_net_forward_jvp(dfx_model *m, net_impl *u, const double *t, const float
                          const float *v, float *out, float *dout, int B);
 
 /* ------------------------------------------- the model table's entries */
+
+/* The U-Net's entries (model_unet.c), shared with the diffusers kind:
+ * prediction with classifier-free guidance, its tangent, the class, and
+ * backend graphs where the backend has them. */
+int dfx_unet_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                     dfx_error *err);
+int dfx_unet_jvp(dfx_model *m, const double *t, const float *x, const float *v, float *out,
+                 float *dout, int rows, dfx_error *err);
+int dfx_unet_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+void dfx_unet_enable_graphs(dfx_model *m);
 
 int dfx_net_reserve(dfx_model *m, int rows, dfx_error *err);
 int dfx_net_profile(dfx_model *m, int enable, const dfx_profile_entry **list);

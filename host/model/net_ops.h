@@ -26,6 +26,7 @@
     X(UP, "upsample", upsample2x)                                                                  \
     X(ATTN, "attention", attention)                                                                \
     X(TEMB, "time_embed", time_embed)                                                              \
-    X(CLASS, "class_embed", embed_add)
+    X(CLASS, "class_embed", embed_add)                                                             \
+    X(AFFINE, "affine", lincomb)
 
 #endif

@@ -12,8 +12,8 @@
 
 #define PI 3.14159265358979323846
 
-static const char *const path_names[DFX_PATH_COUNT] = {"linear", "trig",     "vp",
-                                                       "vp_cosine", "ve", "dale"};
+static const char *const path_names[DFX_PATH_COUNT] = {"linear", "trig", "vp",      "vp_cosine",
+                                                       "ve",     "dale", "discrete"};
 static const char *const pred_names[DFX_PRED_COUNT] = {"eps", "data", "score", "velocity", "v"};
 
 const char *dfx_path_name(dfx_path_family f)
@@ -40,9 +40,32 @@ int dfx_pred_parse(const char *name, dfx_pred *p)
     return i >= 0 ? 0 : -1;
 }
 
+/* DDPMScheduler's default schedule (linear betas 1e-4 .. 0.02 in float32,
+ * 1000 steps): the discrete path without a model's own table. */
+static double ddpm_log_abar[1000];
+
+static const double *ddpm_table(void)
+{
+    static int done = 0;
+    if (!done) {
+        double acc = 0.0;
+        for (int i = 0; i < 1000; i++) {
+            acc += log1p(-(double)(float)(1e-4 + (0.02 - 1e-4) * i / 999.0));
+            ddpm_log_abar[i] = acc;
+        }
+        done = 1;
+    }
+    return ddpm_log_abar;
+}
+
 void dfx_path_default(dfx_path *p, dfx_path_family family)
 {
     memset(p, 0, sizeof *p);
+    if (family == DFX_PATH_DISCRETE) {
+        p->n_train = 1000;
+        p->log_abar = ddpm_table();
+        p->final_one = 1;
+    }
     p->family = family;
     p->beta_min = 0.1;
     p->beta_max = 20.0;
@@ -116,6 +139,28 @@ void dfx_path_eval(const dfx_path *p, double t, dfx_coef *c)
         c->ds = c->s * lr;
         break;
     }
+    case DFX_PATH_DISCRETE: {
+        /* log abar linear between the timesteps tau = N t - 1 of the table,
+         * with abar = 1 at tau = -1 (t = 0); flat beyond tau = N - 1 */
+        int N = p->n_train;
+        if (N < 1 || !p->log_abar) {
+            c->a = c->s = NAN;
+            break;
+        }
+        double tau = N * t - 1.0, l, dl;
+        if (tau >= N - 1) {
+            l = p->log_abar[N - 1];
+            dl = 0.0;
+        } else {
+            double f = tau <= -1.0 ? -1.0 : floor(tau);
+            int j = (int)f; /* -1 .. N - 2 */
+            double l0 = j < 0 ? 0.0 : p->log_abar[j], l1 = p->log_abar[j + 1];
+            dl = (l1 - l0) * N;
+            l = tau <= -1.0 ? 0.0 : l0 + (tau - f) * (l1 - l0);
+        }
+        vp_from_log_a(0.5 * l, 0.5 * dl, c);
+        break;
+    }
     case DFX_PATH_DALE: {
         /* log X_t = log X_0 + (mu - sigma^2/2) t + sigma W_t (MATH.md section 3) */
         double sg = p->dale_sigma;
@@ -177,11 +222,25 @@ void dfx_path_default_range(const dfx_path *p, double *t_noise, double *t_data)
         *t_noise = 1.0;
         *t_data = 1e-3;
         break;
+    case DFX_PATH_DISCRETE: /* tau = N - 1 down to the scheduler's final point */
+        *t_noise = 1.0;
+        *t_data = (p->final_one || p->n_train < 1) ? 0.0 : 1.0 / p->n_train;
+        break;
     default: /* ve: sigma_min > 0 and sigma_max finite, nothing is singular */
         *t_noise = 1.0;
         *t_data = 0.0;
         break;
     }
+}
+
+double dfx_path_timestep(const dfx_path *p, double t)
+{
+    return p->n_train * t - 1.0;
+}
+
+double dfx_path_t_of_timestep(const dfx_path *p, double tau)
+{
+    return (tau + 1.0) / p->n_train;
 }
 
 /* Every prediction P is affine in (x, x_hat) at fixed t:
@@ -226,6 +285,13 @@ int dfx_convert_coefs(const dfx_coef *c, dfx_pred from, dfx_pred to, double *A, 
         *A = 0.0;
         *B = 1.0;
         *C = 0.0;
+        return 0;
+    }
+    if (to == DFX_PRED_DATA && c->s == 0.0 && c->a > 0.0) {
+        /* noise-free: the state itself says x_hat = (x - m) / a */
+        *A = 1.0 / c->a;
+        *B = 0.0;
+        *C = -c->m / c->a;
         return 0;
     }
     double xn, dn, kn, xw, dw, kw;

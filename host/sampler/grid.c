@@ -5,7 +5,8 @@
 #include <math.h>
 #include <string.h>
 
-static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift"};
+static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift",
+                                                       "schedule"};
 
 const char *dfx_grid_name(dfx_grid g)
 {
@@ -18,6 +19,47 @@ int dfx_grid_parse(const char *name, dfx_grid *g)
     int i = dfx_enum_parse(grid_names, DFX_GRID_COUNT, name);
     if (i >= 0) *g = (dfx_grid)i;
     return i >= 0 ? 0 : -1;
+}
+
+/* The timesteps a diffusers scheduler evaluates at for n steps (MATH.md
+ * section 7): DDIM's and DDPM's rules, or DPM-Solver's (dpm_timesteps),
+ * which divide into n + 1 and drop the last; numpy's round (half to
+ * even: nearbyint). */
+static double schedule_timestep(const dfx_path *p, int n, int i)
+{
+    int N = p->n_train, d = p->dpm_timesteps;
+    switch (p->spacing) {
+    case DFX_SPACING_TRAILING:
+        return nearbyint(N - i * ((double)N / n)) - 1.0;
+    case DFX_SPACING_LINSPACE:
+        if (d) return nearbyint((N - 1.0) * (n - i) / n);
+        return n == 1 ? 0.0 : nearbyint((N - 1.0) * (n - 1 - i) / (n - 1));
+    default: /* leading */
+        return d ? (double)((n - i) * (N / (n + 1)) + p->steps_offset)
+                 : (double)((n - 1 - i) * (N / n) + p->steps_offset);
+    }
+}
+
+static int schedule_grid(const dfx_path *p, double t_data, int n, double *out, dfx_error *err)
+{
+    if (p->family != DFX_PATH_DISCRETE)
+        return dfx_fail(err, "the schedule grid is the timesteps of a diffusers scheduler: it "
+                             "needs a model on the discrete path (diffusers models)");
+    if (n > p->n_train)
+        return dfx_fail(err, "the schedule has %d timesteps, fewer than --steps %d", p->n_train,
+                        n);
+    for (int i = 0; i < n; i++) {
+        double tau = schedule_timestep(p, n, i);
+        if (tau > p->n_train - 1) tau = p->n_train - 1;
+        out[i] = dfx_path_t_of_timestep(p, tau);
+    }
+    out[n] = t_data;
+    if (!(out[n - 1] > t_data))
+        return dfx_fail(err,
+                        "the schedule's last timestep %.0f is not above the end point (timestep "
+                        "%g): use --t-data 0 (abar = 1) or a steps_offset",
+                        dfx_path_timestep(p, out[n - 1]), dfx_path_timestep(p, t_data));
+    return 0;
 }
 
 int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, double t_noise,
@@ -35,6 +77,9 @@ int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, doubl
     out[0] = t_noise;
     out[n] = t_data;
     switch (g) {
+    case DFX_GRID_SCHEDULE:
+        if (schedule_grid(p, t_data, n, out, err)) return -1;
+        break;
     case DFX_GRID_UNIFORM:
         for (int i = 1; i < n; i++) out[i] = t_noise + (t_data - t_noise) * i / (double)n;
         break;

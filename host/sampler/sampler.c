@@ -45,7 +45,7 @@ static const sampler_def defs[] = {
            .summary = "DDIM: exact step for a frozen x_hat; --eta > 0 adds fresh noise",
            .order = 1, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
            .default_steps = 50},
-     .nbuf = 2, .flags = DFX_SF_X0, .eta = 0.0, .run = dfx_run_ddim},
+     .nbuf = 3, .flags = DFX_SF_X0, .eta = 0.0, .run = dfx_run_ddim},
     {.d = {.name = "dpmpp_2m",
            .summary = "DPM-Solver++(2M): multistep in log-SNR on x_hat",
            .order = 2, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
@@ -61,12 +61,12 @@ static const sampler_def defs[] = {
            .summary = "ancestral sampling from the posterior q(x_t' | x_t, x_hat) (DDPM)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
            .default_steps = 500},
-     .nbuf = 2, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddpm},
+     .nbuf = 3, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddpm},
     {.d = {.name = "euler_ancestral",
            .summary = "Euler step to sigma_down plus fresh noise sigma_up (--eta, 1)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
            .default_steps = 100},
-     .nbuf = 2, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddim},
+     .nbuf = 3, .flags = DFX_SF_X0, .eta = 1.0, .run = dfx_run_ddim},
     {.d = {.name = "dpmpp_2m_sde",
            .summary = "DPM-Solver++(2M) SDE, midpoint variant (--eta, 1)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = ALL,
@@ -148,7 +148,8 @@ double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t)
 void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
 {
     memset(o, 0, sizeof *o);
-    o->sampler = "heun";
+    /* the sampler of a diffusers model's scheduler, else heun */
+    o->sampler = (m && m->cfg.sampler[0]) ? m->cfg.sampler : "heun";
     o->steps = 0; /* the sampler's default */
     o->eta = NAN;
     o->snr = 0.16;
@@ -170,6 +171,9 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
     /* The score blows up at the data end of an interpolant, so its noise
      * must vanish there; diffusions get their own reverse SDE. */
     o->noise = (m && dfx_path_data_at_one(&m->cfg.path)) ? DFX_NOISE_S : DFX_NOISE_DIFFUSION;
+    /* a diffusers schedule ends where its scheduler does, without a final
+     * x_hat step (MATH.md section 7) */
+    if (m && m->cfg.path.family == DFX_PATH_DISCRETE) o->denoise = -1; /* decided below */
 }
 
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n)
@@ -190,6 +194,7 @@ void dfx_sampler_free(dfx_sampler *s)
     free(s->t);
     free(s->coef);
     free(s->nfe);
+    free(s->hostx);
     free(s);
 }
 
@@ -303,6 +308,15 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     }
     double tn, td;
     dfx_path_default_range(&m->cfg.path, &tn, &td);
+    const int discrete = m->cfg.path.family == DFX_PATH_DISCRETE;
+    /* abar = 1 is singular for every prediction but x_hat: samplers of
+     * other fields end at timestep 0 and take x_hat there */
+    int at_tau0 = 0;
+    if (discrete && td == 0.0 && !(def->flags & DFX_SF_X0)) {
+        td = dfx_path_t_of_timestep(&m->cfg.path, 0.0);
+        at_tau0 = isnan(o->t_data);
+    }
+    if (s->o.denoise < 0) s->o.denoise = at_tau0;
     s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
     s->t_data = isnan(o->t_data) ? td : o->t_data;
     if (m->cfg.has_start && !o->path_start && !m->vt->sample_marginal && s->t_noise != tn) {
@@ -316,6 +330,9 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     if (s->o.grid == DFX_GRID_AUTO) {
         int ve = m->cfg.path.family == DFX_PATH_VE || m->cfg.path.family == DFX_PATH_DALE;
         s->o.grid = (ve && !(def->flags & DFX_SF_DALE)) ? DFX_GRID_KARRAS : DFX_GRID_UNIFORM;
+        /* diffusers models: the scheduler's timesteps for the x_hat samplers
+         * (as diffusers runs them), Karras' spacing for the others */
+        if (discrete) s->o.grid = (def->flags & DFX_SF_X0) ? DFX_GRID_SCHEDULE : DFX_GRID_KARRAS;
     }
     s->grid = dfx_alloc((size_t)s->n + 1, sizeof *s->grid, "time grid", err);
     if (!s->grid) goto fail;
@@ -326,6 +343,11 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
             goto fail;
     } else if (dfx_time_grid(&m->cfg.path, s->o.grid, o->rho, o->shift, s->t_noise, s->t_data,
                              s->n, s->grid, err)) {
+        goto fail;
+    }
+    if (s->o.grid == DFX_GRID_SCHEDULE) s->t_noise = s->grid[0]; /* the first timestep */
+    if (o->init && o->init_rows < 1) {
+        dfx_fail(err, "--init: no start noise given");
         goto fail;
     }
     if (check_grid(s, err)) goto fail;
@@ -454,13 +476,34 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     dfx_coef c;
     dfx_path_eval(&mc->path, s->t_noise, &c);
     double mean = c.m, sd = c.s;
+    if (mc->path.family == DFX_PATH_DISCRETE) { /* diffusers' init_noise_sigma */
+        mean = 0.0;
+        sd = 1.0;
+    }
     if (mc->has_start && !s->o.path_start) {
         mean = mc->start_mean;
         sd = mc->start_std;
     }
     dfx_backend *be = s->be;
     size_t n = (size_t)rows * s->dim;
-    if (s->m->vt->sample_marginal && !s->o.path_start) {
+    if (s->o.init) { /* the caller's start noise instead of the draws */
+        if (first_index + (uint64_t)rows > (uint64_t)s->o.init_rows)
+            return dfx_fail(err, "--init holds start noise for %ld samples, not for samples "
+                                 "%llu..%llu",
+                            s->o.init_rows, (unsigned long long)first_index,
+                            (unsigned long long)(first_index + rows - 1));
+        float *z = s->m->pred;
+        if (be->ops->upload(be, z, s->o.init + first_index * s->dim, n * sizeof(float), err))
+            return -1;
+        if (s->m->start_scale && !s->o.path_start) {
+            be->ops->linear(be, s->x, z, s->m->start_scale, s->m->start_mean, rows,
+                            (int)s->dim, (int)s->dim, 0);
+        } else {
+            const float *xs[1] = {z};
+            double cs[1] = {sd};
+            dfx_s_lincomb(s, s->x, 1, xs, cs, mean);
+        }
+    } else if (s->m->vt->sample_marginal && !s->o.path_start) {
         /* analytic models know p_t exactly */
         if (s->m->vt->sample_marginal(s->m, s->t_noise, s->o.seed, first_index, rows,
                                       DFX_STREAM_INIT, s->x, err))
@@ -521,6 +564,50 @@ int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, doubl
     if (dfx_convert_coefs(&c, from, to, A, B, C, err))
         return dfx_fail_prefix(err, "sampler %s at t = %g", s->def->d.name, t);
     return 0;
+}
+
+int dfx_s_xhat_post_on(const dfx_sampler *s)
+{
+    return s->m->cfg.clip > 0.0 || s->m->cfg.thr_ratio > 0.0;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* diffusers' clip_sample (clamp to [-clip, clip]) and dynamic thresholding
+ * (Saharia et al. 2022: q = the thr_ratio quantile of |x_hat| per sample,
+ * linearly interpolated as torch.quantile, clamped to [1, thr_max]; x_hat =
+ * clamp(x_hat, -q, q) / q), on the host. */
+int dfx_s_xhat_post(dfx_sampler *s, float *X, dfx_error *err)
+{
+    const dfx_model_config *c = &s->m->cfg;
+    size_t n = (size_t)s->rows * s->dim, D = s->dim;
+    if (!s->hostx) {
+        s->hostx = dfx_alloc((size_t)s->max_rows * D * 2, sizeof(float), "x_hat", err);
+        if (!s->hostx) return -1;
+    }
+    float *h = s->hostx, *srt = s->hostx + (size_t)s->max_rows * D;
+    if (s->be->ops->download(s->be, h, X, n * sizeof(float), err)) return -1;
+    for (int r = 0; r < s->rows; r++) {
+        float *x = h + (size_t)r * D;
+        double lim = c->clip > 0.0 ? c->clip : INFINITY, div = 1.0;
+        if (c->thr_ratio > 0.0) {
+            for (size_t j = 0; j < D; j++) srt[j] = fabsf(x[j]);
+            qsort(srt, D, sizeof *srt, cmp_float);
+            double pos = c->thr_ratio * (double)(D - 1), lo = floor(pos);
+            size_t k = (size_t)lo;
+            double q = srt[k] + (k + 1 < D ? (pos - lo) * ((double)srt[k + 1] - srt[k]) : 0.0);
+            q = fmin(fmax(q, 1.0), c->thr_max);
+            lim = q;
+            div = q;
+        }
+        for (size_t j = 0; j < D; j++)
+            x[j] = (float)(fmin(fmax((double)x[j], -lim), lim) / div);
+    }
+    return s->be->ops->upload(s->be, X, h, n * sizeof(float), err);
 }
 
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)

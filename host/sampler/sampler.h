@@ -57,6 +57,7 @@ struct dfx_sampler {
     double *t;     /* host [max_rows]: per-row times */
     double *coef;  /* host [(DFX_LINCOMB_MAX + 1) * max_rows] */
     long *nfe;     /* host [max_rows]: evaluations per row */
+    float *hostx;  /* host [max_rows, dim] for x_hat's post-processing, on first use */
     /* the batch being run */
     uint64_t first;
     int rows;
@@ -101,6 +102,10 @@ int dfx_run_aums(dfx_sampler *s, dfx_error *err);
  * with a message naming the sampler and time when singular. */
 int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
                double *B, double *C, dfx_error *err);
+/* 1 if the model post-processes x_hat (clip, thresholding); then X, an
+ * x_hat of the batch, is post-processed in place. */
+int dfx_s_xhat_post_on(const dfx_sampler *s);
+int dfx_s_xhat_post(dfx_sampler *s, float *X, dfx_error *err);
 /* Standard normals of draw `draw`, stream `stream` into z. */
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream);
 

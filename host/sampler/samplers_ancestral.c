@@ -25,13 +25,35 @@ static int x0eps_at(const dfx_sampler *s, double t, x0eps *q, dfx_error *err)
            dfx_s_conv(s, t, s->m->native, DFX_PRED_EPS, &q->Ae, &q->Be, &q->Ce, err);
 }
 
-/* x' = kd x_hat + ke z_hat + kz z + k0, as a lincomb over (x, P, z). */
-static void apply(dfx_sampler *s, const x0eps *q, const float *P, const float *z, double kd,
-                  double ke, double kz, double k0)
+/* X = x_hat post-processed as the model's scheduler does (clip,
+ * thresholding); only where the model asks for it. */
+static int xhat_post(dfx_sampler *s, double Ad, double Bd, double Cd, const float *P, float *X,
+                     dfx_error *err)
 {
+    const float *xs[2] = {s->x, P};
+    double cs[2] = {Ad, Bd};
+    dfx_s_lincomb(s, X, 2, xs, cs, Cd);
+    return dfx_s_xhat_post(s, X, err);
+}
+
+/* x' = kd x_hat + ke z_hat + kz z + k0, as a lincomb over (x, P, z), or
+ * over (x, P, X, z) with the post-processed x_hat X (whose z_hat stays the
+ * network's, as in diffusers' DDIM). */
+static int apply(dfx_sampler *s, const x0eps *q, const float *P, const float *z, double kd,
+                 double ke, double kz, double k0, dfx_error *err)
+{
+    if (dfx_s_xhat_post_on(s)) {
+        float *X = s->buf[2];
+        if (xhat_post(s, q->Ad, q->Bd, q->Cd, P, X, err)) return -1;
+        const float *xs[4] = {s->x, P, X, z};
+        double cs[4] = {ke * q->Ae, ke * q->Be, kd, kz};
+        dfx_s_lincomb(s, s->x, z ? 4 : 3, xs, cs, k0 + ke * q->Ce);
+        return 0;
+    }
     const float *xs[3] = {s->x, P, z};
     double cs[3] = {kd * q->Ad + ke * q->Ae, kd * q->Bd + ke * q->Be, kz};
     dfx_s_lincomb(s, s->x, z ? 3 : 2, xs, cs, k0 + kd * q->Cd + ke * q->Ce);
+    return 0;
 }
 
 static int step_done(dfx_sampler *s, int i, dfx_error *err)
@@ -79,8 +101,8 @@ static int ddim_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *
         r = fmin(1.0, s->eta * sqrt(fmax(0.0, 1.0 - rho * rho)));
         dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
     }
-    apply(s, &q, P, r > 0.0 ? z : NULL, c1->a, c1->s * sqrt(1.0 - r * r), c1->s * r, c1->m);
-    return 0;
+    return apply(s, &q, P, r > 0.0 ? z : NULL, c1->a, c1->s * sqrt(1.0 - r * r), c1->s * r,
+                 c1->m, err);
 }
 
 int dfx_run_ddim(dfx_sampler *s, dfx_error *err)
@@ -106,6 +128,14 @@ static int ddpm_rule(dfx_sampler *s, int i, const dfx_coef *c0, const dfx_coef *
     double Ad, Bd, Cd;
     if (dfx_s_conv(s, s->grid[i], s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
     dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    if (dfx_s_xhat_post_on(s)) {
+        float *X = s->buf[2];
+        if (xhat_post(s, Ad, Bd, Cd, P, X, err)) return -1;
+        const float *xs[3] = {s->x, X, z};
+        double cs[3] = {kx, kd, kz};
+        dfx_s_lincomb(s, s->x, 3, xs, cs, c1->m - kx * c0->m);
+        return 0;
+    }
     const float *xs[3] = {s->x, P, z};
     double cs[3] = {kx + kd * Ad, kd * Bd, kz};
     dfx_s_lincomb(s, s->x, 3, xs, cs, c1->m - kx * c0->m + kd * Cd);
@@ -145,6 +175,7 @@ static int run_dpmpp(dfx_sampler *s, double eta, dfx_error *err)
         const float *xp[2] = {s->x, P};
         double cp[2] = {Ad, Bd};
         dfx_s_lincomb(s, X, 2, xp, cp, Cd);
+        if (dfx_s_xhat_post_on(s) && dfx_s_xhat_post(s, X, err)) return -1;
         double half_r = (isfinite(h_prev) && isfinite(h)) ? 0.5 * h / h_prev : 0.0;
         /* eta > 0 from a = 0 (h infinite): the state's weight is exp(-inf) = 0 */
         double kx = c1.s / c0.s * (eta > 0.0 ? exp(-h * eta) : 1.0);

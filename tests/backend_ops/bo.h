@@ -124,7 +124,7 @@ struct bo_case {
         struct { int B, in, out, silu, bias; } linear;
         struct { int B, C, Cb, H, W; } ew;
         struct { int B, C, HW, heads; float scale; } attn; /* and attention_jvp */
-        struct { int B, dim; double scale; } embed;
+        struct { int B, dim; double scale, offset; int shift, flip; } embed;
         /* unet, unet_jvp, unet_precision (mode), unet_graphs */
         struct { const char *name; int B2; const char *mode; } unet;
         /* sample parity, sample_graphs (cls, w), classifier (n images) */

@@ -125,9 +125,10 @@ const bo_case bo_cases[] = {
     ATTENTION_SHAPES(ATTENTION)
 
     /*    B  dim  scale */
-    EMBED(5, 32, 1000.0),
-    EMBED(7, 128, 1000.0),
-    EMBED(3, 33, 1.0),
+    EMBED(5, 32, 1000.0, 0.0, 0, 0),
+    EMBED(7, 128, 1000.0, 0.0, 0, 0),
+    EMBED(3, 33, 1.0, 0.0, 0, 0),
+    EMBED(4, 64, 1000.0, -1.0, 1, 1), /* diffusers: tau = N t - 1, freq_shift 1, flip */
 
     GN_SHAPES(GROUP_NORM_JVP)
     CASE(silu_jvp, 1e-6, BO_NO_BATCH, unary, 100003),

@@ -507,8 +507,9 @@ static void embed_build(const bo_pair *p, const bo_case *c, bo_data *d)
     }
     in->table = host_f(d, (size_t)EMBED_ROWS * dim);
     fill_normal(in->table, (size_t)EMBED_ROWS * dim, 0.5f);
-    snprintf(d->name, sizeof d->name, "time_embed + embed_add B=%d dim=%d scale=%g", B, dim,
-             c->p.embed.scale);
+    snprintf(d->name, sizeof d->name,
+             "time_embed + embed_add B=%d dim=%d scale=%g offset=%g shift=%d flip=%d", B, dim,
+             c->p.embed.scale, c->p.embed.offset, c->p.embed.shift, c->p.embed.flip);
     d->n = 2 * (size_t)B * dim;
 }
 
@@ -518,15 +519,16 @@ static void embed_run(bo_run *r, const bo_case *c, const bo_data *d, int b0, int
     dfx_backend *be = r->be;
     const embed_in *in = d->in;
     const int Bn = c->p.embed.B, dim = c->p.embed.dim;
-    const double scale = c->p.embed.scale;
+    const double scale = c->p.embed.scale, off = c->p.embed.offset;
+    const int shift = c->p.embed.shift, flip = c->p.embed.flip;
     const size_t n = (size_t)Bn * dim;
     float *y0 = bo_junk(be, n), *y1 = bo_junk(be, n);
     double *t = bo_xmalloc((size_t)Bn * sizeof(double));
     int *idx = bo_xmalloc((size_t)Bn * sizeof(int));
     memcpy(t, in->t0, (size_t)Bn * sizeof(double));
-    BO_TIMED(r) be->ops->time_embed(be, y0, t, Bn, dim, scale);
+    BO_TIMED(r) be->ops->time_embed(be, y0, t, Bn, dim, scale, off, shift, flip);
     memcpy(t, in->t1, (size_t)Bn * sizeof(double));
-    BO_TIMED(r) be->ops->time_embed(be, y1, t, Bn, dim, scale);
+    BO_TIMED(r) be->ops->time_embed(be, y1, t, Bn, dim, scale, off, shift, flip);
     for (int i = 0; i < Bn; i++) t[i] = NAN;
     float *tab = bo_up(be, in->table, (size_t)EMBED_ROWS * dim);
     memcpy(idx, in->labels, (size_t)Bn * sizeof(int));
