@@ -177,6 +177,71 @@ static void scheduler_runs(void)
     cJSON_Delete(list);
 }
 
+/* ddpm against DDPMScheduler in distribution: per-pixel means and
+ * variances of N runs each, as z-scores with both standard errors. */
+static void ddpm_moments(void)
+{
+    dfx_error err = {{0}};
+    dfx_st_file f;
+    if (dfx_st_open(&f, DIR "/runs/ddpm_moments.safetensors", &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0;
+    float *mu = tensor(&f, "mean", &n1), *var = tensor(&f, "var", &n2);
+    float *mse = tensor(&f, "mean_se", &n3), *vse = tensor(&f, "var_se", &n4);
+    dfx_model *m = dfx_model_load_diffusers(DIR "/attn", DIR "/runs/ddpm.scheduler.json", be, &err);
+    CHECK(m && mu && var && mse && vse, "ddpm fixture: %s", err.msg);
+    if (m && mu && var && mse && vse && n1 == m->dim) {
+        const int N = 1024;
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "ddpm";
+        o.steps = 10;
+        o.seed = 7;
+        float *x = malloc((size_t)N * m->dim * sizeof *x);
+        dfx_sampler *s = dfx_sampler_create(m, &o, 256, &err);
+        dfx_sample_stats st;
+        int rc = s ? 0 : -1;
+        for (int b = 0; b < N && rc == 0; b += 256)
+            rc = dfx_sampler_run(s, (uint64_t)b, 256, x + (size_t)b * m->dim, &st, &err);
+        CHECK(rc == 0, "ddpm: %s", err.msg);
+        double zm2 = 0, zv2 = 0;
+        int far = 0;
+        for (size_t j = 0; rc == 0 && j < m->dim; j++) {
+            double a = 0, q = 0, q4 = 0;
+            for (int r = 0; r < N; r++) a += x[(size_t)r * m->dim + j];
+            a /= N;
+            for (int r = 0; r < N; r++) {
+                double d = x[(size_t)r * m->dim + j] - a;
+                q += d * d;
+                q4 += d * d * d * d;
+            }
+            double v = q / (N - 1), sem = sqrt(v / N);
+            double sev = sqrt(fmax(q4 / N - v * v, 0.0) / N);
+            double zm = (a - mu[j]) / sqrt(sem * sem + mse[j] * mse[j]);
+            double zv = (v - var[j]) / sqrt(sev * sev + vse[j] * vse[j]);
+            zm2 += zm * zm;
+            zv2 += zv * zv;
+            far += fabs(zm) > 4 || fabs(zv) > 4;
+        }
+        zm2 /= m->dim;
+        zv2 /= m->dim;
+        printf("ddpm vs DDPMScheduler: mean z^2 of means %.3f, of variances %.3f (1 expected), "
+               "%d of %zu pixels beyond 4 sigma\n",
+               zm2, zv2, far, m->dim);
+        CHECK(zm2 < 1.5 && zv2 < 1.5 && far <= 1, "ddpm's moments differ from DDPMScheduler's");
+        dfx_sampler_free(s);
+        free(x);
+    }
+    dfx_model_free(m);
+    free(mu);
+    free(var);
+    free(mse);
+    free(vse);
+    dfx_st_close(&f);
+}
+
 int main(void)
 {
     dfx_error err = {{0}};
@@ -191,6 +256,7 @@ int main(void)
     forward("cond", "cond");
     forward("unet_only", "unet_only");
     scheduler_runs();
+    ddpm_moments();
     dfx_backend_destroy(be);
     return check_report("test_diffusers");
 }

@@ -2,6 +2,7 @@
 #include "args.h"
 #include "difflux.h"
 #include "io/fileio.h"
+#include "core/error.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -137,7 +138,25 @@ int cli_options(const char *cmd, const char *synopsis, const char *about, int ar
 cli_opt cli_opt_model(const char **file)
 {
     return (cli_opt){"model", OPT_STR, file, "FILE",
-                     "model file (default: models/mnist-flow.safetensors)", 0};
+                     "model file or diffusers folder (default: models/mnist-flow.safetensors)", 0};
+}
+
+cli_opt cli_opt_scheduler(const char **file)
+{
+    return (cli_opt){"scheduler", OPT_STR, file, "JSON",
+                     "diffusers models: this scheduler_config.json instead of the model's own",
+                     0};
+}
+
+dfx_model *cli_model_load(const char *model, const char *scheduler, dfx_backend *be,
+                          dfx_error *err)
+{
+    if (!scheduler) return dfx_model_load(model, be, err);
+    dfx_model *m = dfx_model_load_diffusers(model, scheduler, be, err);
+    if (!m)
+        dfx_fail_prefix(err, "--scheduler applies to diffusers models (a converted difflux file "
+                             "keeps the schedule it was converted with)");
+    return m;
 }
 
 cli_opt cli_opt_sampler(const char **name)

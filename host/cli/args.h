@@ -35,6 +35,10 @@ int cli_options(const char *cmd, const char *synopsis, const char *about, int ar
 /* The option rows several commands share, each described here once
  * (`--device` of sample, eval and sweep adds MPI: draw.c). */
 cli_opt cli_opt_model(const char **file);      /* --model FILE */
+cli_opt cli_opt_scheduler(const char **file);  /* --scheduler JSON (diffusers models) */
+/* The model, with a diffusers scheduler config in place of its own if given. */
+dfx_model *cli_model_load(const char *model, const char *scheduler, dfx_backend *be,
+                          dfx_error *err);
 cli_opt cli_opt_sampler(const char **name);    /* --sampler NAME (heun) */
 cli_opt cli_opt_device(const char **device);   /* --device D, one process */
 cli_opt cli_opt_precision(const char **p);     /* --precision P */

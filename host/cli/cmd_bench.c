@@ -26,7 +26,7 @@ typedef struct result {
 } result;
 
 typedef struct bench_cmd {
-    const char *model, *sampler, *device, *precision, *batches, *json, *max_memory;
+    const char *model, *sampler, *device, *precision, *batches, *json, *max_memory, *scheduler;
     int steps, threads, warmup, repeat, profile, peak_given;
     double peak, mem_limit;
     int bs[MAX_BATCHES], nb;
@@ -48,6 +48,7 @@ static int bench_parse(void *state, int argc, char **argv)
     b->steps = 10, b->warmup = 1, b->repeat = 3;
     cli_opt opts[] = {
         cli_opt_model(&b->model),
+        cli_opt_scheduler(&b->scheduler),
         cli_opt_sampler(&b->sampler),
         {"steps", OPT_INT, &b->steps, "N", "sampler steps per run (10)", 0},
         {"batch", OPT_STR, &b->batches, "LIST", "comma-separated batch sizes (1,8,64)", 0},
@@ -102,7 +103,7 @@ static int bench_check(void *state)
 static int bench_open(bench_cmd *b, dfx_error *err)
 {
     b->be = cli_backend_open(b->device, b->threads, b->precision, err);
-    b->m = b->be ? dfx_model_load(b->model, b->be, err) : NULL;
+    b->m = b->be ? cli_model_load(b->model, b->scheduler, b->be, err) : NULL;
     if (!b->m) return -1;
     const dfx_model_info *mi = b->mi = dfx_model_get_info(b->m);
     b->dim = (size_t)mi->channels * mi->height * mi->width;

@@ -15,7 +15,7 @@ static const char about[] =
     "scratch per batch size, on the CPU with all cores).";
 
 typedef struct info_cmd {
-    const char *model;
+    const char *model, *scheduler;
     int tensors;
     dfx_backend *be;
     dfx_model *m;
@@ -26,9 +26,10 @@ static int info_parse(void *state, int argc, char **argv)
     info_cmd *c = state;
     cli_opt opts[] = {
         cli_opt_model(&c->model),
+        cli_opt_scheduler(&c->scheduler),
         {"tensors", OPT_FLAG, &c->tensors, NULL, "also list every stored tensor", 0},
     };
-    return cli_options("info", "difflux info [--model FILE]", about, argc, argv, opts, 2);
+    return cli_options("info", "difflux info [--model FILE]", about, argc, argv, opts, 3);
 }
 
 /* The description, the memory line for generative models and --tensors. */
@@ -38,7 +39,7 @@ static int info_run(void *state, dfx_error *err)
     const char *model = c->model ? c->model : cli_default_model();
     /* all cores, as difflux sample: the convolutions' scratch is per thread */
     c->be = dfx_backend_create("cpu", 0, err);
-    dfx_model *m = c->m = c->be ? dfx_model_load(model, c->be, err) : NULL;
+    dfx_model *m = c->m = c->be ? cli_model_load(model, c->scheduler, c->be, err) : NULL;
     if (!m) return -1;
     char buf[8192];
     dfx_model_describe(m, buf, sizeof buf);

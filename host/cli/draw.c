@@ -38,6 +38,7 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
 {
     const cli_opt common[] = {
         cli_opt_model(&d->model),
+        cli_opt_scheduler(&d->scheduler),
         cli_opt_sampler(&d->sampler),
         {"steps", OPT_INT, &d->steps, "N", "steps of the time grid (the sampler's default)", 0},
         {"batch", OPT_INT, &d->batch, "B", "samples per batch (min(n, 64))", 0},
@@ -77,6 +78,9 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"inner", OPT_INT, &d->inner, "L", "paper recipe: updates per time index (adls 1, aums 4)",
          0},
         {"anneal", OPT_DOUBLE, &d->anneal, "F", "paper recipe: noise factor per index (0.995)", 0},
+        {"init", OPT_STR, &d->init, "NPY",
+         "start from this noise (float32 [n, C, H, W], row i for sample i) instead of the draws",
+         0},
         {"path-start", OPT_FLAG, &d->path_start, NULL,
          "start from N(m, s^2) of the path even if the model has a fitted start", 0},
         {"class", OPT_STR, &d->cls, "K",
@@ -198,7 +202,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     }
     d->be = cli_backend_open(device, d->threads, d->precision, err);
     if (!d->be) return -1;
-    d->m = dfx_model_load(d->model, d->be, err);
+    d->m = cli_model_load(d->model, d->scheduler, d->be, err);
     if (!d->m) return -1;
     if (d->path) {
         dfx_path p;
@@ -241,6 +245,13 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->eps0 = d->eps0;
     if (d->no_denoise) o->denoise = 0;
     d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;
+    if (d->init) {
+        long rows = 0;
+        d->init_z = dfx_read_npy(d->init, d->dim, &rows, err);
+        if (!d->init_z) return dfx_fail_prefix(err, "--init");
+        o->init = d->init_z;
+        o->init_rows = rows;
+    }
     return 0;
 }
 
@@ -418,6 +429,8 @@ int cli_draw_memory(cli_draw *d, long n, double extra, dfx_error *err)
 
 void cli_draw_close(cli_draw *d)
 {
+    free(d->init_z);
+    d->init_z = NULL;
     dfx_model_free(d->m);
     dfx_backend_destroy(d->be);
     d->m = NULL;

@@ -11,7 +11,7 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory;
+        *max_memory, *scheduler, *init;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose;
     uint64_t seed, start, max_nfe;
@@ -29,6 +29,7 @@ typedef struct cli_draw {
     const dfx_model_info *mi;
     dfx_sample_opts o;
     size_t dim;
+    float *init_z; /* --init: the start noise, [init_rows, dim] */
 } cli_draw;
 
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
