@@ -177,6 +177,41 @@ static void scheduler_runs(void)
     cJSON_Delete(list);
 }
 
+/* The exact JVP through a diffusers network (input centring and the mid
+ * block's scaled residuals included: noattn_rgb has both) against central
+ * differences of the network itself. */
+static void jvp(const char *model)
+{
+    dfx_error err = {{0}};
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", DIR, model);
+    dfx_model *m = dfx_model_load(p, be, &err);
+    CHECK(m, "%s", err.msg);
+    if (!m) return;
+    const int B = 2;
+    size_t n = (size_t)B * m->dim;
+    float *x = malloc(n * sizeof *x), *v = malloc(n * sizeof *v), *f = malloc(n * sizeof *f);
+    float *jv = malloc(n * sizeof *jv), *fp = malloc(n * sizeof *fp), *fm = malloc(n * sizeof *fm);
+    test_rng r = {42};
+    rng_fill_normal(&r, x, n, 1.0f);
+    rng_fill_normal(&r, v, n, 1.0f);
+    double t[2] = {0.3, 0.7};
+    CHECK_OK(dfx_model_jvp(m, t, x, v, m->cfg.prediction, f, jv, B, &err), err);
+    const double h = 2e-3;
+    float *xp = malloc(n * sizeof *xp);
+    for (size_t i = 0; i < n; i++) xp[i] = (float)(x[i] + h * v[i]);
+    CHECK_OK(dfx_model_eval_host(m, t, xp, B, m->cfg.prediction, fp, &err), err);
+    for (size_t i = 0; i < n; i++) xp[i] = (float)(x[i] - h * v[i]);
+    CHECK_OK(dfx_model_eval_host(m, t, xp, B, m->cfg.prediction, fm, &err), err);
+    double *fd = malloc(n * sizeof *fd);
+    for (size_t i = 0; i < n; i++) fd[i] = ((double)fp[i] - fm[i]) / (2 * h);
+    double e = nerr_df(fd, jv, n);
+    printf("jvp %-10s exact vs central differences: relative %.2g\n", model, e);
+    CHECK(e < 1e-3, "%s: the exact JVP differs from finite differences by %g", model, e);
+    free(x), free(v), free(f), free(jv), free(fp), free(fm), free(xp), free(fd);
+    dfx_model_free(m);
+}
+
 /* ddpm against DDPMScheduler in distribution: per-pixel means and
  * variances of N runs each, as z-scores with both standard errors. */
 static void ddpm_moments(void)
@@ -255,6 +290,8 @@ int main(void)
     forward("legacy", "legacy");
     forward("cond", "cond");
     forward("unet_only", "unet_only");
+    jvp("noattn_rgb");
+    jvp("attn");
     scheduler_runs();
     ddpm_moments();
     dfx_backend_destroy(be);
