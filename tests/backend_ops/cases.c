@@ -152,6 +152,10 @@ const bo_case bo_cases[] = {
     SAMPLE("../models/mnist-dale-gmm.safetensors", "adls", 100, 8),
     SAMPLE("fixtures/unet_tiny.safetensors", "dpmpp_2m_sde", 20, 8),
     SAMPLE("fixtures/unet_cond.safetensors", "euler", 20, 8),
+    /* a diffusers UNet2DModel pipeline (tests/fixtures/diffusers; v prediction: the
+     * random epsilon networks there amplify rounding by 1/a through x_hat) */
+    SAMPLE("fixtures/diffusers/noattn_rgb", "ddim", 10, 8),
+    SAMPLE("fixtures/diffusers/noattn_rgb", "dpmpp_2m", 10, 8),
     CLASSIFIER("fixtures/classifier_tiny.safetensors", 300), /* two batches */
     CLASSIFIER("fixtures/classifier_rgb.safetensors", 7),
     CLASSIFIER("../models/mnist-classifier.safetensors", 64),
