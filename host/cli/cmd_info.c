@@ -6,12 +6,13 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char about[] =
     "Describes a model file: kind, path, prediction, image shape, data range,\n"
     "parameter count, FLOPs per evaluation, provenance, and the memory that\n"
-    "sampling needs (weights, and the heun sampler's state with the network's\n"
+    "sampling needs (weights, and the default sampler's state with the network's\n"
     "scratch per batch size, on the CPU with all cores).";
 
 typedef struct info_cmd {
@@ -49,15 +50,21 @@ static int info_run(void *state, dfx_error *err)
         dfx_sample_opts_default(&o, m);
         const dfx_model_info *mi = dfx_model_get_info(m);
         char w[32], b1[32], b64[32], s64[32];
-        printf("memory       weights %s; heun sampling needs %s more at batch 1, %s at batch "
+        printf("memory       weights %s; %s sampling needs %s more at batch 1, %s at batch "
                "64 (of which network scratch %s)\n",
-               cli_format_bytes((double)mi->n_params * sizeof(float), w, sizeof w),
+               cli_format_bytes((double)mi->n_params * sizeof(float), w, sizeof w), o.sampler,
                cli_format_bytes((double)dfx_sampler_bytes(m, &o, 1), b1, sizeof b1),
                cli_format_bytes((double)dfx_sampler_bytes(m, &o, 64), b64, sizeof b64),
                cli_format_bytes((double)dfx_model_scratch_bytes(m, 64), s64, sizeof s64));
     }
     dfx_st_file f;
-    if (c->tensors && dfx_st_open(&f, model, err) == 0) {
+    char weights[2048], *cfg = NULL;
+    snprintf(weights, sizeof weights, "%s", model);
+    if (c->tensors && dfx_diffusers_looks(model, 0) &&
+        dfx_diffusers_config(model, c->scheduler, &cfg, weights, sizeof weights, err))
+        return -1;
+    free(cfg);
+    if (c->tensors && dfx_st_open(&f, weights, err) == 0) {
         printf("tensors      %d\n", f.n);
         for (int i = 0; i < f.n; i++) {
             const dfx_st_tensor *t = &f.tensors[i];
