@@ -50,7 +50,9 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         cli_opt_threads(&d->threads),
         cli_opt_max_memory(&d->max_memory),
         {"grid", OPT_STR, &d->grid, "NAME",
-         "time grid: uniform karras logsnr shift, or auto (karras on ve and dale paths)", 0},
+         "time grid: uniform karras logsnr shift schedule, or auto (karras on ve and dale paths; "
+         "diffusers models: their scheduler's timesteps)",
+         0},
         {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
         {"shift", OPT_DOUBLE, &d->shift, "K",
          "shift grid factor, >1 = more steps at high noise (3)", 0},
@@ -135,7 +137,8 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
         return usage_fail(cmd, "--max-nfe must be in [1, 1e8]%s", "");
     d->g = DFX_GRID_AUTO;
     if (strcmp(d->grid, "auto") != 0 && dfx_grid_parse(d->grid, &d->g))
-        return usage_fail(cmd, "unknown --grid '%s' (uniform, karras, logsnr, shift)", d->grid);
+        return usage_fail(cmd, "unknown --grid '%s' (uniform, karras, logsnr, shift, schedule)",
+                          d->grid);
     d->nz = DFX_NOISE_S;
     if (d->noise && dfx_noise_parse(d->noise, &d->nz))
         return usage_fail(cmd, "unknown --noise '%s' (diffusion, const, s, s2)", d->noise);
