@@ -143,7 +143,7 @@ void dfx_path_eval(const dfx_path *p, double t, dfx_coef *c)
         /* log abar linear between the timesteps tau = N t - 1 of the table,
          * with abar = 1 at tau = -1 (t = 0); flat beyond tau = N - 1 */
         int N = p->n_train;
-        if (N < 1 || !p->log_abar) {
+        if (N < 1 || !p->log_abar || isnan(t)) {
             c->a = c->s = NAN;
             break;
         }
