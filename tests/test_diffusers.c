@@ -149,9 +149,12 @@ static void scheduler_runs(void)
         float *ref = m ? dfx_read_npy(wp, m->dim, &nw, &err) : NULL;
         /* A clipped 10-step run of the random epsilon network of `attn` is
          * chaotic: diffusers itself in float32 lands up to 2.7e-2 from its
-         * float64 run (the manifest's f32_loop_max_abs_diff). There the bound
-         * is twice that gap; the same code paths are held to 1e-3 on the
-         * v-prediction pipeline, where float32 stays within 1e-6. */
+         * float64 run (the manifest's f32_loop_max_abs_diff), and any other
+         * float32 arithmetic (another instruction-set path, a -O0 sanitizer
+         * build) lands as far again. There the bound is five times that gap
+         * (a clip left out would miss by 100x); the same code paths are held
+         * to 1e-3 on the v-prediction pipeline, where float32 stays within
+         * 1e-6. */
         const cJSON *gap = cJSON_GetObjectItem(e, "f32_loop_max_abs_diff");
         double f32gap = cJSON_IsNumber(gap) ? gap->valuedouble : 0.0;
         if (got && ref && nw == n) {
@@ -160,7 +163,7 @@ static void scheduler_runs(void)
                 worst = fmax(worst, fabs((double)got[i] - ref[i]));
                 scale = fmax(scale, fabs(ref[i]));
             }
-            double tol = fmax(1e-3 * scale, 2.0 * f32gap);
+            double tol = fmax(1e-3 * scale, 5.0 * f32gap);
             printf("%-26s %-9s max |diff| %.3g (outputs up to %.3g; float32 diffusers %.2g)\n",
                    name, sampler, worst, scale, f32gap);
             CHECK(worst <= tol, "%s: %s differs from diffusers by %g (bound %g)", name, sampler,
