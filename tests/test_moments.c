@@ -93,6 +93,8 @@ int main(void)
         {"ddpm", 500, DFX_PATH_LINEAR},  {"ddpm", 500, DFX_PATH_VP},
         {"euler_ancestral", 500, DFX_PATH_LINEAR}, {"euler_ancestral", 500, DFX_PATH_VP},
         {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR}, {"dpmpp_2m_sde", 200, DFX_PATH_VP},
+        {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR}, {"dpmpp_3m_sde", 200, DFX_PATH_VP},
+        {"dpmpp_3m_sde", 200, DFX_PATH_VE},
     };
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         dfx_path p;

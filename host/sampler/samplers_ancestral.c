@@ -203,3 +203,81 @@ int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err)
 {
     return run_dpmpp(s, s->eta, err);
 }
+
+/*
+ * DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde), in path form:
+ * with g = h (1 + eta), phi2 = (1 - e^-g)/g ... as k-diffusion's
+ * phi_2 = expm1(-g)/g + 1, phi_3 = phi_2/g - 1/2,
+ *   x' - m' = (s'/s) e^(-h eta) (x - m) + a' (1 - e^-g) x_hat
+ *             + a' (phi_2 d1 - phi_3 d2) + s' sqrt(1 - e^(-2 h eta)) z,
+ * d1, d2 the first and second divided differences of the last three x_hat
+ * in lambda (d2 = 0 on the second step, both 0 on the first and after an
+ * infinite h), r0 = h_1/h, r1 = h_2/h:
+ *   d1_0 = (X - X_1)/r0, d1_1 = (X_1 - X_2)/r1,
+ *   d1 = d1_0 + (d1_0 - d1_1) r0/(r0 + r1), d2 = (d1_0 - d1_1)/(r0 + r1).
+ * The last step to a = 1, s = 0 (h infinite) is x' = x_hat. The noise is
+ * the per-sample Philox draw of the step (batch-invariant).
+ * Buffers: P, X (this x_hat), X1, X2 (the two before), z.
+ */
+int dfx_run_dpmpp_3m_sde(dfx_sampler *s, dfx_error *err)
+{
+    float *P = s->buf[0], *X = s->buf[1], *X1 = s->buf[2], *X2 = s->buf[3], *z = s->buf[4];
+    const dfx_path *p = &s->m->cfg.path;
+    const double eta = s->eta;
+    double h1 = INFINITY, h2 = INFINITY; /* the last two steps' h (inf: none) */
+    for (int i = 0; i < s->n; i++) {
+        double t0 = s->grid[i], t1 = s->grid[i + 1];
+        dfx_coef c0, c1;
+        dfx_path_eval(p, t0, &c0);
+        dfx_path_eval(p, t1, &c1);
+        double h = dfx_path_logsnr(p, t1) - dfx_path_logsnr(p, t0);
+        double Ad, Bd, Cd;
+        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
+        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
+        const float *xp[2] = {s->x, P};
+        double cp[2] = {Ad, Bd};
+        dfx_s_lincomb(s, X, 2, xp, cp, Cd);
+        if (dfx_s_xhat_post_on(s) && dfx_s_xhat_post(s, X, err)) return -1;
+        double g = h * (1.0 + eta);
+        double kx = c1.s / c0.s * (eta > 0.0 ? exp(-h * eta) : 1.0);
+        double kD = -c1.a * expm1(-g);
+        /* from a = 0 (h infinite) the state's weight is 0 and the noise s' z */
+        double kz = eta > 0.0 ? c1.s * sqrt(-expm1(-2.0 * h * eta)) : 0.0;
+        /* coefficients of X, X1, X2 from the divided differences */
+        double cX = kD, c1X = 0.0, c2X = 0.0;
+        if (isfinite(h) && isfinite(h1)) {
+            double phi2 = expm1(-g) / g + 1.0, phi3 = phi2 / g - 0.5;
+            double r0 = h1 / h;
+            if (isfinite(h2)) {
+                double r1 = h2 / h, w = r0 / (r0 + r1), v = 1.0 / (r0 + r1);
+                /* d1_0 = (X - X1)/r0, d1_1 = (X1 - X2)/r1 */
+                double a0 = 1.0 / r0, a1 = -1.0 / r0 - 1.0 / r1, a2 = 1.0 / r1; /* d1_0 - d1_1 */
+                double d1X = 1.0 / r0 + w * a0, d1X1 = -1.0 / r0 + w * a1, d1X2 = w * a2;
+                double d2X = v * a0, d2X1 = v * a1, d2X2 = v * a2;
+                cX += c1.a * (phi2 * d1X - phi3 * d2X);
+                c1X += c1.a * (phi2 * d1X1 - phi3 * d2X1);
+                c2X += c1.a * (phi2 * d1X2 - phi3 * d2X2);
+            } else { /* second step: 2M with phi_2 */
+                cX += c1.a * phi2 / r0;
+                c1X -= c1.a * phi2 / r0;
+            }
+        }
+        const float *xs[5] = {s->x, X, X1, X2, z};
+        double cs[5] = {kx, cX, c1X, c2X, kz};
+        if (kz > 0.0) dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+        if (!isfinite(h)) { /* to s = 0, or from a = 0 */
+            cs[0] = isfinite(kx) ? kx : 0.0;
+            cs[1] = kD;
+            cs[2] = cs[3] = 0.0;
+        }
+        dfx_s_lincomb(s, s->x, kz > 0.0 ? 5 : 4, xs, cs, c1.m - cs[0] * c0.m);
+        float *tmp = X2; /* rotate: X becomes X1, X1 becomes X2 */
+        X2 = X1;
+        X1 = X;
+        X = tmp;
+        h2 = h1;
+        h1 = h;
+        if (step_done(s, i, err)) return -1;
+    }
+    return 0;
+}
