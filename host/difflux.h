@@ -420,6 +420,9 @@ typedef struct dfx_sample_opts {
                               model suggests (diffusers models: only where the
                               sampler stops short of abar = 1) */
     double eta;            /* ancestral samplers: noise level, NAN = default */
+    double churn;          /* euler/heun/rk4: EDM's S_churn (0: deterministic)  */
+    double s_tmin, s_tmax; /* churn only where S_tmin <= sigma = s/a <= S_tmax (0, inf) */
+    double s_noise;        /* churn noise scale S_noise (1)                   */
     double snr;            /* pc: corrector target signal-to-noise (0.16)    */
     int corrector_steps;   /* pc: Langevin steps per time (1)                */
     int recipe;            /* adls/aums: DFX_RECIPE_PRINCIPLED (delta = step of the

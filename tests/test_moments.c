@@ -78,23 +78,27 @@ int main(void)
         const char *sampler;
         int steps;
         dfx_path_family fam;
+        double churn; /* EDM's S_churn (euler, heun, rk4) */
     } runs[] = {
-        {"euler", 200, DFX_PATH_LINEAR}, {"heun", 40, DFX_PATH_LINEAR},
-        {"rk4", 20, DFX_PATH_LINEAR},    {"dopri5", 0, DFX_PATH_LINEAR},
-        {"em", 1000, DFX_PATH_LINEAR},   {"euler", 200, DFX_PATH_VP},
-        {"heun", 40, DFX_PATH_VP},       {"rk4", 20, DFX_PATH_VP},
-        {"dopri5", 0, DFX_PATH_VP},      {"em", 1000, DFX_PATH_VP},
-        {"heun", 40, DFX_PATH_TRIG},     {"em", 1000, DFX_PATH_TRIG},
-        {"heun", 80, DFX_PATH_VE},       {"em", 1000, DFX_PATH_VE},
-        {"heun", 40, DFX_PATH_VP_COSINE},
+        {"euler", 200, DFX_PATH_LINEAR, 0}, {"heun", 40, DFX_PATH_LINEAR, 0},
+        {"rk4", 20, DFX_PATH_LINEAR, 0},    {"dopri5", 0, DFX_PATH_LINEAR, 0},
+        {"em", 1000, DFX_PATH_LINEAR, 0},   {"euler", 200, DFX_PATH_VP, 0},
+        {"heun", 40, DFX_PATH_VP, 0},       {"rk4", 20, DFX_PATH_VP, 0},
+        {"dopri5", 0, DFX_PATH_VP, 0},      {"em", 1000, DFX_PATH_VP, 0},
+        {"heun", 40, DFX_PATH_TRIG, 0},     {"em", 1000, DFX_PATH_TRIG, 0},
+        {"heun", 80, DFX_PATH_VE, 0},       {"em", 1000, DFX_PATH_VE, 0},
+        {"heun", 40, DFX_PATH_VP_COSINE, 0},
         /* the denoiser-based samplers, deterministic and ancestral */
-        {"ddim", 200, DFX_PATH_LINEAR},  {"ddim", 200, DFX_PATH_VP},
-        {"dpmpp_2m", 40, DFX_PATH_LINEAR}, {"dpmpp_2m", 40, DFX_PATH_VP_COSINE},
-        {"ddpm", 500, DFX_PATH_LINEAR},  {"ddpm", 500, DFX_PATH_VP},
-        {"euler_ancestral", 500, DFX_PATH_LINEAR}, {"euler_ancestral", 500, DFX_PATH_VP},
-        {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR}, {"dpmpp_2m_sde", 200, DFX_PATH_VP},
-        {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR}, {"dpmpp_3m_sde", 200, DFX_PATH_VP},
-        {"dpmpp_3m_sde", 200, DFX_PATH_VE},
+        {"ddim", 200, DFX_PATH_LINEAR, 0},  {"ddim", 200, DFX_PATH_VP, 0},
+        {"dpmpp_2m", 40, DFX_PATH_LINEAR, 0}, {"dpmpp_2m", 40, DFX_PATH_VP_COSINE, 0},
+        {"ddpm", 500, DFX_PATH_LINEAR, 0},  {"ddpm", 500, DFX_PATH_VP, 0},
+        {"euler_ancestral", 500, DFX_PATH_LINEAR, 0}, {"euler_ancestral", 500, DFX_PATH_VP, 0},
+        {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_2m_sde", 200, DFX_PATH_VP, 0},
+        {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_3m_sde", 200, DFX_PATH_VP, 0},
+        {"dpmpp_3m_sde", 200, DFX_PATH_VE, 0},
+        /* EDM's stochastic sampler (Algorithm 2) */
+        {"heun", 40, DFX_PATH_LINEAR, 20.0}, {"heun", 40, DFX_PATH_VP, 20.0},
+        {"heun", 80, DFX_PATH_VE, 10.0},
     };
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         dfx_path p;
@@ -105,6 +109,7 @@ int main(void)
         o.sampler = runs[i].sampler;
         o.steps = runs[i].steps;
         o.seed = 2024 + i;
+        o.churn = runs[i].churn;
         o.denoise = 0;
         if (runs[i].fam == DFX_PATH_VE) o.grid = DFX_GRID_KARRAS;
         dfx_sampler *s = dfx_sampler_create(m, &o, N, &err);
@@ -115,7 +120,8 @@ int main(void)
         dfx_path_default_range(&p, &tn, &td);
         analytic(&p, td, mean, cov);
         char what[64];
-        snprintf(what, sizeof what, "%s/%s", dfx_path_name(p.family), runs[i].sampler);
+        snprintf(what, sizeof what, "%s/%s%s", dfx_path_name(p.family), runs[i].sampler,
+                 runs[i].churn > 0 ? " churn" : "");
         compare(what, x, mean, cov);
         dfx_sampler_free(s);
         dfx_model_free(m);

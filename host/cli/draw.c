@@ -31,6 +31,8 @@ void cli_draw_init(cli_draw *d)
     d->eta = NAN;
     d->snr = 0.16;
     d->delta = d->anneal = NAN;
+    d->s_tmax = INFINITY;
+    d->s_noise = 1.0;
     d->class_id = DFX_CLASS_CYCLE;
 }
 
@@ -69,6 +71,11 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"eps0", OPT_DOUBLE, &d->eps0, "E", "em noise scale (1)", 0},
         {"eta", OPT_DOUBLE, &d->eta, "E",
          "ddim/euler_ancestral/dpmpp_2m_sde: fresh-noise level (0, 1, 1)", 0},
+        {"churn", OPT_DOUBLE, &d->churn, "S",
+         "euler/heun/rk4: EDM's S_churn, fresh noise before each step (0)", 0},
+        {"s-tmin", OPT_DOUBLE, &d->s_tmin, "SIGMA", "churn only at sigma = s/a >= this (0)", 0},
+        {"s-tmax", OPT_DOUBLE, &d->s_tmax, "SIGMA", "churn only at sigma = s/a <= this (inf)", 0},
+        {"s-noise", OPT_DOUBLE, &d->s_noise, "K", "churn noise scale S_noise (1)", 0},
         {"snr", OPT_DOUBLE, &d->snr, "R", "pc: corrector signal-to-noise ratio (0.16)", 0},
         {"corrector-steps", OPT_INT, &d->corrector_steps, "K", "pc: Langevin steps per time (1)",
          0},
@@ -238,6 +245,10 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->max_nfe = (long)d->max_nfe;
     if (d->noise) o->noise = d->nz;
     o->eta = d->eta;
+    o->churn = d->churn;
+    o->s_tmin = d->s_tmin;
+    o->s_tmax = d->s_tmax;
+    o->s_noise = d->s_noise;
     o->snr = d->snr;
     o->corrector_steps = d->corrector_steps;
     o->recipe = strcmp(d->recipe, "paper") == 0 ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;

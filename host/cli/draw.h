@@ -16,7 +16,7 @@ typedef struct cli_draw {
         verbose;
     uint64_t seed, start, max_nfe;
     double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
-        anneal;
+        anneal, churn, s_tmin, s_tmax, s_noise;
     /* parsed */
     dfx_grid g;
     dfx_noise nz;
@@ -35,7 +35,7 @@ typedef struct cli_draw {
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
  * after the n of the command's own; returns the length of the whole table.
  * `sweep` leaves out sampler and steps (with_sampler 0). */
-enum { CLI_DRAW_OPTS = 40 };
+enum { CLI_DRAW_OPTS = 48 };
 void cli_draw_init(cli_draw *d);
 int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler);
 /* Checks the options that need no model, and sets the batch size for n

@@ -25,17 +25,17 @@ static const sampler_def defs[] = {
            .summary = "explicit Euler on the probability-flow ODE",
            .order = 1, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
            .default_steps = 50},
-     .nbuf = 1, .flags = DFX_SF_VEL, .run = dfx_run_euler},
+     .nbuf = 2, .flags = DFX_SF_VEL, .run = dfx_run_euler},
     {.d = {.name = "heun",
            .summary = "Heun's method (explicit trapezoid, EDM Algorithm 1)",
            .order = 2, .nfe_per_step = 2, .stochastic = 0, .families = ALL,
            .default_steps = 16},
-     .nbuf = 3, .flags = DFX_SF_VEL, .run = dfx_run_heun},
+     .nbuf = 4, .flags = DFX_SF_VEL, .run = dfx_run_heun},
     {.d = {.name = "rk4",
            .summary = "classical fourth-order Runge-Kutta",
            .order = 4, .nfe_per_step = 4, .stochastic = 0, .families = ALL,
            .default_steps = 20},
-     .nbuf = 5, .flags = DFX_SF_VEL, .run = dfx_run_rk4},
+     .nbuf = 6, .flags = DFX_SF_VEL, .run = dfx_run_rk4},
     {.d = {.name = "dopri5",
            .summary = "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)",
            .order = 5, .nfe_per_step = 0, .stochastic = 0, .families = ALL,
@@ -157,6 +157,10 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
     o->sampler = (m && m->cfg.sampler[0]) ? m->cfg.sampler : "heun";
     o->steps = 0; /* the sampler's default */
     o->eta = NAN;
+    o->churn = 0.0;
+    o->s_tmin = 0.0;
+    o->s_tmax = INFINITY;
+    o->s_noise = 1.0;
     o->snr = 0.16;
     o->corrector_steps = 1;
     o->recipe = DFX_RECIPE_PRINCIPLED;
@@ -280,6 +284,17 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         return NULL;
     }
     if (def->check && def->check(o, err)) return NULL;
+    if (!(o->churn >= 0.0 && isfinite(o->churn)) || !(o->s_noise >= 0.0 && isfinite(o->s_noise)) ||
+        !(o->s_tmin >= 0.0) || !(o->s_tmax >= o->s_tmin)) {
+        dfx_fail(err, "need --churn >= 0, --s-noise >= 0 and 0 <= --s-tmin <= --s-tmax");
+        return NULL;
+    }
+    if (o->churn > 0.0 && def->run != dfx_run_euler && def->run != dfx_run_heun &&
+        def->run != dfx_run_rk4) {
+        dfx_fail(err, "--churn applies to euler, heun and rk4 (EDM's stochastic sampler), not %s",
+                 def->d.name);
+        return NULL;
+    }
     if ((def->flags & DFX_SF_DALE) && m->cfg.path.family != DFX_PATH_DALE) {
         dfx_fail(err,
                  "sampler %s applies to multiplicative models on the dale path; this model is "

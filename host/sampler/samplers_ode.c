@@ -25,14 +25,46 @@ static const rk_tableau rk4_tab = {4,
                                    {{0}, {0.5}, {0, 0.5}, {0, 0, 1}},
                                    {1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6}};
 
-/* Fixed-grid explicit RK: buffers k_0..k_{S-1} = buf[0..S-1], stage input buf[S]. */
+/*
+ * EDM's churn (Karras et al. 2022, Algorithm 2) before step i: where
+ * S_tmin <= sigma_i <= S_tmax (sigma = s/a), raise the noise level to
+ * sigma^ = sigma_i (1 + gamma), gamma = min(S_churn / n, sqrt(2) - 1), at
+ * the time t^ of that level (within [0, 1]), adding fresh noise in the
+ * data's scale: (x - m)/a gains sqrt(sigma^2 - sigma_i^2) S_noise z. The
+ * step then runs from t^. z is the step's per-sample Philox draw.
+ */
+static double churn(dfx_sampler *s, int i, float *z)
+{
+    const dfx_path *p = &s->m->cfg.path;
+    double t = s->grid[i];
+    dfx_coef c;
+    dfx_path_eval(p, t, &c);
+    double sg = c.s / c.a;
+    if (!(c.a > 0.0) || !isfinite(sg) || sg < s->o.s_tmin || sg > s->o.s_tmax) return t;
+    double gamma = fmin(s->o.churn / s->n, sqrt(2.0) - 1.0);
+    double th = dfx_path_t_of_logsnr(p, -log(sg * (1.0 + gamma)));
+    dfx_coef ch;
+    dfx_path_eval(p, th, &ch);
+    double sh = ch.s / ch.a;
+    if (!(sh > sg) || !isfinite(sh)) return t;
+    dfx_s_noise(s, z, (uint32_t)(i + 1), DFX_STREAM_STEP);
+    const float *xs[2] = {s->x, z};
+    double k = ch.a / c.a;
+    double cs[2] = {k, ch.a * sqrt(sh * sh - sg * sg) * s->o.s_noise};
+    dfx_s_lincomb(s, s->x, 2, xs, cs, ch.m - k * c.m);
+    return th;
+}
+
+/* Fixed-grid explicit RK: buffers k_0..k_{S-1} = buf[0..S-1], stage input
+ * buf[S] (none for one stage), then the churn noise. */
 static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
 {
     const int S = tb->stages;
     float **k = s->buf;
     float *xin = S > 1 ? s->buf[S] : s->x;
     for (int i = 0; i < s->n; i++) {
-        double t0 = s->grid[i], h = s->grid[i + 1] - t0;
+        double t0 = s->o.churn > 0.0 ? churn(s, i, s->buf[S > 1 ? S + 1 : S]) : s->grid[i];
+        double h = s->grid[i + 1] - t0;
         for (int j = 0; j < S; j++) {
             const float *in = s->x;
             if (j > 0) {
