@@ -404,6 +404,8 @@ typedef struct dfx_progress {
 
 enum { DFX_RECIPE_PRINCIPLED = 0, DFX_RECIPE_PAPER = 1 };
 
+enum { DFX_RESTART_MAX = 8, DFX_RESTART_STEPS = 1000 };
+
 typedef struct dfx_sample_opts {
     const char *sampler;   /* a name from dfx_samplers()                    */
     int steps;             /* grid intervals; 0 = the sampler's default      */
@@ -423,6 +425,10 @@ typedef struct dfx_sample_opts {
     double churn;          /* euler/heun/rk4: EDM's S_churn (0: deterministic)  */
     double s_tmin, s_tmax; /* churn only where S_tmin <= sigma = s/a <= S_tmax (0, inf) */
     double s_noise;        /* churn noise scale S_noise (1)                   */
+    /* restart: intervals {sigma_min, sigma_max, K restarts, N Heun steps},
+     * restart_n of them (0: Xu et al.'s EDM default {0.06, 0.30, 2, 3}) */
+    int restart_n;
+    double restart[DFX_RESTART_MAX][4];
     double snr;            /* pc: corrector target signal-to-noise (0.16)    */
     int corrector_steps;   /* pc: Langevin steps per time (1)                */
     int recipe;            /* adls/aums: DFX_RECIPE_PRINCIPLED (delta = step of the

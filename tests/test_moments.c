@@ -96,6 +96,8 @@ int main(void)
         {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_2m_sde", 200, DFX_PATH_VP, 0},
         {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_3m_sde", 200, DFX_PATH_VP, 0},
         {"dpmpp_3m_sde", 200, DFX_PATH_VE, 0},
+        /* restart sampling (its default interval) */
+        {"restart", 30, DFX_PATH_LINEAR, 0}, {"restart", 30, DFX_PATH_VP, 0},
         /* EDM's stochastic sampler (Algorithm 2) */
         {"heun", 40, DFX_PATH_LINEAR, 20.0}, {"heun", 40, DFX_PATH_VP, 20.0},
         {"heun", 80, DFX_PATH_VE, 10.0},

@@ -76,6 +76,10 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"s-tmin", OPT_DOUBLE, &d->s_tmin, "SIGMA", "churn only at sigma = s/a >= this (0)", 0},
         {"s-tmax", OPT_DOUBLE, &d->s_tmax, "SIGMA", "churn only at sigma = s/a <= this (inf)", 0},
         {"s-noise", OPT_DOUBLE, &d->s_noise, "K", "churn noise scale S_noise (1)", 0},
+        {"restart", OPT_STR, &d->restart, "LIST",
+         "restart: SMIN:SMAX:K:N[,...] intervals in sigma = s/a, K restarts of N heun steps "
+         "(0.06:0.30:2:3)",
+         0},
         {"snr", OPT_DOUBLE, &d->snr, "R", "pc: corrector signal-to-noise ratio (0.16)", 0},
         {"corrector-steps", OPT_INT, &d->corrector_steps, "K", "pc: Langevin steps per time (1)",
          0},
@@ -161,6 +165,26 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
          cli_find(opts, nopts, "anneal")->set) &&
         strcmp(d->recipe, "paper") != 0)
         return usage_fail(cmd, "--delta, --inner and --anneal belong to --recipe paper%s", "");
+    if (d->restart) {
+        const char *p = d->restart;
+        d->restart_n = 0;
+        while (*p) {
+            double *iv = d->restart_iv[d->restart_n];
+            int used = 0;
+            if (d->restart_n >= DFX_RESTART_MAX ||
+                sscanf(p, "%lf:%lf:%lf:%lf%n", &iv[0], &iv[1], &iv[2], &iv[3], &used) != 4)
+                return usage_fail(cmd,
+                                  "--restart expects SMIN:SMAX:K:N[,SMIN:SMAX:K:N...] (at most 8), "
+                                  "got '%s'",
+                                  d->restart);
+            d->restart_n++;
+            p += used;
+            if (*p == ',') p++;
+            else if (*p)
+                return usage_fail(cmd, "--restart expects SMIN:SMAX:K:N[,...], got '%s'",
+                                  d->restart);
+        }
+    }
     d->class_id = DFX_CLASS_CYCLE;
     if (d->cls) {
         char *end;
@@ -249,6 +273,8 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->s_tmin = d->s_tmin;
     o->s_tmax = d->s_tmax;
     o->s_noise = d->s_noise;
+    o->restart_n = d->restart_n;
+    memcpy(o->restart, d->restart_iv, sizeof o->restart);
     o->snr = d->snr;
     o->corrector_steps = d->corrector_steps;
     o->recipe = strcmp(d->recipe, "paper") == 0 ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;

@@ -11,7 +11,7 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory, *scheduler, *init;
+        *max_memory, *scheduler, *init, *restart;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose;
     uint64_t seed, start, max_nfe;
@@ -22,6 +22,8 @@ typedef struct cli_draw {
     dfx_noise nz;
     dfx_path_family fam;
     int class_id;
+    int restart_n; /* --restart, parsed */
+    double restart_iv[DFX_RESTART_MAX][4];
     double mem_limit; /* --max-memory in bytes, 0 = what the machine has */
     /* opened */
     dfx_backend *be;

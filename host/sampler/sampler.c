@@ -36,6 +36,11 @@ static const sampler_def defs[] = {
            .order = 4, .nfe_per_step = 4, .stochastic = 0, .families = ALL,
            .default_steps = 20},
      .nbuf = 6, .flags = DFX_SF_VEL, .run = dfx_run_rk4},
+    {.d = {.name = "restart",
+           .summary = "restart sampling: heun, re-noised K times on sigma intervals (--restart)",
+           .order = 2, .nfe_per_step = 2, .stochastic = 1, .families = ALL,
+           .default_steps = 18},
+     .nbuf = 4, .flags = DFX_SF_VEL, .run = dfx_run_restart},
     {.d = {.name = "dopri5",
            .summary = "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)",
            .order = 5, .nfe_per_step = 0, .stochastic = 0, .families = ALL,
@@ -287,6 +292,21 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     if (!(o->churn >= 0.0 && isfinite(o->churn)) || !(o->s_noise >= 0.0 && isfinite(o->s_noise)) ||
         !(o->s_tmin >= 0.0) || !(o->s_tmax >= o->s_tmin)) {
         dfx_fail(err, "need --churn >= 0, --s-noise >= 0 and 0 <= --s-tmin <= --s-tmax");
+        return NULL;
+    }
+    for (int r = 0; r < o->restart_n; r++) {
+        const double *iv = o->restart[r];
+        if (o->restart_n > DFX_RESTART_MAX || !(iv[0] > 0.0) || !(iv[1] > iv[0]) ||
+            !isfinite(iv[1]) || !(iv[2] >= 1 && iv[2] <= 100) ||
+            !(iv[3] >= 1 && iv[3] <= DFX_RESTART_STEPS)) {
+            dfx_fail(err, "--restart interval %d: need 0 < sigma_min < sigma_max, 1 <= K <= 100, "
+                          "1 <= N <= %d",
+                     r + 1, DFX_RESTART_STEPS);
+            return NULL;
+        }
+    }
+    if (o->restart_n > 0 && def->run != dfx_run_restart) {
+        dfx_fail(err, "--restart belongs to the restart sampler, not %s", def->d.name);
         return NULL;
     }
     if (o->churn > 0.0 && def->run != dfx_run_euler && def->run != dfx_run_heun &&

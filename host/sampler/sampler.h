@@ -10,7 +10,8 @@
 
 /* Philox stream tags: which kind of draw a normal belongs to. Corrector
  * step j of pc uses DFX_STREAM_CORRECT + j. */
-enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1, DFX_STREAM_CORRECT = 2 };
+enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1, DFX_STREAM_CORRECT = 2,
+       DFX_STREAM_RESTART = 1 << 20 };
 
 /* sampler_def.flags */
 enum {
@@ -87,6 +88,7 @@ void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
 int dfx_run_euler(dfx_sampler *s, dfx_error *err);
 int dfx_run_heun(dfx_sampler *s, dfx_error *err);
 int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
+int dfx_run_restart(dfx_sampler *s, dfx_error *err);
 int dfx_run_dopri5(dfx_sampler *s, dfx_error *err);
 int dfx_run_em(dfx_sampler *s, dfx_error *err);
 int dfx_run_ddim(dfx_sampler *s, dfx_error *err);

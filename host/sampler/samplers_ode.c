@@ -55,16 +55,15 @@ static double churn(dfx_sampler *s, int i, float *z)
     return th;
 }
 
-/* Fixed-grid explicit RK: buffers k_0..k_{S-1} = buf[0..S-1], stage input
- * buf[S] (none for one stage), then the churn noise. */
-static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
+/* One explicit RK step of x from t0 to t1 (buffers k_0..k_{S-1} =
+ * buf[0..S-1], stage input buf[S], none for one stage). */
+static int rk_step(dfx_sampler *s, const rk_tableau *tb, double t0, double t1, dfx_error *err)
 {
     const int S = tb->stages;
     float **k = s->buf;
     float *xin = S > 1 ? s->buf[S] : s->x;
-    for (int i = 0; i < s->n; i++) {
-        double t0 = s->o.churn > 0.0 ? churn(s, i, s->buf[S > 1 ? S + 1 : S]) : s->grid[i];
-        double h = s->grid[i + 1] - t0;
+    double h = t1 - t0;
+    {
         for (int j = 0; j < S; j++) {
             const float *in = s->x;
             if (j > 0) {
@@ -78,7 +77,7 @@ static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
                 in = xin;
             }
             /* the last stage of a step that ends on the grid uses that exact time */
-            double tj = tb->c[j] == 1.0 ? s->grid[i + 1] : t0 + tb->c[j] * h;
+            double tj = tb->c[j] == 1.0 ? t1 : t0 + tb->c[j] * h;
             if (dfx_s_eval(s, tj, in, DFX_PRED_VELOCITY, k[j], err)) return -1;
         }
         const float *xs[8] = {s->x};
@@ -88,10 +87,77 @@ static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
             cs[j + 1] = h * tb->b[j];
         }
         dfx_s_lincomb(s, s->x, S + 1, xs, cs, 0.0);
+    }
+    return 0;
+}
+
+/* Fixed-grid explicit RK, with the churn noise in the buffer after rk_step's. */
+static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
+{
+    const int S = tb->stages;
+    for (int i = 0; i < s->n; i++) {
+        double t0 = s->o.churn > 0.0 ? churn(s, i, s->buf[S > 1 ? S + 1 : S]) : s->grid[i];
+        if (rk_step(s, tb, t0, s->grid[i + 1], err)) return -1;
         if (dfx_s_check(s, i + 1, s->grid[i + 1], err)) return -1;
         dfx_s_progress(s, i + 1, s->n, s->grid[i + 1]);
     }
     return 0;
+}
+
+/*
+ * Restart sampling (Xu et al. 2023): Heun steps on the main grid; on
+ * reaching the grid time t_j closest to an interval's sigma_min (sigma =
+ * s/a), K times: move to t^ with sigma(t^) = sigma_max, adding fresh noise
+ * (x - m)/a += sqrt(sigma_max^2 - sigma_j^2) z, and integrate back to t_j
+ * with N Heun steps on a Karras grid between the two. Restart k of
+ * interval r draws stream DFX_STREAM_RESTART + r, draw k + 1.
+ */
+int dfx_run_restart(dfx_sampler *s, dfx_error *err)
+{
+    const dfx_path *p = &s->m->cfg.path;
+    const int R = s->o.restart_n ? s->o.restart_n : 1;
+    double def[4] = {0.06, 0.30, 2, 3}; /* Xu et al.'s EDM interval, K, N */
+    int at[DFX_RESTART_MAX];
+    for (int r = 0; r < R; r++) { /* the main-grid point closest in log sigma */
+        const double *iv = s->o.restart_n ? s->o.restart[r] : def;
+        double best = INFINITY;
+        at[r] = -1;
+        for (int i = 1; i <= s->n; i++) {
+            double d = fabs(dfx_path_logsnr(p, s->grid[i]) + log(iv[0]));
+            if (d < best) best = d, at[r] = i;
+        }
+    }
+    double *g = dfx_alloc(DFX_RESTART_STEPS + 1, sizeof *g, "restart grid", err);
+    if (!g) return -1;
+    int rc = 0;
+    float *z = s->buf[3];
+    for (int i = 0; i < s->n && rc == 0; i++) {
+        rc = rk_step(s, &heun_tab, s->grid[i], s->grid[i + 1], err);
+        for (int r = 0; r < R && rc == 0; r++) {
+            if (at[r] != i + 1) continue;
+            const double *iv = s->o.restart_n ? s->o.restart[r] : def;
+            double tj = s->grid[i + 1], th = dfx_path_t_of_logsnr(p, -log(iv[1]));
+            dfx_coef cj, ch;
+            dfx_path_eval(p, tj, &cj);
+            dfx_path_eval(p, th, &ch);
+            double sj = cj.s / cj.a, sh = ch.s / ch.a;
+            if (!(sh > sj) || !isfinite(sh) || !(cj.a > 0.0)) continue;
+            int N = (int)iv[3];
+            rc = dfx_time_grid(p, DFX_GRID_KARRAS, s->o.rho, 3, th, tj, N, g, err);
+            for (int k = 0; k < (int)iv[2] && rc == 0; k++) {
+                s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim,
+                                   (uint32_t)(k + 1), (uint32_t)(DFX_STREAM_RESTART + r));
+                const float *xs[2] = {s->x, z};
+                double kk = ch.a / cj.a, cs[2] = {kk, ch.a * sqrt(sh * sh - sj * sj)};
+                dfx_s_lincomb(s, s->x, 2, xs, cs, ch.m - kk * cj.m);
+                for (int q = 0; q < N && rc == 0; q++) rc = rk_step(s, &heun_tab, g[q], g[q + 1], err);
+            }
+        }
+        if (rc == 0) rc = dfx_s_check(s, i + 1, s->grid[i + 1], err);
+        if (rc == 0) dfx_s_progress(s, i + 1, s->n, s->grid[i + 1]);
+    }
+    free(g);
+    return rc;
 }
 
 int dfx_run_euler(dfx_sampler *s, dfx_error *err)
