@@ -96,6 +96,7 @@ int main(void)
         {"dpmpp_2m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_2m_sde", 200, DFX_PATH_VP, 0},
         {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_3m_sde", 200, DFX_PATH_VP, 0},
         {"dpmpp_3m_sde", 200, DFX_PATH_VE, 0},
+        {"unipc", 40, DFX_PATH_LINEAR, 0}, {"unipc", 40, DFX_PATH_VP_COSINE, 0},
         /* restart sampling (its default interval) */
         {"restart", 30, DFX_PATH_LINEAR, 0}, {"restart", 30, DFX_PATH_VP, 0},
         /* EDM's stochastic sampler (Algorithm 2) */

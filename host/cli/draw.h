@@ -11,7 +11,8 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory, *scheduler, *init, *restart;
+        *max_memory, *scheduler, *init, *restart, *variant;
+    int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose;
     uint64_t seed, start, max_nfe;

@@ -56,6 +56,11 @@ static const sampler_def defs[] = {
            .order = 2, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
            .default_steps = 30},
      .nbuf = 4, .flags = DFX_SF_X0, .run = dfx_run_dpmpp_2m},
+    {.d = {.name = "unipc",
+           .summary = "UniPC: predictor-corrector multistep on x_hat (--order 1-3, --variant bh1|bh2)",
+           .order = 3, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
+           .default_steps = 20},
+     .nbuf = 6, .flags = DFX_SF_X0, .run = dfx_run_unipc},
     /* stochastic */
     {.d = {.name = "em",
            .summary = "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)",
@@ -304,6 +309,10 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
                      r + 1, DFX_RESTART_STEPS);
             return NULL;
         }
+    }
+    if (o->order < 0 || o->order > 3 || ((o->order || o->unipc_bh1) && def->run != dfx_run_unipc)) {
+        dfx_fail(err, "--order (1..3) and --variant belong to unipc");
+        return NULL;
     }
     if (o->restart_n > 0 && def->run != dfx_run_restart) {
         dfx_fail(err, "--restart belongs to the restart sampler, not %s", def->d.name);

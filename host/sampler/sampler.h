@@ -96,6 +96,7 @@ int dfx_run_ddpm(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_3m_sde(dfx_sampler *s, dfx_error *err);
+int dfx_run_unipc(dfx_sampler *s, dfx_error *err);
 int dfx_run_pc(dfx_sampler *s, dfx_error *err);
 int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err);
 int dfx_run_adls(dfx_sampler *s, dfx_error *err);
