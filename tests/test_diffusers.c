@@ -231,7 +231,11 @@ static void ddpm_moments(void)
     dfx_model *m = dfx_model_load_diffusers(DIR "/attn", DIR "/runs/ddpm.scheduler.json", be, &err);
     CHECK(m && mu && var && mse && vse, "ddpm fixture: %s", err.msg);
     if (m && mu && var && mse && vse && n1 == m->dim) {
+#ifdef __SANITIZE_ADDRESS__
+        const int N = 256; /* the sanitizer build checks the memory, at -O0 */
+#else
         const int N = 1024;
+#endif
         dfx_sample_opts o;
         dfx_sample_opts_default(&o, m);
         o.sampler = "ddpm";
