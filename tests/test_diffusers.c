@@ -31,7 +31,7 @@ static float *tensor(dfx_st_file *f, const char *name, size_t *n)
 }
 
 /* Max |difflux - diffusers| of the network on NAME.io.safetensors. */
-static void forward(const char *name, const char *model)
+static void forward(const char *name, const char *model, size_t params)
 {
     dfx_error err = {{0}};
     char p[512], io[512];
@@ -39,6 +39,9 @@ static void forward(const char *name, const char *model)
     snprintf(io, sizeof io, "%s/%s.io.safetensors", DIR, name);
     dfx_model *m = dfx_model_load(p, be, &err);
     CHECK(m, "%s: %s", name, err.msg);
+    /* diffusers' own count (the fixtures' README): no padding zeros counted */
+    CHECK(!m || m->info.n_params == params, "%s: %zu parameters, diffusers has %zu", name,
+          m ? m->info.n_params : 0, params);
     dfx_st_file f;
     if (!m || dfx_st_open(&f, io, &err)) {
         CHECK(0, "%s: %s", io, err.msg);
@@ -292,11 +295,11 @@ int main(void)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    forward("attn", "attn");
-    forward("noattn_rgb", "noattn_rgb");
-    forward("legacy", "legacy");
-    forward("cond", "cond");
-    forward("unet_only", "unet_only");
+    forward("attn", "attn", 44969);
+    forward("noattn_rgb", "noattn_rgb", 98275);
+    forward("legacy", "legacy", 44969);
+    forward("cond", "cond", 45097);
+    forward("unet_only", "unet_only", 40634);
     jvp("noattn_rgb");
     jvp("attn");
     scheduler_runs();

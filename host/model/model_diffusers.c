@@ -298,7 +298,18 @@ static int downsample(net_builder *bd, int in, const char *p, int C, int h, int 
     const float *W = dfx_net_upload(bd, w4, (size_t)C * C * 16, n);
     free(w3);
     free(w4);
-    return dfx_net_conv_with(bd, in, W, B, C, C, h, w, 4, 2, 1);
+    int out = dfx_net_conv_with(bd, in, W, B, C, C, h, w, 4, 2, 1);
+    /* the model's own numbers: the 3x3 kernel's parameters and FLOPs, not
+     * the zeros around it */
+    net_impl *u = bd->u;
+    u->params -= (size_t)C * C * 7;
+    if (!bd->failed) {
+        net_op *op = &u->ops[u->nops - 1];
+        double f3 = op->flops * 9.0 / 16.0;
+        u->flops -= op->flops - f3;
+        op->flops = f3;
+    }
+    return out;
 }
 
 static int build(net_builder *bd)
@@ -322,6 +333,7 @@ static int build(net_builder *bd)
         if (full) {
             memcpy(full, tab, nt * sizeof *full);
             const float *dt = dfx_net_upload(bd, full, nt + (size_t)c->T, "class_embedding");
+            u->params -= (size_t)c->T; /* the "no class" row of zeros is not the model's */
             dfx_net_add_op(bd, (net_op){.kind = OP_CLASS, .out = temb, .in0 = temb, .in1 = -1,
                                         .w = dt, .cin = c->T});
         } else {
