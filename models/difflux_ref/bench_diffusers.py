@@ -1,7 +1,7 @@
 """A CIFAR-10-shaped diffusers UNet2DModel: diffusers' forward pass against difflux's.
 
     cd /work/main && python3 -m models.difflux_ref.bench_diffusers \
-        --difflux build/difflux --out /tmp/difflux-cifar --batch 1,8 --threads 2
+        --difflux build/difflux --out /tmp/difflux-cifar --batch 1,8 --threads 2 --rounds 2
 
 Builds a UNet2DModel with the architecture of google/ddpm-cifar10-32 (3x32x32,
 block_out_channels (128, 256, 256, 256), 2 resnets per block, attention in the
@@ -57,6 +57,19 @@ CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3,
                downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
                center_input_sample=False, mid_block_scale_factor=1, act_fn="silu",
                time_embedding_type="positional")
+
+
+def cpu_name():
+    """/proc/cpuinfo's model name and vector extensions (Linux), else platform's."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        name = info.split("model name")[1].split(":", 1)[1].split("\n")[0].strip()
+        flags = info.split("flags")[1].split(":", 1)[1].split("\n")[0].split()
+        ext = [x for x in ("avx2", "fma", "avx512f") if x in flags]
+        return f"{name} ({', '.join(ext) or 'no avx2'})"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
 
 
 def build(out):
@@ -118,7 +131,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batch.split(",")]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs; "
           f"{args.threads} threads each side")
     unet = build(args.out)
     rounds = []
