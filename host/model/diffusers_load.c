@@ -275,8 +275,11 @@ static char *native_config(const char *path, const char *sched_file, char *weigh
                            dfx_error *err)
 {
     char ucfg[2048], sfound[2048];
+    if (cap < sizeof ucfg) {
+        dfx_fail(err, "%s: internal: a weights path buffer of %zu bytes is too small", path, cap);
+        return NULL;
+    }
     if (locate(path, weights, ucfg, sfound, sizeof ucfg, err)) return NULL;
-    if (cap < sizeof ucfg) return NULL;
     const char *sf = sched_file ? sched_file : sfound[0] ? sfound : NULL;
     cJSON *unet = read_json(ucfg, "unet config", err);
     cJSON *sched = unet && sf ? read_json(sf, "scheduler config", err) : NULL;

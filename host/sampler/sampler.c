@@ -659,6 +659,18 @@ int dfx_s_xhat_post(dfx_sampler *s, float *X, dfx_error *err)
     return s->be->ops->upload(s->be, X, h, n * sizeof(float), err);
 }
 
+int dfx_s_xhat(dfx_sampler *s, double t, float *P, float *X, dfx_error *err)
+{
+    double Ad, Bd, Cd;
+    if (dfx_s_conv(s, t, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err) ||
+        dfx_s_eval(s, t, s->x, s->m->native, P, err))
+        return -1;
+    const float *xp[2] = {s->x, P};
+    double cp[2] = {Ad, Bd};
+    dfx_s_lincomb(s, X, 2, xp, cp, Cd);
+    return dfx_s_xhat_post_on(s) ? dfx_s_xhat_post(s, X, err) : 0;
+}
+
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
 {
     s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim, draw, stream);

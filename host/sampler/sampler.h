@@ -110,6 +110,9 @@ int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, doubl
  * x_hat of the batch, is post-processed in place. */
 int dfx_s_xhat_post_on(const dfx_sampler *s);
 int dfx_s_xhat_post(dfx_sampler *s, float *X, dfx_error *err);
+/* One network evaluation at (t, x) into P, and x_hat of it
+ * (post-processed as the model's scheduler does) into X. */
+int dfx_s_xhat(dfx_sampler *s, double t, float *P, float *X, dfx_error *err);
 /* Standard normals of draw `draw`, stream `stream` into z. */
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream);
 

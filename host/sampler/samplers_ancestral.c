@@ -169,13 +169,7 @@ static int run_dpmpp(dfx_sampler *s, double eta, dfx_error *err)
         dfx_path_eval(p, t0, &c0);
         dfx_path_eval(p, t1, &c1);
         double h = dfx_path_logsnr(p, t1) - dfx_path_logsnr(p, t0);
-        double Ad, Bd, Cd;
-        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
-        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
-        const float *xp[2] = {s->x, P};
-        double cp[2] = {Ad, Bd};
-        dfx_s_lincomb(s, X, 2, xp, cp, Cd);
-        if (dfx_s_xhat_post_on(s) && dfx_s_xhat_post(s, X, err)) return -1;
+        if (dfx_s_xhat(s, t0, P, X, err)) return -1;
         double half_r = (isfinite(h_prev) && isfinite(h)) ? 0.5 * h / h_prev : 0.0;
         /* eta > 0 from a = 0 (h infinite): the state's weight is exp(-inf) = 0 */
         double kx = c1.s / c0.s * (eta > 0.0 ? exp(-h * eta) : 1.0);
@@ -231,13 +225,7 @@ int dfx_run_dpmpp_3m_sde(dfx_sampler *s, dfx_error *err)
         dfx_path_eval(p, t0, &c0);
         dfx_path_eval(p, t1, &c1);
         double h = dfx_path_logsnr(p, t1) - dfx_path_logsnr(p, t0);
-        double Ad, Bd, Cd;
-        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
-        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
-        const float *xp[2] = {s->x, P};
-        double cp[2] = {Ad, Bd};
-        dfx_s_lincomb(s, X, 2, xp, cp, Cd);
-        if (dfx_s_xhat_post_on(s) && dfx_s_xhat_post(s, X, err)) return -1;
+        if (dfx_s_xhat(s, t0, P, X, err)) return -1;
         double g = h * (1.0 + eta);
         double kx = c1.s / c0.s * (eta > 0.0 ? exp(-h * eta) : 1.0);
         double kD = -c1.a * expm1(-g);

@@ -131,19 +131,13 @@ int dfx_run_unipc(dfx_sampler *s, dfx_error *err)
     for (int i = 0; i < s->n; i++) {
         double t0 = s->grid[i], t1 = s->grid[i + 1];
         /* this step's x_hat, at the (uncorrected) state */
-        double Ad, Bd, Cd;
-        if (dfx_s_conv(s, t0, s->m->native, DFX_PRED_DATA, &Ad, &Bd, &Cd, err)) return -1;
-        if (dfx_s_eval(s, t0, s->x, s->m->native, P, err)) return -1;
         float *tmp = X[UPC_MAX]; /* the oldest slot takes the new x_hat */
         memmove(X + 1, X, UPC_MAX * sizeof *X);
         X[0] = tmp;
         memmove(lam + 1, lam, UPC_MAX * sizeof *lam);
         lam[0] = dfx_path_logsnr(p, t0);
         if (have < UPC_MAX + 1) have++;
-        const float *xp[2] = {s->x, P};
-        double cp[2] = {Ad, Bd};
-        dfx_s_lincomb(s, X[0], 2, xp, cp, Cd);
-        if (dfx_s_xhat_post_on(s) && dfx_s_xhat_post(s, X[0], err)) return -1;
+        if (dfx_s_xhat(s, t0, P, X[0], err)) return -1;
         dfx_coef c0, c1;
         double hc = lam[0] - lam[1];
         if (i > 0 && isfinite(hc)) { /* UniC: correct this step's state with its own x_hat */
