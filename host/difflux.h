@@ -427,8 +427,10 @@ typedef struct dfx_sample_opts {
     double s_noise;        /* churn noise scale S_noise (1)                   */
     /* restart: intervals {sigma_min, sigma_max, K restarts, N Heun steps},
      * restart_n of them (0: Xu et al.'s EDM default {0.06, 0.30, 2, 3}) */
-    int order;             /* unipc: 1..3 (0: 2)                              */
-    int unipc_bh1;         /* unipc: the bh1 variant (B(h) = h) instead of bh2 */
+    int order;             /* unipc, deis: 1..3 (0: 2)                        */
+    const char *variant;   /* unipc: bh2 or bh1, the B(h) of UniPC; deis: tab
+                              (polynomial in t) or logrho (in log s/a); NULL:
+                              the first                                    */
     int restart_n;
     double restart[DFX_RESTART_MAX][4];
     double snr;            /* pc: corrector target signal-to-noise (0.16)    */

@@ -124,6 +124,10 @@ expect 1 "--recipe applies to the multiplicative samplers" -- "$DFX" sample --re
 expect 2 "--delta, --inner and --anneal belong to --recipe paper" -- "$DFX" sample --delta 0.1 --n 2 --out "$TMP/x.png"
 expect 2 "unknown --recipe 'best'" -- "$DFX" sample --recipe best --n 2 --out "$TMP/x.png"
 expect 1 "--eta must be a number >= 0" -- "$DFX" sample --sampler ddim --eta -1 --n 2 --out "$TMP/x.png"
+expect 1 "unknown --variant 'bh1' for deis .tab, logrho." -- "$DFX" sample --model "$MODEL" --sampler deis --variant bh1 --n 2 --out "$TMP/x.png"
+expect 1 "--order .1..3. belongs to unipc and deis, not heun" -- "$DFX" sample --model "$MODEL" --sampler heun --order 2 --n 2 --out "$TMP/x.png"
+expect 1 "--variant belongs to unipc and deis, not ddim" -- "$DFX" sample --model "$MODEL" --sampler ddim --variant tab --n 2 --out "$TMP/x.png"
+expect 0 "deis on" -- "$DFX" sample --model "$MODEL" --sampler deis --order 3 --variant logrho --steps 8 --n 2 --out "$TMP/deis.png"
 expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
 for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on $AUTO" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"

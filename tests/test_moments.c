@@ -97,6 +97,8 @@ int main(void)
         {"dpmpp_3m_sde", 200, DFX_PATH_LINEAR, 0}, {"dpmpp_3m_sde", 200, DFX_PATH_VP, 0},
         {"dpmpp_3m_sde", 200, DFX_PATH_VE, 0},
         {"unipc", 40, DFX_PATH_LINEAR, 0}, {"unipc", 40, DFX_PATH_VP_COSINE, 0},
+        {"deis", 40, DFX_PATH_LINEAR, 0},  {"deis", 40, DFX_PATH_VP, 0},
+        {"deis", 40, DFX_PATH_VE, 0},
         /* restart sampling (its default interval) */
         {"restart", 30, DFX_PATH_LINEAR, 0}, {"restart", 30, DFX_PATH_VP, 0},
         /* EDM's stochastic sampler (Algorithm 2) */

@@ -76,8 +76,8 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"s-tmin", OPT_DOUBLE, &d->s_tmin, "SIGMA", "churn only at sigma = s/a >= this (0)", 0},
         {"s-tmax", OPT_DOUBLE, &d->s_tmax, "SIGMA", "churn only at sigma = s/a <= this (inf)", 0},
         {"s-noise", OPT_DOUBLE, &d->s_noise, "K", "churn noise scale S_noise (1)", 0},
-        {"order", OPT_INT, &d->order, "P", "unipc: order 1..3 of predictor and corrector (2)", 0},
-        {"variant", OPT_STR, &d->variant, "NAME", "unipc: bh1 or bh2, the B(h) of UniPC (bh2)", 0},
+        {"order", OPT_INT, &d->order, "P", "unipc, deis: order 1..3 of the multistep rule (2)", 0},
+        {"variant", OPT_STR, &d->variant, "NAME", "unipc: bh2 or bh1, UniPC's B(h); deis: tab or logrho (first: default)", 0},
         {"restart", OPT_STR, &d->restart, "LIST",
          "restart: SMIN:SMAX:K:N[,...] intervals in sigma = s/a, K restarts of N heun steps "
          "(0.06:0.30:2:3)",
@@ -167,8 +167,6 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
          cli_find(opts, nopts, "anneal")->set) &&
         strcmp(d->recipe, "paper") != 0)
         return usage_fail(cmd, "--delta, --inner and --anneal belong to --recipe paper%s", "");
-    if (d->variant && strcmp(d->variant, "bh1") != 0 && strcmp(d->variant, "bh2") != 0)
-        return usage_fail(cmd, "unknown --variant '%s' (bh1, bh2)", d->variant);
     if (d->restart) {
         const char *p = d->restart;
         d->restart_n = 0;
@@ -278,7 +276,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->s_tmax = d->s_tmax;
     o->s_noise = d->s_noise;
     o->order = d->order;
-    o->unipc_bh1 = d->variant && strcmp(d->variant, "bh1") == 0;
+    o->variant = d->variant;
     o->restart_n = d->restart_n;
     memcpy(o->restart, d->restart_iv, sizeof o->restart);
     o->snr = d->snr;

@@ -256,6 +256,19 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
         c->start_full = cJSON_IsTrue(full);
     }
     get_str(r, "sampler", c->sampler, sizeof c->sampler);
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(r, "sampler_options");
+    if (so) {
+        const cJSON *ord = cJSON_GetObjectItemCaseSensitive(so, "order");
+        if (!cJSON_IsObject(so) || (ord && !(cJSON_IsNumber(ord) && ord->valuedouble >= 1 &&
+                                             ord->valuedouble <= 3 &&
+                                             ord->valuedouble == (int)ord->valuedouble))) {
+            dfx_fail(err, "%s: config: sampler_options must be {\"order\": 1..3, \"variant\": NAME}",
+                     file);
+            goto fail;
+        }
+        if (ord) c->sampler_order = (int)ord->valuedouble;
+        get_str(so, "variant", c->sampler_variant, sizeof c->sampler_variant);
+    }
     const cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     if (cJSON_IsObject(prov)) {
         get_str(prov, "dataset", c->dataset, sizeof c->dataset);

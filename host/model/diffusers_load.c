@@ -160,6 +160,42 @@ static double cos_abar(double t)
     return c * c;
 }
 
+/* UniPC's or DEIS's solver_order and solver_type as the model's --order and
+ * --variant; what difflux's unipc and deis do not run is refused. */
+static int multistep_options(dfx_model_config *c, const cJSON *s, int unipc, const char *file,
+                             dfx_error *err)
+{
+    double ord = 2;
+    if (num(s, "solver_order", 2, &ord, file, err)) return -1;
+    if (!(ord >= 1 && ord <= 3 && ord == floor(ord)))
+        return sched_fail(file, "solver_order", key(s, "solver_order"), "is not 1, 2 or 3", err);
+    c->sampler_order = (int)ord;
+    const char *st = str(s, "solver_type", unipc ? "bh2" : "logrho");
+    if (unipc ? strcmp(st, "bh1") != 0 && strcmp(st, "bh2") != 0 : strcmp(st, "logrho") != 0)
+        return sched_fail(file, "solver_type", key(s, "solver_type"),
+                          unipc ? "is not bh1 or bh2" : "is not logrho", err);
+    snprintf(c->sampler_variant, sizeof c->sampler_variant, "%s", st);
+    int lof = 1, x0 = 1;
+    if (flag(s, "lower_order_final", 1, &lof, file, err) ||
+        (unipc && flag(s, "predict_x0", 1, &x0, file, err)))
+        return -1;
+    if (!lof)
+        return sched_fail(file, "lower_order_final", key(s, "lower_order_final"),
+                          "false is not supported (difflux lowers the order below 15 steps)", err);
+    if (!x0)
+        return sched_fail(file, "predict_x0", key(s, "predict_x0"),
+                          "false is not supported (difflux's unipc runs on x_hat)", err);
+    const cJSON *dc = key(s, "disable_corrector"), *sp = key(s, "solver_p");
+    if (dc && !(cJSON_IsArray(dc) && cJSON_GetArraySize(dc) == 0))
+        return sched_fail(file, "disable_corrector", dc, "is not supported", err);
+    if (sp && !cJSON_IsNull(sp))
+        return sched_fail(file, "solver_p", sp, "is not supported", err);
+    const char *alg = str(s, "algorithm_type", "deis");
+    if (!unipc && strcmp(alg, "deis") != 0)
+        return sched_fail(file, "algorithm_type", key(s, "algorithm_type"), "is not deis", err);
+    return 0;
+}
+
 /* The scheduler's schedule and its sampling conventions into c (path,
  * prediction, x_hat post-processing, the sampler that matches it); sched
  * NULL: DDPMScheduler's defaults. Numbers as diffusers keeps them: betas
@@ -168,7 +204,11 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
 {
     const char *cls = str(s, "_class_name", "DDPMScheduler");
     const int ddim = strcmp(cls, "DDIMScheduler") == 0,
-              dpm = strcmp(cls, "DPMSolverMultistepScheduler") == 0;
+              dpm = strcmp(cls, "DPMSolverMultistepScheduler") == 0,
+              unipc = strcmp(cls, "UniPCMultistepScheduler") == 0,
+              deis = strcmp(cls, "DEISMultistepScheduler") == 0;
+    /* the multistep schedulers share DPM-Solver's timesteps and have no clip_sample */
+    const int multi = dpm || unipc || deis;
     double N_ = 1000, b0, b1;
     if (num(s, "num_train_timesteps", 1000, &N_, file, err) ||
         num(s, "beta_start", 1e-4, &b0, file, err) || num(s, "beta_end", 0.02, &b1, file, err))
@@ -212,7 +252,7 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
     int zsnr = 0, karras = 0, clip = 0, thr = 0, one = 1;
     if (flag(s, "rescale_betas_zero_snr", 0, &zsnr, file, err) ||
         flag(s, "use_karras_sigmas", 0, &karras, file, err) ||
-        flag(s, "clip_sample", ddim || !dpm, &clip, file, err) ||
+        flag(s, "clip_sample", ddim || !multi, &clip, file, err) ||
         flag(s, "thresholding", 0, &thr, file, err) ||
         flag(s, "set_alpha_to_one", 1, &one, file, err))
         return -1;
@@ -229,7 +269,7 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
         if (on) return sched_fail(file, kinds[k], key(s, kinds[k]), "is not supported", err);
     }
     const char *vt = str(s, "variance_type", "fixed_small");
-    if (!dpm && strcmp(vt, "fixed_small") != 0)
+    if (!multi && strcmp(vt, "fixed_small") != 0)
         return sched_fail(file, "variance_type", key(s, "variance_type"),
                           "is not supported (difflux's ddpm uses fixed_small)", err);
     const char *pt = str(s, "prediction_type", "epsilon");
@@ -242,7 +282,7 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
     else
         return sched_fail(file, "prediction_type", key(s, "prediction_type"),
                           "is not one of epsilon, v_prediction, sample", err);
-    const char *sp = str(s, "timestep_spacing", dpm ? "linspace" : "leading");
+    const char *sp = str(s, "timestep_spacing", multi ? "linspace" : "leading");
     int spacing = dfx_spacing_parse(sp);
     if (spacing < 0)
         return sched_fail(file, "timestep_spacing", key(s, "timestep_spacing"),
@@ -253,10 +293,11 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
         return sched_fail(file, "steps_offset", key(s, "steps_offset"), "is out of range", err);
     c->path.spacing = spacing;
     c->path.steps_offset = (int)off;
-    c->path.dpm_timesteps = dpm;
+    c->path.dpm_timesteps = multi;
     c->path.final_one = ddim ? one : 1;
-    if (dpm) c->path.final_one = strcmp(str(s, "final_sigmas_type", "zero"), "zero") == 0;
-    if (clip && !dpm && num(s, "clip_sample_range", 1.0, &c->clip, file, err)) return -1;
+    if (dpm || unipc) c->path.final_one = strcmp(str(s, "final_sigmas_type", "zero"), "zero") == 0;
+    if (deis) c->path.final_one = 0; /* DEIS ends at sigma of abar_0 */
+    if (clip && !multi && num(s, "clip_sample_range", 1.0, &c->clip, file, err)) return -1;
     if (thr) {
         if (num(s, "dynamic_thresholding_ratio", 0.995, &c->thr_ratio, file, err) ||
             num(s, "sample_max_value", 1.0, &c->thr_max, file, err))
@@ -265,7 +306,12 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
     }
     const char *alg = str(s, "algorithm_type", "dpmsolver++");
     snprintf(c->sampler, sizeof c->sampler, "%s",
-             dpm ? (strstr(alg, "sde") ? "dpmpp_2m_sde" : "dpmpp_2m") : ddim ? "ddim" : "ddpm");
+             dpm     ? (strstr(alg, "sde") ? "dpmpp_2m_sde" : "dpmpp_2m")
+             : unipc ? "unipc"
+             : deis  ? "deis"
+             : ddim  ? "ddim"
+                     : "ddpm");
+    if (unipc || deis) return multistep_options(c, s, unipc, file, err);
     return 0;
 }
 
@@ -312,6 +358,11 @@ static char *native_config(const char *path, const char *sched_file, char *weigh
     cJSON *r = dfx_config_to_json(&c);
     cJSON_ReplaceItemInObjectCaseSensitive(r, "kind", cJSON_CreateString("diffusers"));
     cJSON_AddStringToObject(r, "sampler", c.sampler);
+    if (c.sampler_order || c.sampler_variant[0]) {
+        cJSON *so = cJSON_AddObjectToObject(r, "sampler_options");
+        if (c.sampler_order) cJSON_AddNumberToObject(so, "order", c.sampler_order);
+        if (c.sampler_variant[0]) cJSON_AddStringToObject(so, "variant", c.sampler_variant);
+    }
     cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     char desc[8192];
     snprintf(desc, sizeof desc, "diffusers UNet2DModel (%s, diffusers %s); schedule %s from %s",

@@ -33,6 +33,8 @@ typedef struct dfx_model_config {
      * by it */
     double clip, thr_ratio, thr_max;
     char sampler[32];       /* the sampler that matches the model's scheduler ("": none) */
+    int sampler_order;      /* and its --order and --variant (0, "": the sampler's own) */
+    char sampler_variant[16];
     char dataset[128];
     char training[256];     /* provenance.training, in words ("" if absent) */
     char description[512];

@@ -60,7 +60,12 @@ static const sampler_def defs[] = {
            .summary = "UniPC: predictor-corrector multistep on x_hat (--order 1-3, --variant bh1|bh2)",
            .order = 3, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
            .default_steps = 20},
-     .nbuf = 6, .flags = DFX_SF_X0, .run = dfx_run_unipc},
+     .nbuf = 6, .flags = DFX_SF_X0, .variants = {"bh2", "bh1"}, .run = dfx_run_unipc},
+    {.d = {.name = "deis",
+           .summary = "DEIS: multistep exponential integrator on z_hat (--order 1-3, --variant tab|logrho)",
+           .order = 3, .nfe_per_step = 1, .stochastic = 0, .families = ALL,
+           .default_steps = 20},
+     .nbuf = 5, .flags = DFX_SF_X0, .variants = {"tab", "logrho"}, .run = dfx_run_deis},
     /* stochastic */
     {.d = {.name = "em",
            .summary = "Euler-Maruyama of dx = [v + eps S] dtau + sqrt(2 eps) dW (--noise, --eps0)",
@@ -310,9 +315,32 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
             return NULL;
         }
     }
-    if (o->order < 0 || o->order > 3 || ((o->order || o->unipc_bh1) && def->run != dfx_run_unipc)) {
-        dfx_fail(err, "--order (1..3) and --variant belong to unipc");
+    /* the model's own sampler takes the model's --order and --variant by default */
+    const int own = m->cfg.sampler[0] && strcmp(m->cfg.sampler, def->d.name) == 0;
+    const int order = o->order ? o->order : own ? m->cfg.sampler_order : 0;
+    const char *vname = o->variant ? o->variant
+                        : own && m->cfg.sampler_variant[0] ? m->cfg.sampler_variant
+                                                          : NULL;
+    const int multistep = def->run == dfx_run_unipc || def->run == dfx_run_deis;
+    if (order < 0 || order > 3 || (order && !multistep)) {
+        dfx_fail(err, "--order (1..3) belongs to unipc and deis, not %s", def->d.name);
         return NULL;
+    }
+    int variant = 0;
+    if (vname) {
+        if (!def->variants[0]) {
+            dfx_fail(err, "--variant belongs to unipc and deis, not %s", def->d.name);
+            return NULL;
+        }
+        while (variant < 3 && def->variants[variant] &&
+               strcmp(def->variants[variant], vname) != 0)
+            variant++;
+        if (variant == 3 || !def->variants[variant]) {
+            dfx_fail(err, "unknown --variant '%s' for %s (%s%s%s)", vname, def->d.name,
+                     def->variants[0], def->variants[1] ? ", " : "",
+                     def->variants[1] ? def->variants[1] : "");
+            return NULL;
+        }
     }
     if (o->restart_n > 0 && def->run != dfx_run_restart) {
         dfx_fail(err, "--restart belongs to the restart sampler, not %s", def->d.name);
@@ -344,6 +372,8 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->max_rows = max_rows;
     s->dim = m->dim;
     s->eta = eta;
+    s->variant = variant;
+    s->o.order = order;
     if (def->flags & DFX_SF_DALE) {
         /* the paper's tuned recipe (MATH.md section 3), unless overridden */
         if (isnan(o->delta)) s->o.delta = def->paper_delta;

@@ -36,6 +36,8 @@ typedef struct sampler_def {
      * samplers, MATH.md section 3) */
     double paper_delta;
     int paper_inner;
+    /* names of --variant, the first the default; NULL: none */
+    const char *variants[3];
     /* Checks the options only this sampler reads, before anything is
      * planned; NULL when it has none. */
     int (*check)(const dfx_sample_opts *o, dfx_error *err);
@@ -51,6 +53,7 @@ struct dfx_sampler {
     size_t dim;
     double t_noise, t_data;
     double eta;    /* resolved ancestral eta */
+    int variant;   /* index into def->variants */
     int n;         /* grid intervals */
     double *grid;  /* n + 1 times */
     float *x;      /* backend [max_rows, dim]: the state */
@@ -97,6 +100,7 @@ int dfx_run_dpmpp_2m(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_2m_sde(dfx_sampler *s, dfx_error *err);
 int dfx_run_dpmpp_3m_sde(dfx_sampler *s, dfx_error *err);
 int dfx_run_unipc(dfx_sampler *s, dfx_error *err);
+int dfx_run_deis(dfx_sampler *s, dfx_error *err);
 int dfx_run_pc(dfx_sampler *s, dfx_error *err);
 int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err);
 int dfx_run_adls(dfx_sampler *s, dfx_error *err);

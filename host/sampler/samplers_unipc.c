@@ -122,7 +122,7 @@ static void update(dfx_sampler *s, float *out, const float *from, const dfx_coef
 int dfx_run_unipc(dfx_sampler *s, dfx_error *err)
 {
     const dfx_path *p = &s->m->cfg.path;
-    const int order = s->o.order ? s->o.order : 2, bh1 = s->o.unipc_bh1;
+    const int order = s->o.order ? s->o.order : 2, bh1 = s->variant == 1;
     /* buffers: P, the last UPC_MAX x_hat (newest first), the uncorrected state */
     float *P = s->buf[0], *X[UPC_MAX + 1] = {s->buf[1], s->buf[2], s->buf[3], s->buf[4]};
     float *xlast = s->buf[5];

@@ -109,6 +109,7 @@ LEGACY_NAMES = (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.
 TRAINED_BETAS = [float(f"{1e-4 + (0.02 - 1e-4) * (i / 999) ** 1.5:.6g}") for i in range(1000)]
 
 DDIM, DPM = "DDIMScheduler", "DPMSolverMultistepScheduler"
+UNIPC, DEIS = "UniPCMultistepScheduler", "DEISMultistepScheduler"
 # the pipelines' DDPMScheduler config says timestep_spacing "leading" (DDPM's
 # default), which from_config would carry over: linspace, DPM-Solver's own
 # default, is asked for explicitly
@@ -148,6 +149,26 @@ VARIANTS = {
     "dpmpp_2m_vpred_threshold": ("noattn_rgb", DPM, dict(DPMPP, thresholding=True,
                                                          dynamic_thresholding_ratio=0.9,
                                                          sample_max_value=1.5)),
+    # UniPC (bh2 and bh1, orders 2 and 3) and DEIS (logrho, orders 2 and 3)
+    "unipc_bh2": ("attn", UNIPC, dict(timestep_spacing="linspace")),
+    # bh1 ends in NaN with final_sigmas_type "zero" in diffusers 0.42 (B(h) = -h is
+    # infinite on the last step and multiplies a zero correction), so sigma_min
+    "unipc_bh1_order3": ("attn", UNIPC, dict(timestep_spacing="linspace", solver_type="bh1",
+                                             solver_order=3, final_sigmas_type="sigma_min")),
+    "unipc_sigma_min": ("attn", UNIPC, dict(timestep_spacing="linspace",
+                                            final_sigmas_type="sigma_min")),
+    "unipc_vpred": ("noattn_rgb", UNIPC, dict(timestep_spacing="linspace")),
+    "unipc_vpred_threshold": ("noattn_rgb", UNIPC, dict(timestep_spacing="linspace",
+                                                        thresholding=True,
+                                                        dynamic_thresholding_ratio=0.9,
+                                                        sample_max_value=1.5)),
+    "deis_2": ("attn", DEIS, dict(timestep_spacing="linspace")),
+    "deis_3_trailing": ("attn", DEIS, dict(timestep_spacing="trailing", solver_order=3)),
+    "deis_vpred": ("noattn_rgb", DEIS, dict(timestep_spacing="linspace", solver_order=3)),
+    "deis_vpred_threshold": ("noattn_rgb", DEIS, dict(timestep_spacing="linspace",
+                                                      thresholding=True,
+                                                      dynamic_thresholding_ratio=0.9,
+                                                      sample_max_value=1.5)),
 }
 RUN_PIPELINES = {"attn": 1011, "noattn_rgb": 1012}  # pipeline: seed of its init array
 
@@ -311,8 +332,14 @@ def scheduler_json(sched):
 
 
 def run_loop(unet, sched, init, steps=STEPS):
-    """The standard diffusers loop (deterministic schedulers, DDIM eta 0)."""
+    """The standard diffusers loop (deterministic schedulers, DDIM eta 0).
+    In float64, the multistep schedulers' sigma table too: diffusers keeps it
+    in float32, and DEIS's coefficients (differences of log sigma terms) lose
+    up to 5e-3 there on the v-prediction pipeline."""
     sched.set_timesteps(steps)
+    if init.dtype == torch.float64 and hasattr(sched, "sigmas"):
+        sched.sigmas = sched.sigmas.double()
+        sched.alphas_cumprod = sched.alphas_cumprod.double()
     x = init * sched.init_noise_sigma
     is_ddim = type(sched).__name__ == DDIM
     with torch.no_grad():
@@ -546,6 +573,8 @@ def main(argv=None):
     ap.add_argument("--out", default="tests/fixtures/diffusers")
     ap.add_argument("--check-only", action="store_true",
                     help="write nothing; run the self-check on the files there")
+    ap.add_argument("--runs-only", action="store_true",
+                    help="remake only the scheduler runs (C) from the pipelines there")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     _quiet()
@@ -553,7 +582,10 @@ def main(argv=None):
     print(f"diffusers {d.__version__}, torch {torch.__version__}")
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
-    if not a.check_only:
+    if a.runs_only:
+        print("scheduler runs:")
+        make_runs(a.out)
+    elif not a.check_only:
         print("pipelines and io fixtures:")
         for name in CASES:
             make_case(a.out, name)
