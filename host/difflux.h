@@ -475,6 +475,10 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
 int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
                     dfx_sample_stats *stats, dfx_error *err);
 void dfx_sampler_free(dfx_sampler *s);
+/* Network evaluations per sample that a run of s takes (its steps and the
+ * final denoising step, as dfx_sample_stats.nfe counts them), known before
+ * it runs; -1 for an adaptive sampler. */
+long dfx_sampler_nfe(const dfx_sampler *s);
 /* The time grid the sampler uses (steps + 1 values), or NULL if adaptive. */
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n);
 

@@ -86,6 +86,45 @@ int main(void)
         CHECK(memcmp(got, ref, sizeof ref) != 0, "%s: seed ignored", name);
     }
 
+    /* dfx_sampler_nfe knows before the run what the run counts: every
+     * sampler, with and without the final denoising step, plus the
+     * options that change the count (pc's corrector steps, the paper
+     * recipe's inner updates, restart's intervals) */
+    for (int si = 0; si < nsamplers && m1 && d1; si++) {
+        for (int v = 0; v < 3; v++) {
+            int dale = strcmp(list[si].families, "all paths") != 0;
+            dfx_model *ma = dale ? d1 : m1;
+            dfx_sample_opts o;
+            dfx_sample_opts_default(&o, ma);
+            o.sampler = list[si].name;
+            o.steps = dale ? 100 : 12;
+            if (v == 1) o.denoise = 0;
+            if (v == 2) {
+                if (strcmp(o.sampler, "pc") == 0) o.corrector_steps = 3;
+                else if (dale) o.recipe = DFX_RECIPE_PAPER;
+                else if (strcmp(o.sampler, "restart") == 0) {
+                    const double iv[2][4] = {{0.1, 0.5, 3, 2}, {0.5, 2.0, 1, 4}};
+                    o.restart_n = 2;
+                    memcpy(o.restart, iv, sizeof iv);
+                } else
+                    continue;
+            }
+            dfx_sampler *s = dfx_sampler_create(ma, &o, 2, &err);
+            CHECK(s != NULL, "%s: %s", o.sampler, err.msg);
+            if (!s) continue;
+            float out[2 * DIM];
+            dfx_sample_stats st;
+            long plan = dfx_sampler_nfe(s);
+            CHECK_OK(dfx_sampler_run(s, 0, 2, out, &st, &err), err);
+            if (list[si].nfe_per_step == 0)
+                CHECK(plan == -1, "%s: adaptive, planned %ld", o.sampler, plan);
+            else
+                CHECK(plan == st.nfe, "%s (case %d): planned %ld evaluations, ran %ld", o.sampler,
+                      v, plan, st.nfe);
+            dfx_sampler_free(s);
+        }
+    }
+
     /* NaN/Inf during sampling is detected and named. */
     {
         dfx_sample_opts o;

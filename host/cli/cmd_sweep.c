@@ -97,12 +97,14 @@ static const char about[] =
     "draws --n samples each time (the same seeds: sample i starts from the same\n"
     "noise) and measures them as difflux eval does. Writes a CSV table and, with\n"
     "--plot, FID and KID against network evaluations per sample. Works under mpirun.\n"
+    "With --nfe instead of --steps, each sampler runs the most steps whose network\n"
+    "evaluations per sample (the final denoising step's included) fit each budget.\n"
     "Options, output paths and memory (--max-memory) are checked before any sampling;\n"
     "the CSV is rewritten (atomically) after every point.";
 
 typedef struct sweep_cmd {
     cli_draw d;
-    const char *classifier, *reference, *csv, *png, *samplers_arg, *steps_arg;
+    const char *classifier, *reference, *csv, *png, *samplers_arg, *steps_arg, *nfe_arg;
     int n, kid_subsets, kid_size;
     cli_opt opts[CLI_DRAW_OPTS + 12];
     int nopts;
@@ -129,6 +131,8 @@ static int sweep_parse(void *state, int argc, char **argv)
     const cli_opt own[] = {
         {"samplers", OPT_STR, &w->samplers_arg, "A,B,..", "samplers (euler,heun,dpmpp_2m)", 0},
         {"steps", OPT_STR, &w->steps_arg, "N,M,..", "step counts (4,8,16,32)", 0},
+        {"nfe", OPT_STR, &w->nfe_arg, "B,C,..",
+         "evaluation budgets per sample instead of --steps (e.g. 4,6,8,12,16,32)", 0},
         {"n", OPT_INT, &w->n, "COUNT", "samples per point (1000)", 0},
         {"classifier", OPT_STR, &w->classifier, "FILE", "feature network (as difflux eval)", 0},
         {"reference", OPT_STR, &w->reference, "FILE", "reference statistics (as difflux eval)",
@@ -141,6 +145,35 @@ static int sweep_parse(void *state, int argc, char **argv)
     memcpy(w->opts, own, sizeof own);
     w->nopts = cli_draw_options(&w->d, w->opts, (int)(sizeof own / sizeof own[0]), 0);
     return cli_options("sweep", "difflux sweep [options]", about, argc, argv, w->opts, w->nopts);
+}
+
+/* Evaluations per step of a registered sampler (0: adaptive). */
+static int per_step(const char *name)
+{
+    const dfx_sampler_desc *list;
+    int n = dfx_samplers(&list);
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i].name, name) == 0) return list[i].nfe_per_step;
+    return 0;
+}
+
+/* --nfe: the most steps of sampler s whose evaluations per sample fit
+ * `budget` (dfx_sampler_nfe, which counts before running); 0 if one step
+ * does not, -1 with err set. */
+static int budget_steps(sweep_cmd *w, int s, int budget, long *one_step, dfx_error *err)
+{
+    dfx_sample_opts o = w->d.o;
+    o.sampler = w->samplers[s];
+    for (int steps = budget / per_step(o.sampler); steps >= 1; steps--) {
+        o.steps = steps;
+        dfx_sampler *smp = dfx_sampler_create(w->d.m, &o, 1, err);
+        if (!smp) return -1;
+        long nfe = dfx_sampler_nfe(smp);
+        dfx_sampler_free(smp);
+        if (nfe <= budget) return steps;
+        *one_step = nfe;
+    }
+    return 0;
 }
 
 /* The sampler and step lists, the other checks that need no model, and
@@ -158,12 +191,22 @@ static int sweep_check(void *state)
             return fprintf(stderr, "difflux sweep: unknown sampler '%s' in --samplers\n",
                            w->samplers[i]),
                    CLI_USAGE;
-    if (cli_parse_list(w->steps_arg, w->stepv, MAX_STEPS, &w->nsteps))
-        return fprintf(stderr, "difflux sweep: --steps must be a list of step counts\n"),
+    if (w->nfe_arg && cli_find(w->opts, w->nopts, "steps")->set)
+        return fprintf(stderr, "difflux sweep: give --steps or --nfe, not both\n"), CLI_USAGE;
+    const char *what = w->nfe_arg ? "--nfe" : "--steps";
+    if (cli_parse_list(w->nfe_arg ? w->nfe_arg : w->steps_arg, w->stepv, MAX_STEPS, &w->nsteps))
+        return fprintf(stderr, "difflux sweep: %s must be a list of integers\n", what),
                CLI_USAGE;
     for (int i = 0; i < w->nsteps; i++)
         if (w->stepv[i] < 1 || w->stepv[i] > 100000 || w->stepv[i] != floor(w->stepv[i]))
-            return fprintf(stderr, "difflux sweep: --steps entries must be integers >= 1\n"),
+            return fprintf(stderr, "difflux sweep: %s entries must be integers >= 1\n", what),
+                   CLI_USAGE;
+    for (int i = 0; i < w->ns && w->nfe_arg; i++)
+        if (per_step(w->samplers[i]) < 1)
+            return fprintf(stderr,
+                           "difflux sweep: %s is adaptive: it has no step count to fit to --nfe "
+                           "(sweep it with --steps, where its --rtol sets the cost)\n",
+                           w->samplers[i]),
                    CLI_USAGE;
     if (w->n < 2 || w->kid_subsets < 1 || w->kid_size < 2)
         return fprintf(stderr, "difflux sweep: need --n >= 2, --kid-subsets >= 1, --kid-size >= "
@@ -248,8 +291,19 @@ static int sweep_run(void *state, dfx_error *err)
         printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID", "KID",
                "conf", "seconds");
     for (int s = 0; s < w->ns; s++)
-        for (int k = 0; k < w->nsteps; k++)
-            if (sweep_point(w, s, (int)w->stepv[k], err)) return -1;
+        for (int k = 0; k < w->nsteps; k++) {
+            int steps = (int)w->stepv[k];
+            long one = 0;
+            if (w->nfe_arg && (steps = budget_steps(w, s, steps, &one, err)) < 0) return -1;
+            if (steps == 0) {
+                if (root && !w->d.quiet)
+                    printf("%-16s  (skipped: one step takes %ld evaluations, over the budget of "
+                           "%d)\n",
+                           w->samplers[s], one, (int)w->stepv[k]);
+                continue;
+            }
+            if (sweep_point(w, s, steps, err)) return -1;
+        }
     return 0;
 }
 

@@ -40,7 +40,7 @@ static const sampler_def defs[] = {
            .summary = "restart sampling: heun, re-noised K times on sigma intervals (--restart)",
            .order = 2, .nfe_per_step = 2, .stochastic = 1, .families = ALL,
            .default_steps = 18},
-     .nbuf = 4, .flags = DFX_SF_VEL, .run = dfx_run_restart},
+     .nbuf = 4, .flags = DFX_SF_VEL, .run = dfx_run_restart, .nfe = dfx_restart_nfe},
     {.d = {.name = "dopri5",
            .summary = "Dormand-Prince 5(4), adaptive per sample (--rtol/--atol)",
            .order = 5, .nfe_per_step = 0, .stochastic = 0, .families = ALL,
@@ -97,20 +97,20 @@ static const sampler_def defs[] = {
            .order = 1, .nfe_per_step = 2, .stochastic = 1, .families = ALL,
            .default_steps = 500},
      .nbuf = 3, .flags = DFX_SF_SCORE | DFX_SF_VEL | DFX_SF_EPS, .check = dfx_check_pc,
-     .run = dfx_run_pc},
+     .run = dfx_run_pc, .nfe = dfx_pc_nfe},
     /* multiplicative (Dale) */
     {.d = {.name = "adls",
            .summary = "Dale: sign-preserving Euler-Maruyama in log space (--recipe)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
            .default_steps = 1000},
      .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_SCORE, .paper_delta = 6.16545e-4,
-     .paper_inner = 1, .run = dfx_run_adls},
+     .paper_inner = 1, .run = dfx_run_adls, .nfe = dfx_dale_nfe},
     {.d = {.name = "aums",
            .summary = "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
            .default_steps = 1000},
      .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE,
-     .paper_delta = 1.43845e-4, .paper_inner = 4, .run = dfx_run_aums},
+     .paper_delta = 1.43845e-4, .paper_inner = 4, .run = dfx_run_aums, .nfe = dfx_dale_nfe},
 };
 #define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
 
@@ -633,6 +633,13 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     local.nfe_mean = sum / rows;
     if (stats) *stats = local;
     return 0;
+}
+
+long dfx_sampler_nfe(const dfx_sampler *s)
+{
+    if (s->def->flags & DFX_SF_ADAPTIVE) return -1;
+    long n = s->def->nfe ? s->def->nfe(s) : (long)s->n * s->def->d.nfe_per_step;
+    return n + (s->o.denoise ? 1 : 0);
 }
 
 int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,

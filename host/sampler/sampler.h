@@ -42,6 +42,9 @@ typedef struct sampler_def {
      * planned; NULL when it has none. */
     int (*check)(const dfx_sample_opts *o, dfx_error *err);
     int (*run)(dfx_sampler *s, dfx_error *err);
+    /* Network evaluations per sample of the steps where they are not
+     * nfe_per_step per grid interval; NULL: they are. */
+    long (*nfe)(const dfx_sampler *s);
 } sampler_def;
 
 struct dfx_sampler {
@@ -92,6 +95,9 @@ int dfx_run_euler(dfx_sampler *s, dfx_error *err);
 int dfx_run_heun(dfx_sampler *s, dfx_error *err);
 int dfx_run_rk4(dfx_sampler *s, dfx_error *err);
 int dfx_run_restart(dfx_sampler *s, dfx_error *err);
+long dfx_restart_nfe(const dfx_sampler *s);
+long dfx_pc_nfe(const dfx_sampler *s);
+long dfx_dale_nfe(const dfx_sampler *s);
 int dfx_run_dopri5(dfx_sampler *s, dfx_error *err);
 int dfx_run_em(dfx_sampler *s, dfx_error *err);
 int dfx_run_ddim(dfx_sampler *s, dfx_error *err);

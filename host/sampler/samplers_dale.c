@@ -88,3 +88,10 @@ int dfx_run_aums(dfx_sampler *s, dfx_error *err)
     }
     return 0;
 }
+
+long dfx_dale_nfe(const dfx_sampler *s)
+{
+    long n = 0;
+    for (int i = 0; i < s->n; i++) n += schedule(s, i).inner;
+    return n;
+}

@@ -98,3 +98,8 @@ int dfx_run_pc(dfx_sampler *s, dfx_error *err)
             return -1;
     return 0;
 }
+
+long dfx_pc_nfe(const dfx_sampler *s)
+{
+    return (long)s->n * (1 + s->o.corrector_steps);
+}

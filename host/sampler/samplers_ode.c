@@ -112,21 +112,53 @@ static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
  * with N Heun steps on a Karras grid between the two. Restart k of
  * interval r draws stream DFX_STREAM_RESTART + r, draw k + 1.
  */
-int dfx_run_restart(dfx_sampler *s, dfx_error *err)
+/* Restart interval r: its {sigma_min, sigma_max, K, N} (Xu et al.'s EDM
+ * interval without --restart), and the main-grid point closest to sigma_min
+ * in log sigma that it follows, or -1 where it does not apply (sigma_max
+ * not above that point's sigma, or a = 0 there). */
+static const double *restart_iv(const dfx_sampler *s, int r)
+{
+    static const double def[4] = {0.06, 0.30, 2, 3};
+    return s->o.restart_n ? s->o.restart[r] : def;
+}
+
+static int restart_at(const dfx_sampler *s, int r, dfx_coef *cj, dfx_coef *ch, double *th)
 {
     const dfx_path *p = &s->m->cfg.path;
-    const int R = s->o.restart_n ? s->o.restart_n : 1;
-    double def[4] = {0.06, 0.30, 2, 3}; /* Xu et al.'s EDM interval, K, N */
-    int at[DFX_RESTART_MAX];
-    for (int r = 0; r < R; r++) { /* the main-grid point closest in log sigma */
-        const double *iv = s->o.restart_n ? s->o.restart[r] : def;
-        double best = INFINITY;
-        at[r] = -1;
-        for (int i = 1; i <= s->n; i++) {
-            double d = fabs(dfx_path_logsnr(p, s->grid[i]) + log(iv[0]));
-            if (d < best) best = d, at[r] = i;
-        }
+    const double *iv = restart_iv(s, r);
+    double best = INFINITY;
+    int at = -1;
+    for (int i = 1; i <= s->n; i++) {
+        double d = fabs(dfx_path_logsnr(p, s->grid[i]) + log(iv[0]));
+        if (d < best) best = d, at = i;
     }
+    if (at < 0) return -1;
+    *th = dfx_path_t_of_logsnr(p, -log(iv[1]));
+    dfx_path_eval(p, s->grid[at], cj);
+    dfx_path_eval(p, *th, ch);
+    double sj = cj->s / cj->a, sh = ch->s / ch->a;
+    return sh > sj && isfinite(sh) && cj->a > 0.0 ? at : -1;
+}
+
+long dfx_restart_nfe(const dfx_sampler *s)
+{
+    long extra = 2L * s->n; /* the Heun steps of the main grid, then the restarts' */
+    for (int r = 0; r < (s->o.restart_n ? s->o.restart_n : 1); r++) {
+        dfx_coef cj, ch;
+        double th;
+        const double *iv = restart_iv(s, r);
+        if (restart_at(s, r, &cj, &ch, &th) >= 0) extra += (long)iv[2] * (long)iv[3] * 2;
+    }
+    return extra;
+}
+
+int dfx_run_restart(dfx_sampler *s, dfx_error *err)
+{
+    const int R = s->o.restart_n ? s->o.restart_n : 1;
+    int at[DFX_RESTART_MAX];
+    dfx_coef cjs[DFX_RESTART_MAX], chs[DFX_RESTART_MAX];
+    double ths[DFX_RESTART_MAX];
+    for (int r = 0; r < R; r++) at[r] = restart_at(s, r, &cjs[r], &chs[r], &ths[r]);
     double *g = dfx_alloc(DFX_RESTART_STEPS + 1, sizeof *g, "restart grid", err);
     if (!g) return -1;
     int rc = 0;
@@ -135,15 +167,12 @@ int dfx_run_restart(dfx_sampler *s, dfx_error *err)
         rc = rk_step(s, &heun_tab, s->grid[i], s->grid[i + 1], err);
         for (int r = 0; r < R && rc == 0; r++) {
             if (at[r] != i + 1) continue;
-            const double *iv = s->o.restart_n ? s->o.restart[r] : def;
-            double tj = s->grid[i + 1], th = dfx_path_t_of_logsnr(p, -log(iv[1]));
-            dfx_coef cj, ch;
-            dfx_path_eval(p, tj, &cj);
-            dfx_path_eval(p, th, &ch);
+            const double *iv = restart_iv(s, r);
+            const dfx_coef cj = cjs[r], ch = chs[r];
             double sj = cj.s / cj.a, sh = ch.s / ch.a;
-            if (!(sh > sj) || !isfinite(sh) || !(cj.a > 0.0)) continue;
             int N = (int)iv[3];
-            rc = dfx_time_grid(p, DFX_GRID_KARRAS, s->o.rho, 3, th, tj, N, g, err);
+            rc = dfx_time_grid(&s->m->cfg.path, DFX_GRID_KARRAS, s->o.rho, 3, ths[r],
+                               s->grid[i + 1], N, g, err);
             for (int k = 0; k < (int)iv[2] && rc == 0; k++) {
                 s->be->ops->normal(s->be, z, s->o.seed, s->first, s->rows, s->dim,
                                    (uint32_t)(k + 1), (uint32_t)(DFX_STREAM_RESTART + r));
