@@ -403,6 +403,10 @@ typedef struct dfx_progress {
 } dfx_progress;
 
 enum { DFX_RECIPE_PRINCIPLED = 0, DFX_RECIPE_PAPER = 1 };
+/* Where sampling starts (dfx_sample_opts.start). AUTO: the Dale paper's
+ * start under the paper recipe, else the model's fitted start where it has
+ * one, else the path's N(m, s^2). */
+enum { DFX_START_AUTO = 0, DFX_START_FITTED, DFX_START_PATH, DFX_START_PAPER };
 
 enum { DFX_RESTART_MAX = 8, DFX_RESTART_STEPS = 1000 };
 
@@ -436,13 +440,15 @@ typedef struct dfx_sample_opts {
     double snr;            /* pc: corrector target signal-to-noise (0.16)    */
     int corrector_steps;   /* pc: Langevin steps per time (1)                */
     int recipe;            /* adls/aums: DFX_RECIPE_PRINCIPLED (delta = step of the
-                              grid) or DFX_RECIPE_PAPER (constant delta, inner
-                              updates, noise annealing, fitted start)        */
+                              grid) or DFX_RECIPE_PAPER (the paper's run for
+                              the model's data set: constant delta, inner
+                              updates, noise annealing, its start, no final
+                              denoising, the output clamped to the data range) */
     double delta;          /* paper recipe: step; NAN = the paper's value    */
     int inner;             /* paper recipe: updates per time index; 0 = paper's */
     double anneal;         /* paper recipe: noise factor per index; NAN = paper's */
-    int path_start;        /* 1: start from N(m, s^2) of the path even where the
-                              model file carries a fitted start distribution */
+    int start;             /* DFX_START_*                                    */
+    int path_start;        /* 1: as start = DFX_START_PATH                   */
     void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
     void *progress_ctx;
     /* The start noise z of samples 0 .. init_rows - 1 (host, [init_rows, dim]),
@@ -457,6 +463,10 @@ typedef struct dfx_sample_stats {
     double nfe_mean;   /* mean over the batch (adaptive samplers differ)   */
     long steps;        /* accepted steps (max over the batch)              */
     long rejected;     /* rejected steps, summed over the batch            */
+    long clamped;      /* paper recipe: values the final clamp to the data
+                          range moved, summed over the batch              */
+    long nonpositive;  /* paper recipe, aums: values an update took to <= 0
+                          (set to the range's low end), over all steps    */
 } dfx_sample_stats;
 
 /* Fills the defaults that fit the model: heun at its default steps

@@ -128,6 +128,9 @@ expect 1 "unknown --variant 'bh1' for deis .tab, logrho." -- "$DFX" sample --mod
 expect 1 "--order .1..3. belongs to unipc and deis, not heun" -- "$DFX" sample --model "$MODEL" --sampler heun --order 2 --n 2 --out "$TMP/x.png"
 expect 1 "--variant belongs to unipc and deis, not ddim" -- "$DFX" sample --model "$MODEL" --sampler ddim --variant tab --n 2 --out "$TMP/x.png"
 expect 0 "deis on" -- "$DFX" sample --model "$MODEL" --sampler deis --order 3 --variant logrho --steps 8 --n 2 --out "$TMP/deis.png"
+expect 2 "unknown --start 'middle' .fitted, path, paper." -- "$DFX" sample --start middle --n 2 --out "$TMP/x.png"
+expect 2 "--path-start contradicts --start paper" -- "$DFX" sample --start paper --path-start --n 2 --out "$TMP/x.png"
+expect 1 "--start paper is the Dale paper's log-normal start, for models on the dale path" -- "$DFX" sample --model "$MODEL" --start paper --n 2 --out "$TMP/x.png"
 expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
 for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on $AUTO" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"

@@ -86,18 +86,23 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"corrector-steps", OPT_INT, &d->corrector_steps, "K", "pc: Langevin steps per time (1)",
          0},
         {"recipe", OPT_STR, &d->recipe, "NAME",
-         "adls/aums: principled (delta = grid step) or paper (tuned delta, --inner, --anneal)",
+         "adls/aums: principled (delta = grid step, final x_hat) or paper (the Dale paper's run "
+         "for the model's data set: its delta, --inner, --anneal and start, no final "
+         "denoising, output clamped to the data range)",
          0},
         {"delta", OPT_DOUBLE, &d->delta, "D",
-         "paper recipe: step (adls 6.16545e-4, aums 1.43845e-4)", 0},
-        {"inner", OPT_INT, &d->inner, "L", "paper recipe: updates per time index (adls 1, aums 4)",
-         0},
+         "paper recipe: step (MNIST: adls 6.16545e-4, aums 1.43845e-4)", 0},
+        {"inner", OPT_INT, &d->inner, "L",
+         "paper recipe: updates per time index (MNIST: adls 1, aums 4)", 0},
         {"anneal", OPT_DOUBLE, &d->anneal, "F", "paper recipe: noise factor per index (0.995)", 0},
+        {"start", OPT_STR, &d->start_name, "NAME",
+         "fitted (the model's start distribution), path (N(m, s^2) of the path) or paper (the "
+         "Dale paper's log-normal; the default under --recipe paper)",
+         0},
         {"init", OPT_STR, &d->init, "NPY",
          "start from this noise (float32 [n, C, H, W], row i for sample i) instead of the draws",
          0},
-        {"path-start", OPT_FLAG, &d->path_start, NULL,
-         "start from N(m, s^2) of the path even if the model has a fitted start", 0},
+        {"path-start", OPT_FLAG, &d->path_start, NULL, "the same as --start path", 0},
         {"class", OPT_STR, &d->cls, "K",
          "conditional models: label K, 'all' (sample i gets i mod classes; default) or 'none'",
          0},
@@ -161,6 +166,11 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler &&
         cli_check_sampler(cmd, d->sampler))
         return CLI_USAGE;
+    if (d->start_name && strcmp(d->start_name, "fitted") != 0 &&
+        strcmp(d->start_name, "path") != 0 && strcmp(d->start_name, "paper") != 0)
+        return usage_fail(cmd, "unknown --start '%s' (fitted, path, paper)", d->start_name);
+    if (d->start_name && d->path_start && strcmp(d->start_name, "path") != 0)
+        return usage_fail(cmd, "--path-start contradicts --start %s", d->start_name);
     if (strcmp(d->recipe, "paper") != 0 && strcmp(d->recipe, "principled") != 0)
         return usage_fail(cmd, "unknown --recipe '%s' (principled, paper)", d->recipe);
     if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
@@ -286,6 +296,10 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->inner = d->inner;
     o->anneal = d->anneal;
     o->path_start = d->path_start;
+    if (d->start_name)
+        o->start = strcmp(d->start_name, "fitted") == 0 ? DFX_START_FITTED
+                   : strcmp(d->start_name, "path") == 0 ? DFX_START_PATH
+                                                        : DFX_START_PAPER;
     o->eps0 = d->eps0;
     if (d->no_denoise) o->denoise = 0;
     d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;
@@ -375,6 +389,7 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     dfx_sampler *s = buf ? dfx_sampler_create(d->m, &d->o, batch, err) : NULL;
     int rc = s ? 0 : -1;
     double nfe_sum = 0.0;
+    long clamped = 0, nonpos = 0;
     for (long k = 0; k < mine && rc == 0;) {
         int rows = (int)(mine - k < batch ? mine - k : batch);
         bar.done = k;
@@ -382,7 +397,11 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
         dfx_sample_stats st;
         rc = dfx_sampler_run(s, d->start + (uint64_t)(lo + k), rows, buf + (size_t)k * d->dim,
                              &st, err);
-        if (rc == 0) nfe_sum += st.nfe_mean * rows;
+        if (rc == 0) {
+            nfe_sum += st.nfe_mean * rows;
+            clamped += st.clamped;
+            nonpos += st.nonpositive;
+        }
         k += rows;
     }
     dfx_sampler_free(s);
@@ -399,6 +418,17 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     rc = cli_mpi_gather_rows(buf, n, d->dim, err);
     if (rank != 0) free(buf);
     nfe_sum = cli_mpi_sum(nfe_sum);
+    double cl = cli_mpi_sum((double)clamped), np = cli_mpi_sum((double)nonpos);
+    if (rank == 0 && !d->quiet && d->o.recipe == DFX_RECIPE_PAPER) {
+        char more[128] = "";
+        if (np > 0)
+            snprintf(more, sizeof more, "; %.0f values an aums update took to <= 0 were set to %g",
+                     np, d->mi->range_lo);
+        fprintf(stderr, "difflux: paper recipe: %.0f of %.0f values clamped into [%g, %g] at the "
+                        "end (%.3f%%)%s\n",
+                cl, (double)n * (double)d->dim, d->mi->range_lo, d->mi->range_hi,
+                100.0 * cl / ((double)n * (double)d->dim), more);
+    }
     if (nfe) *nfe = n > 0 ? nfe_sum / (double)n : 0.0;
     return rc;
 }

@@ -11,7 +11,7 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory, *scheduler, *init, *restart, *variant;
+        *max_memory, *scheduler, *init, *restart, *variant, *start_name;
     int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose;

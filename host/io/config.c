@@ -256,6 +256,7 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
         c->start_full = cJSON_IsTrue(full);
     }
     get_str(r, "sampler", c->sampler, sizeof c->sampler);
+    get_str(r, "paper_recipe", c->paper_recipe, sizeof c->paper_recipe);
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(r, "sampler_options");
     if (so) {
         const cJSON *ord = cJSON_GetObjectItemCaseSensitive(so, "order");

@@ -267,7 +267,7 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const dfx_model_info *i = &m->info;
-    char pd[256], field[448], start[192] = "";
+    char pd[256], field[448], start[384] = "";
     path_desc(pd, sizeof pd, &i->path);
     double tn, td;
     dfx_path_default_range(&i->path, &tn, &td);
@@ -286,6 +286,13 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
     else if (m->cfg.has_start)
         snprintf(start, sizeof start, "start        fitted N(%g, %g^2) per value\n",
                  m->cfg.start_mean, m->cfg.start_std);
+    if (i->path.family == DFX_PATH_DALE) {
+        size_t l = strlen(start);
+        snprintf(start + l, sizeof start - l,
+                 "paper recipe the Dale paper's %s tuning (--recipe paper: its start, delta, L "
+                 "and annealing)\n",
+                 m->cfg.paper_recipe[0] ? m->cfg.paper_recipe : "mnist");
+    }
     int n = snprintf(buf, cap,
                      "file         %s\n"
                      "kind         %s\n"

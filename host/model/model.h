@@ -35,6 +35,8 @@ typedef struct dfx_model_config {
     char sampler[32];       /* the sampler that matches the model's scheduler ("": none) */
     int sampler_order;      /* and its --order and --variant (0, "": the sampler's own) */
     char sampler_variant[16];
+    char paper_recipe[32];  /* dale models: the data set whose tuning --recipe paper uses
+                               ("": mnist) */
     char dataset[128];
     char training[256];     /* provenance.training, in words ("" if absent) */
     char description[512];

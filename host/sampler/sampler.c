@@ -103,14 +103,13 @@ static const sampler_def defs[] = {
            .summary = "Dale: sign-preserving Euler-Maruyama in log space (--recipe)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
            .default_steps = 1000},
-     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_SCORE, .paper_delta = 6.16545e-4,
-     .paper_inner = 1, .run = dfx_run_adls, .nfe = dfx_dale_nfe},
+     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_SCORE, .run = dfx_run_adls, .nfe = dfx_dale_nfe},
     {.d = {.name = "aums",
            .summary = "Dale: ambient Euler-Maruyama, state-dependent diffusion (--recipe)",
            .order = 1, .nfe_per_step = 1, .stochastic = 1, .families = DALE,
            .default_steps = 1000},
-     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE,
-     .paper_delta = 1.43845e-4, .paper_inner = 4, .run = dfx_run_aums, .nfe = dfx_dale_nfe},
+     .nbuf = 2, .flags = DFX_SF_DALE | DFX_SF_AMBIENT | DFX_SF_SCORE, .run = dfx_run_aums,
+     .nfe = dfx_dale_nfe},
 };
 #define N_DEFS ((int)(sizeof defs / sizeof defs[0]))
 
@@ -375,15 +374,48 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->variant = variant;
     s->o.order = order;
     if (def->flags & DFX_SF_DALE) {
-        /* the paper's tuned recipe (MATH.md section 3), unless overridden */
-        if (isnan(o->delta)) s->o.delta = def->paper_delta;
-        if (o->inner == 0) s->o.inner = def->paper_inner;
-        if (isnan(o->anneal)) s->o.anneal = 0.995;
+        /* the paper's tuned recipe for the model's data set (MATH.md section
+         * 3), unless overridden */
+        s->paper = dfx_dale_paper_find(m->cfg.paper_recipe);
+        if (!s->paper) {
+            dfx_fail(err, "%s: paper_recipe '%s' is not one the paper tuned (%s)",
+                     m->file[0] ? m->file : "model", m->cfg.paper_recipe, dfx_dale_paper_names());
+            goto fail;
+        }
+        const int aums = (def->flags & DFX_SF_AMBIENT) != 0;
+        if (isnan(o->delta)) s->o.delta = aums ? s->paper->aums_delta : s->paper->adls_delta;
+        if (o->inner == 0) s->o.inner = aums ? s->paper->aums_inner : s->paper->adls_inner;
+        if (isnan(o->anneal)) s->o.anneal = aums ? s->paper->aums_anneal : s->paper->adls_anneal;
+        /* the paper stops at its last label: no final denoising step */
+        if (o->recipe == DFX_RECIPE_PAPER) s->o.denoise = 0;
         if (!(s->o.delta > 0.0 && s->o.delta < 1.0) || s->o.inner < 1 || s->o.inner > 1000 ||
             !(s->o.anneal > 0.0 && s->o.anneal <= 1.0)) {
             dfx_fail(err, "need --delta in (0, 1), --inner in [1, 1000], --anneal in (0, 1]");
             goto fail;
         }
+    }
+    /* where sampling starts */
+    if (m->cfg.path.family == DFX_PATH_DALE && !s->paper)
+        s->paper = dfx_dale_paper_find(m->cfg.paper_recipe);
+    s->start = o->path_start ? DFX_START_PATH : o->start;
+    if (s->start == DFX_START_AUTO)
+        s->start = s->paper && o->recipe == DFX_RECIPE_PAPER        ? DFX_START_PAPER
+                   : m->cfg.has_start || m->vt->sample_marginal ? DFX_START_FITTED
+                                                                : DFX_START_PATH;
+    if (s->start < DFX_START_FITTED || s->start > DFX_START_PAPER) {
+        dfx_fail(err, "unknown start %d", s->start);
+        goto fail;
+    }
+    if (s->start == DFX_START_FITTED && !m->cfg.has_start && !m->vt->sample_marginal) {
+        dfx_fail(err, "--start fitted: %s has no fitted start distribution (--start path)",
+                 m->file[0] ? m->file : "the model");
+        goto fail;
+    }
+    if (s->start == DFX_START_PAPER && !s->paper) {
+        dfx_fail(err, "--start paper is the Dale paper's log-normal start, for models on the dale "
+                      "path (%s)",
+                 m->cfg.path.family == DFX_PATH_DALE ? "unknown paper_recipe" : "this one is not");
+        goto fail;
     }
     double tn, td;
     dfx_path_default_range(&m->cfg.path, &tn, &td);
@@ -398,7 +430,8 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     if (s->o.denoise < 0) s->o.denoise = at_tau0;
     s->t_noise = isnan(o->t_noise) ? tn : o->t_noise;
     s->t_data = isnan(o->t_data) ? td : o->t_data;
-    if (m->cfg.has_start && !o->path_start && !m->vt->sample_marginal && s->t_noise != tn) {
+    if (s->start == DFX_START_FITTED && m->cfg.has_start && !m->vt->sample_marginal &&
+        s->t_noise != tn) {
         dfx_fail(err,
                  "%s: the model's fitted start distribution is for t = %g, not --t-noise %g "
                  "(add --path-start to start from the path's N(m, s^2) there)",
@@ -559,9 +592,14 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
         mean = 0.0;
         sd = 1.0;
     }
-    if (mc->has_start && !s->o.path_start) {
+    const int fitted = s->start == DFX_START_FITTED;
+    if (fitted && mc->has_start) {
         mean = mc->start_mean;
         sd = mc->start_std;
+    }
+    if (s->start == DFX_START_PAPER) { /* log x ~ N(mean, std^2) per value */
+        mean = s->paper->start_mean;
+        sd = s->paper->start_std;
     }
     dfx_backend *be = s->be;
     size_t n = (size_t)rows * s->dim;
@@ -574,7 +612,7 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
         float *z = s->m->pred;
         if (be->ops->upload(be, z, s->o.init + first_index * s->dim, n * sizeof(float), err))
             return -1;
-        if (s->m->start_scale && !s->o.path_start) {
+        if (fitted && s->m->start_scale) {
             be->ops->linear(be, s->x, z, s->m->start_scale, s->m->start_mean, rows,
                             (int)s->dim, (int)s->dim, 0);
         } else {
@@ -582,12 +620,12 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
             double cs[1] = {sd};
             dfx_s_lincomb(s, s->x, 1, xs, cs, mean);
         }
-    } else if (s->m->vt->sample_marginal && !s->o.path_start) {
+    } else if (fitted && s->m->vt->sample_marginal) {
         /* analytic models know p_t exactly */
         if (s->m->vt->sample_marginal(s->m, s->t_noise, s->o.seed, first_index, rows,
                                       DFX_STREAM_INIT, s->x, err))
             return -1;
-    } else if (s->m->start_scale && !s->o.path_start) {
+    } else if (fitted && s->m->start_scale) {
         /* the fitted Gaussian with full covariance: x = mean + scale z */
         float *z = s->m->pred;
         be->ops->normal(be, z, s->o.seed, first_index, rows, s->dim, 0, DFX_STREAM_INIT);
@@ -623,6 +661,18 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     }
     if (s->be->ops->download(s->be, out, s->x, (size_t)rows * s->dim * sizeof(float), err))
         return -1;
+    if (s->paper && s->o.recipe == DFX_RECIPE_PAPER) {
+        /* the paper's output: clamped to the data range (aums may leave the
+         * positive reals; the count says how often) */
+        const float lo = (float)mc->range_lo, hi = (float)mc->range_hi;
+        for (size_t k = 0; k < n; k++) {
+            float v = out[k];
+            if (!(v >= lo && v <= hi)) {
+                local.clamped++;
+                out[k] = v > hi ? hi : lo;
+            }
+        }
+    }
     long mx = 0;
     double sum = 0.0;
     for (int r = 0; r < rows; r++) {

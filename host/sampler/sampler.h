@@ -26,16 +26,29 @@ enum {
 
 #define DFX_SAMPLER_MAX_BUFS 10
 
+/* The Dale paper's sampling constants for one data set (samplers_dale.c):
+ * its start, log x ~ N(start_mean, start_std^2) per value, and per sampler
+ * the step delta, updates per time index and noise annealing factor. */
+typedef struct dfx_dale_paper {
+    const char *dataset;
+    double start_mean, start_std;
+    double adls_delta, adls_anneal;
+    int adls_inner;
+    double aums_delta, aums_anneal;
+    int aums_inner;
+} dfx_dale_paper;
+
+/* The tuning of `dataset` ("" or NULL: mnist); NULL if the paper has none. */
+const dfx_dale_paper *dfx_dale_paper_find(const char *dataset);
+/* The data sets it has, "a, b" */
+const char *dfx_dale_paper_names(void);
+
 /* One row of the registry (sampler.c). */
 typedef struct sampler_def {
     dfx_sampler_desc d;
     int nbuf;       /* backend vectors of [rows, dim] it needs besides x */
     unsigned flags; /* DFX_SF_* */
     double eta;     /* default eta of ancestral samplers */
-    /* the paper recipe's default step and updates per time index (dale
-     * samplers, MATH.md section 3) */
-    double paper_delta;
-    int paper_inner;
     /* names of --variant, the first the default; NULL: none */
     const char *variants[3];
     /* Checks the options only this sampler reads, before anything is
@@ -57,6 +70,8 @@ struct dfx_sampler {
     double t_noise, t_data;
     double eta;    /* resolved ancestral eta */
     int variant;   /* index into def->variants */
+    int start;     /* resolved DFX_START_* (never AUTO) */
+    const dfx_dale_paper *paper; /* dale samplers: the paper's tuning for the model's data set */
     int n;         /* grid intervals */
     double *grid;  /* n + 1 times */
     float *x;      /* backend [max_rows, dim]: the state */

@@ -21,6 +21,31 @@
 #include "sampler/sampler.h"
 
 #include <math.h>
+#include <string.h>
+
+/* The authors' sampling configs (gbm_configs/NCSNDEEPER/mnist.py and
+ * fmnist.py of Dale-Meets-Langevin; MATH.md section 3): the fitted
+ * log-normal start and, for adls (their dls) and aums (ums), delta, the
+ * annealing factor and L. */
+static const dfx_dale_paper papers[] = {
+    {"mnist", 0.15651744604110718, 0.8352777361869812, 6.165454545454547e-4, 0.995, 1,
+     1.43844988828766e-4, 0.995, 4},
+    {"fashion-mnist", 0.27712640166282654, 0.8428290486335754, 5.862727272727274e-4, 0.995, 1,
+     1.467799267622069e-3, 0.9995, 3},
+};
+
+const dfx_dale_paper *dfx_dale_paper_find(const char *dataset)
+{
+    if (!dataset || !dataset[0]) return &papers[0];
+    for (size_t i = 0; i < sizeof papers / sizeof papers[0]; i++)
+        if (strcmp(papers[i].dataset, dataset) == 0) return &papers[i];
+    return NULL;
+}
+
+const char *dfx_dale_paper_names(void)
+{
+    return "mnist, fashion-mnist";
+}
 
 typedef struct dale_step {
     double delta, f;
@@ -62,8 +87,28 @@ int dfx_run_adls(dfx_sampler *s, dfx_error *err)
     return 0;
 }
 
+/* The paper recipe's aums: the authors' network takes any x, difflux's
+ * works in log x, so values the update took to <= 0 are set to the data
+ * range's low end (where the paper's final clamp puts them) and counted. */
+static int floor_nonpositive(dfx_sampler *s, dfx_error *err)
+{
+    const size_t n = (size_t)s->rows * s->dim;
+    if (!s->hostx) {
+        s->hostx = dfx_alloc((size_t)s->max_rows * s->dim * 2, sizeof(float), "aums floor", err);
+        if (!s->hostx) return -1;
+    }
+    if (s->be->ops->download(s->be, s->hostx, s->x, n * sizeof(float), err)) return -1;
+    long hit = 0;
+    const float lo = (float)s->m->cfg.range_lo;
+    for (size_t k = 0; k < n; k++)
+        if (s->hostx[k] <= 0.0f) s->hostx[k] = lo, hit++;
+    s->st->nonpositive += hit;
+    return hit ? s->be->ops->upload(s->be, s->x, s->hostx, n * sizeof(float), err) : 0;
+}
+
 int dfx_run_aums(dfx_sampler *s, dfx_error *err)
 {
+    const int paper = s->o.recipe == DFX_RECIPE_PAPER;
     dfx_model *m = s->m;
     const double sg2 = m->cfg.path.dale_sigma * m->cfg.path.dale_sigma;
     const double mu = m->cfg.path.dale_mu;
@@ -82,6 +127,7 @@ int dfx_run_aums(dfx_sampler *s, dfx_error *err)
             double cs[2] = {d.delta * sg2, d.f * sqrt(sg2 * d.delta)};
             dfx_s_lincomb(s, h, 2, xs, cs, 1.0 + 2.0 * d.delta * sg2 - d.delta * mu);
             s->be->ops->mul_add(s->be, s->x, s->x, h, 0.0, n);
+            if (paper && floor_nonpositive(s, err)) return -1;
         }
         if (dfx_s_check(s, i + 1, s->grid[i + 1], err)) return -1;
         dfx_s_progress(s, i + 1, s->n, s->grid[i + 1]);

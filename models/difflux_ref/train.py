@@ -176,6 +176,8 @@ def model_config(cfg, start=None):
         out["start"] = dict(start)
     elif "start" in cfg:  # fitted start distribution (dale: log x ~ N(mean, std^2))
         out["start"] = dict(cfg["start"])
+    if "paper_recipe" in cfg:  # dale: the data set whose tuning --recipe paper uses
+        out["paper_recipe"] = cfg["paper_recipe"]
     return out
 
 
