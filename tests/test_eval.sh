@@ -68,14 +68,17 @@ f2=$(awk -F, '/^heun,2,/ {print $4}' "$TMP/s.csv") f8=$(awk -F, '/^heun,8,/ {pri
 holds "$f8 < $f2" || fail "sweep: heun FID with 8 steps ($f8) not below 2 steps ($f2)"
 # --nfe: each sampler gets the most steps that fit the budget, and the
 # measured evaluations (the CSV's nfe) stay within it; rk4's one step with
-# the final denoising (5) does not fit 4, and is skipped
-"$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers heun,deis,rk4 --nfe 4,6,12 \
+# the final denoising (5) does not fit 4, and is skipped; at 8 it would be
+# the 1 step of 6 again, and is not run twice
+"$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers heun,deis,rk4 --nfe 4,6,8,12 \
     --n 20 --threads 2 --csv "$TMP/b.csv" >"$TMP/b.txt" || fail "sweep --nfe"
-want="heun,1,3 heun,2,5 heun,5,11 deis,3,4 deis,5,6 deis,11,12 rk4,1,5 rk4,2,9"
+want="heun,1,3 heun,2,5 heun,3,7 heun,5,11 deis,3,4 deis,5,6 deis,7,8 deis,11,12 rk4,1,5 rk4,2,9"
 got=$(awk -F, '!/^#/ && NR > 2 {printf "%s%s,%s,%d", sep, $1, $2, $3; sep=" "}' "$TMP/b.csv")
 [ "$got" = "$want" ] || fail "sweep --nfe: rows '$got', expected '$want'"
 grep -q "rk4.*skipped: one step takes 5 evaluations, over the budget of 4" "$TMP/b.txt" ||
     fail "sweep --nfe: no skip line for rk4: $(cat "$TMP/b.txt")"
+grep -q "rk4.*budget 8: no more steps fit than at the budget before, 1" "$TMP/b.txt" ||
+    fail "sweep --nfe: rk4 at 8 not reported as a repeat: $(cat "$TMP/b.txt")"
 if "$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers euler --steps 1,2 --n 20 --threads 2 \
     --csv "$TMP/p.csv" --plot "$TMP/p.png" --quiet >/dev/null 2>"$TMP/p.err"; then
     [ "$(head -c 4 "$TMP/p.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "sweep plot is not a PNG"

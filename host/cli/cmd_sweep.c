@@ -291,18 +291,23 @@ static int sweep_run(void *state, dfx_error *err)
         printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID", "KID",
                "conf", "seconds");
     for (int s = 0; s < w->ns; s++)
-        for (int k = 0; k < w->nsteps; k++) {
+        for (int k = 0, last = 0; k < w->nsteps; k++) {
             int steps = (int)w->stepv[k];
             long one = 0;
             if (w->nfe_arg && (steps = budget_steps(w, s, steps, &one, err)) < 0) return -1;
-            if (steps == 0) {
-                if (root && !w->d.quiet)
+            if (steps == 0 || (w->nfe_arg && steps == last)) {
+                if (root && !w->d.quiet && steps == 0)
                     printf("%-16s  (skipped: one step takes %ld evaluations, over the budget of "
                            "%d)\n",
                            w->samplers[s], one, (int)w->stepv[k]);
+                else if (root && !w->d.quiet)
+                    printf("%-16s  (budget %d: no more steps fit than at the budget before, "
+                           "%d)\n",
+                           w->samplers[s], (int)w->stepv[k], steps);
                 continue;
             }
             if (sweep_point(w, s, steps, err)) return -1;
+            last = steps;
         }
     return 0;
 }
