@@ -131,6 +131,7 @@ expect 0 "deis on" -- "$DFX" sample --model "$MODEL" --sampler deis --order 3 --
 expect 2 "unknown --start 'middle' .fitted, path, paper." -- "$DFX" sample --start middle --n 2 --out "$TMP/x.png"
 expect 2 "--path-start contradicts --start paper" -- "$DFX" sample --start paper --path-start --n 2 --out "$TMP/x.png"
 expect 1 "--start paper is the Dale paper's log-normal start, for models on the dale path" -- "$DFX" sample --model "$MODEL" --start paper --n 2 --out "$TMP/x.png"
+expect 1 "em diverged: the samples. RMS reached .*with --noise const it reaches .* Use --noise s" -- "$DFX" sample --model "$MODEL" --sampler em --noise const --n 2 --out "$TMP/x.png"
 expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
 for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on $AUTO" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"

@@ -208,6 +208,12 @@ int main(void)
         dfx_path_eval(&p, 0.0, &c); /* a = 0: data cannot be recovered from a score */
         CHECK(dfx_convert_coefs(&c, DFX_PRED_SCORE, DFX_PRED_DATA, &A, &B, &Cc, &err) != 0,
               "score -> data at a = 0 must fail");
+        /* ... but eps and score convert there: S = -z_hat / s (here s = 1) */
+        CHECK_OK(dfx_convert_coefs(&c, DFX_PRED_EPS, DFX_PRED_SCORE, &A, &B, &Cc, &err), err);
+        CHECK(A == 0.0 && B == -1.0 / c.s && Cc == 0.0, "eps -> score at a = 0: %g %g %g", A, B,
+              Cc);
+        CHECK_OK(dfx_convert_coefs(&c, DFX_PRED_SCORE, DFX_PRED_EPS, &A, &B, &Cc, &err), err);
+        CHECK(A == 0.0 && B == -c.s && Cc == 0.0, "score -> eps at a = 0: %g %g %g", A, B, Cc);
     }
     dfx_backend_destroy(be);
     return check_report("test_paths");

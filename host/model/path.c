@@ -294,6 +294,14 @@ int dfx_convert_coefs(const dfx_coef *c, dfx_pred from, dfx_pred to, double *A, 
         *C = -c->m / c->a;
         return 0;
     }
+    if (c->s > 0.0 && ((from == DFX_PRED_EPS && to == DFX_PRED_SCORE) ||
+                       (from == DFX_PRED_SCORE && to == DFX_PRED_EPS))) {
+        /* S = -z_hat / s (Tweedie), defined at a = 0 too, where x_hat is not */
+        *A = 0.0;
+        *B = from == DFX_PRED_EPS ? -1.0 / c->s : -c->s;
+        *C = 0.0;
+        return 0;
+    }
     double xn, dn, kn, xw, dw, kw;
     pred_affine(c, from, &xn, &dn, &kn);
     pred_affine(c, to, &xw, &dw, &kw);

@@ -685,6 +685,38 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     return 0;
 }
 
+/* em and pc: a state far outside the data range (RMS over 100 times the
+ * range's largest magnitude) on a grid where the explicit scheme is
+ * unstable, eps h / s^2 above 2 at some step (near the data the score's
+ * curvature is up to 1/s^2), has diverged; the message names the worst
+ * step. */
+int dfx_s_diverged(dfx_sampler *s, dfx_error *err)
+{
+    const dfx_model_config *mc = &s->m->cfg;
+    double *rms = s->coef;
+    if (s->be->ops->err_norm(s->be, s->x, s->x, s->x, 0.0, 1.0, s->rows, s->dim, rms, err))
+        return -1;
+    double lim = 100.0 * fmax(1.0, fmax(fabs(mc->range_lo), fabs(mc->range_hi))), worst = 0.0;
+    for (int r = 0; r < s->rows; r++) worst = fmax(worst, rms[r]);
+    if (!(worst > lim)) return 0;
+    double rmax = 0.0, tmax = 0.0;
+    for (int i = 0; i < s->n; i++) {
+        dfx_coef c;
+        double t = s->grid[i], e = dfx_noise_eps(&mc->path, s->o.noise, s->o.eps0, t);
+        dfx_path_eval(&mc->path, t, &c);
+        double r = c.s > 0.0 ? e * fabs(s->grid[i + 1] - t) / (c.s * c.s) : 0.0;
+        if (r > rmax) rmax = r, tmax = t;
+    }
+    if (!(rmax > 2.0)) return 0; /* a stable scheme: what the model gives */
+    return dfx_fail(err,
+                    "%s diverged: the samples' RMS reached %.3g, against data within [%g, %g]. "
+                    "The explicit step is stable while eps h / s^2 < 2; with --noise %s it "
+                    "reaches %.3g at t = %g. Use --noise s, more --steps, a smaller --eps0 or a "
+                    "--t-data further from the data end",
+                    s->def->d.name, worst, mc->range_lo, mc->range_hi,
+                    dfx_noise_name(s->o.noise), rmax, tmax);
+}
+
 long dfx_sampler_nfe(const dfx_sampler *s)
 {
     if (s->def->flags & DFX_SF_ADAPTIVE) return -1;

@@ -104,6 +104,8 @@ void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, con
 /* Fails if x holds NaN or Inf, naming the step. */
 int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
+/* em, pc: fails, explaining the stability limit, if the state diverged. */
+int dfx_s_diverged(dfx_sampler *s, dfx_error *err);
 
 /* Step rules (samplers_*.c) and the option checks of those that have one */
 int dfx_run_euler(dfx_sampler *s, dfx_error *err);

@@ -43,7 +43,7 @@ int dfx_run_em(dfx_sampler *s, dfx_error *err)
 {
     for (int i = 0; i < s->n; i++)
         if (em_step(s, i, s->buf[0], s->buf[1], err)) return -1;
-    return 0;
+    return dfx_s_diverged(s, err);
 }
 
 /*
@@ -96,7 +96,7 @@ int dfx_run_pc(dfx_sampler *s, dfx_error *err)
         if (correct(s, i, s->buf[0], s->buf[1], s->buf[2], err) ||
             em_step(s, i, s->buf[0], s->buf[1], err))
             return -1;
-    return 0;
+    return dfx_s_diverged(s, err);
 }
 
 long dfx_pc_nfe(const dfx_sampler *s)
