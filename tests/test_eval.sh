@@ -82,6 +82,9 @@ grep -q "rk4.*budget 8: no more steps fit than at the budget before, 1" "$TMP/b.
 if "$DFX" sweep --model "$GMM" --classifier "$CLS" --samplers euler --steps 1,2 --n 20 --threads 2 \
     --csv "$TMP/p.csv" --plot "$TMP/p.png" --quiet >/dev/null 2>"$TMP/p.err"; then
     [ "$(head -c 4 "$TMP/p.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "sweep plot is not a PNG"
+    # the plot again from the table, without sampling
+    "$DFX" sweep --from-csv "$TMP/b.csv" --plot "$TMP/r.png" --quiet || fail "sweep --from-csv"
+    [ "$(head -c 4 "$TMP/r.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "--from-csv plot is not a PNG"
 else
     grep -q "no PLplot" "$TMP/p.err" || fail "sweep --plot: $(cat "$TMP/p.err")"
 fi
@@ -99,6 +102,9 @@ expect 1 "not a .npy file" -- "$DFX" eval --samples "$TMP/bad.npy" --classifier 
 expect 1 "no-such.safetensors" -- "$DFX" eval --model "$GMM" --classifier "$TMP/no-such.safetensors" --n 4 --quiet
 expect 2 "unknown sampler 'nope' in --samplers" -- "$DFX" sweep --samplers heun,nope
 expect 2 "--steps entries must be integers" -- "$DFX" sweep --steps 4,2.5
+printf 'heun,2,x\n' >"$TMP/bad.csv"
+expect 1 "bad.csv: line 1 is not a sweep row" -- "$DFX" sweep --from-csv "$TMP/bad.csv" --plot "$TMP/r.png"
+expect 2 "--from-csv needs --plot" -- "$DFX" sweep --from-csv "$TMP/bad.csv"
 expect 2 "give --steps or --nfe, not both" -- "$DFX" sweep --steps 4 --nfe 8
 expect 2 "dopri5 is adaptive" -- "$DFX" sweep --samplers heun,dopri5 --nfe 8
 

@@ -62,9 +62,14 @@ static int plot(const char *file, const sweep_row *rows, int nrows, const char *
         return dfx_fail(err, "out of memory");
     }
     double *fx = x, *fy = x + nrows, *ky = x + 2 * nrows, *ke = x + 3 * nrows;
-    int k = 0;
+    int k = 0, group[2] = {0, 0};
+    const dfx_sampler_desc *list;
+    const int nlist = dfx_samplers(&list);
     for (int s = 0; s < ns; s++) {
-        int first = k;
+        int first = k, sto = 0; /* stochastic samplers dashed, colours counted per kind */
+        for (int j = 0; j < nlist; j++)
+            if (strcmp(list[j].name, samplers[s]) == 0) sto = list[j].stochastic;
+        int col = group[sto]++;
         for (int i = 0; i < nrows; i++) {
             if (rows[i].sampler != s) continue;
             fx[k] = rows[i].nfe;
@@ -73,9 +78,9 @@ static int plot(const char *file, const sweep_row *rows, int nrows, const char *
             ke[k] = rows[i].kid_std;
             k++;
         }
-        s1[s] = (dfx_plot_series){samplers[s], k - first, fx + first, fy + first, NULL, 0, -1};
-        s2[s] = (dfx_plot_series){samplers[s], k - first, fx + first, ky + first, ke + first, 0,
-                                  -1};
+        s1[s] = (dfx_plot_series){samplers[s], k - first, fx + first, fy + first, NULL, sto, col};
+        s2[s] = (dfx_plot_series){samplers[s], k - first, fx + first, ky + first, ke + first, sto,
+                                  col};
     }
     char t1[512], t2[512];
     const char *base = strrchr(model, '/');
@@ -99,12 +104,16 @@ static const char about[] =
     "--plot, FID and KID against network evaluations per sample. Works under mpirun.\n"
     "With --nfe instead of --steps, each sampler runs the most steps whose network\n"
     "evaluations per sample (the final denoising step's included) fit each budget.\n"
+    "--from-csv redraws the --plot of a table written before, without sampling\n"
+    "(stochastic samplers dashed).\n"
     "Options, output paths and memory (--max-memory) are checked before any sampling;\n"
     "the CSV is rewritten (atomically) after every point.";
 
 typedef struct sweep_cmd {
     cli_draw d;
-    const char *classifier, *reference, *csv, *png, *samplers_arg, *steps_arg, *nfe_arg;
+    const char *classifier, *reference, *csv, *png, *samplers_arg, *steps_arg, *nfe_arg,
+        *from_csv;
+    char names[MAX_SAMPLERS][40], model_name[1024];
     int n, kid_subsets, kid_size;
     cli_opt opts[CLI_DRAW_OPTS + 12];
     int nopts;
@@ -139,6 +148,8 @@ static int sweep_parse(void *state, int argc, char **argv)
          0},
         {"csv", OPT_STR, &w->csv, "FILE", "table to write (sweep.csv)", 0},
         {"plot", OPT_STR, &w->png, "FILE.png", "plot FID and KID against evaluations", 0},
+        {"from-csv", OPT_STR, &w->from_csv, "FILE",
+         "draw --plot from this sweep table instead of sampling", 0},
         cli_opt_kid_subsets(&w->kid_subsets),
         cli_opt_kid_size(&w->kid_size),
     };
@@ -212,6 +223,8 @@ static int sweep_check(void *state)
         return fprintf(stderr, "difflux sweep: need --n >= 2, --kid-subsets >= 1, --kid-size >= "
                                "2\n"),
                CLI_USAGE;
+    if (w->from_csv && !w->png)
+        return fprintf(stderr, "difflux sweep: --from-csv needs --plot FILE.png\n"), CLI_USAGE;
     if (w->png && !dfx_have_plots())
         return fprintf(stderr, "difflux sweep: --plot: this build has no PLplot (apt-get "
                                "install libplplot-dev plplot-driver-cairo, then rebuild)\n"),
@@ -282,10 +295,57 @@ static int sweep_point(sweep_cmd *w, int s, int steps, dfx_error *err)
     return cli_mpi_fail(qrc, err) ? -1 : 0;
 }
 
+/* --from-csv: the rows, samplers and model of a table that write_csv wrote. */
+static int read_csv(sweep_cmd *w, dfx_error *err)
+{
+    size_t len = 0;
+    char *txt = dfx_read_text(w->from_csv, "sweep table", 1 << 24, &len, err);
+    if (!txt) return -1;
+    int lines = 0;
+    for (size_t i = 0; i < len; i++) lines += txt[i] == '\n';
+    w->rows = calloc((size_t)lines + 1, sizeof *w->rows);
+    int rc = w->rows ? 0 : dfx_fail(err, "out of memory");
+    int ln = 0;
+    w->ns = 0;
+    snprintf(w->model_name, sizeof w->model_name, "%s", w->from_csv);
+    for (char *line = strtok(txt, "\n"); line && rc == 0; line = strtok(NULL, "\n")) {
+        ln++;
+        char name[40];
+        sweep_row r = {0};
+        if (sscanf(line, "# difflux sweep of %1000[^,],", w->model_name) == 1) continue;
+        if (line[0] == '#' || strncmp(line, "sampler,", 8) == 0) continue;
+        if (sscanf(line, "%39[^,],%d,%lf,%lf,%lf,%lf,%lf,%lf", name, &r.steps, &r.nfe, &r.fid,
+                   &r.kid, &r.kid_std, &r.conf, &r.seconds) != 8) {
+            rc = dfx_fail(err, "%s: line %d is not a sweep row (sampler,steps,nfe,fid,kid,kid_std,"
+                               "confidence,seconds)",
+                          w->from_csv, ln);
+            break;
+        }
+        int s = 0;
+        while (s < w->ns && strcmp(w->names[s], name) != 0) s++;
+        if (s == w->ns) {
+            if (w->ns == MAX_SAMPLERS) {
+                rc = dfx_fail(err, "%s: more than %d samplers", w->from_csv, MAX_SAMPLERS);
+                break;
+            }
+            snprintf(w->names[w->ns], sizeof w->names[0], "%s", name);
+            w->samplers[w->ns] = w->names[w->ns];
+            w->ns++;
+        }
+        r.sampler = s;
+        w->rows[w->nrows++] = r;
+    }
+    free(txt);
+    if (rc == 0 && w->nrows == 0) rc = dfx_fail(err, "%s: no sweep rows", w->from_csv);
+    w->d.model = w->model_name;
+    return rc;
+}
+
 static int sweep_run(void *state, dfx_error *err)
 {
     sweep_cmd *w = state;
     const int root = cli_mpi_rank() == 0;
+    if (w->from_csv) return root ? read_csv(w, err) : 0;
     if (sweep_open(w, err)) return -1;
     if (root && !w->d.quiet)
         printf("%-16s %6s %8s %10s %12s %8s %8s\n", "sampler", "steps", "nfe", "FID", "KID",
@@ -320,8 +380,9 @@ static int sweep_report(void *state, dfx_error *err)
     if (w->png && plot(w->png, w->rows, w->nrows, w->samplers, w->ns, w->d.model, err))
         return -1;
     if (!w->d.quiet)
-        fprintf(stderr, "difflux sweep: %d points -> %s%s%s\n", w->nrows, w->csv,
-                w->png ? ", " : "", w->png ? w->png : "");
+        fprintf(stderr, "difflux sweep: %d points -> %s%s%s\n", w->nrows,
+                w->from_csv ? "" : w->csv, w->png && !w->from_csv ? ", " : "",
+                w->png ? w->png : "");
     return 0;
 }
 
