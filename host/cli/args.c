@@ -235,13 +235,18 @@ int cli_check_max_memory(const char *cmd, const char *arg, double *bytes)
     return CLI_USAGE;
 }
 
-int cli_known_sampler(const char *name)
+const dfx_sampler_desc *cli_sampler_desc(const char *name)
 {
     const dfx_sampler_desc *descs;
     int nd = dfx_samplers(&descs);
     for (int i = 0; i < nd; i++)
-        if (strcmp(descs[i].name, name) == 0) return 1;
-    return 0;
+        if (strcmp(descs[i].name, name) == 0) return &descs[i];
+    return NULL;
+}
+
+int cli_known_sampler(const char *name)
+{
+    return cli_sampler_desc(name) != NULL;
 }
 
 int cli_check_sampler(const char *cmd, const char *name)

@@ -56,6 +56,8 @@ int cli_check_threads(const char *cmd, int threads);
 int cli_parse_bytes(const char *s, double *bytes);
 /* --max-memory (NULL: not given, *bytes = 0); CLI_OK, or CLI_USAGE with a message. */
 int cli_check_max_memory(const char *cmd, const char *arg, double *bytes);
+/* The sampler `name` of dfx_samplers(), or NULL */
+const dfx_sampler_desc *cli_sampler_desc(const char *name);
 /* 1 when name is a sampler of dfx_samplers() */
 int cli_known_sampler(const char *name);
 /* --sampler: CLI_OK, or CLI_USAGE with a message when name is no sampler. */

@@ -63,13 +63,10 @@ static int plot(const char *file, const sweep_row *rows, int nrows, const char *
     }
     double *fx = x, *fy = x + nrows, *ky = x + 2 * nrows, *ke = x + 3 * nrows;
     int k = 0, group[2] = {0, 0};
-    const dfx_sampler_desc *list;
-    const int nlist = dfx_samplers(&list);
     for (int s = 0; s < ns; s++) {
-        int first = k, sto = 0; /* stochastic samplers dashed, colours counted per kind */
-        for (int j = 0; j < nlist; j++)
-            if (strcmp(list[j].name, samplers[s]) == 0) sto = list[j].stochastic;
-        int col = group[sto]++;
+        /* stochastic samplers dashed, colours counted per kind */
+        const dfx_sampler_desc *sd = cli_sampler_desc(samplers[s]);
+        int first = k, sto = sd && sd->stochastic, col = group[sto]++;
         for (int i = 0; i < nrows; i++) {
             if (rows[i].sampler != s) continue;
             fx[k] = rows[i].nfe;
@@ -158,16 +155,6 @@ static int sweep_parse(void *state, int argc, char **argv)
     return cli_options("sweep", "difflux sweep [options]", about, argc, argv, w->opts, w->nopts);
 }
 
-/* Evaluations per step of a registered sampler (0: adaptive). */
-static int per_step(const char *name)
-{
-    const dfx_sampler_desc *list;
-    int n = dfx_samplers(&list);
-    for (int i = 0; i < n; i++)
-        if (strcmp(list[i].name, name) == 0) return list[i].nfe_per_step;
-    return 0;
-}
-
 /* --nfe: the most steps of sampler s whose evaluations per sample fit
  * `budget` (dfx_sampler_nfe, which counts before running); 0 if one step
  * does not, -1 with err set. */
@@ -175,7 +162,7 @@ static int budget_steps(sweep_cmd *w, int s, int budget, long *one_step, dfx_err
 {
     dfx_sample_opts o = w->d.o;
     o.sampler = w->samplers[s];
-    for (int steps = budget / per_step(o.sampler); steps >= 1; steps--) {
+    for (int steps = budget / cli_sampler_desc(o.sampler)->nfe_per_step; steps >= 1; steps--) {
         o.steps = steps;
         dfx_sampler *smp = dfx_sampler_create(w->d.m, &o, 1, err);
         if (!smp) return -1;
@@ -213,7 +200,7 @@ static int sweep_check(void *state)
             return fprintf(stderr, "difflux sweep: %s entries must be integers >= 1\n", what),
                    CLI_USAGE;
     for (int i = 0; i < w->ns && w->nfe_arg; i++)
-        if (per_step(w->samplers[i]) < 1)
+        if (cli_sampler_desc(w->samplers[i])->nfe_per_step < 1)
             return fprintf(stderr,
                            "difflux sweep: %s is adaptive: it has no step count to fit to --nfe "
                            "(sweep it with --steps, where its --rtol sets the cost)\n",

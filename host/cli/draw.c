@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "draw.h"
 #include "core/error.h"
+#include "core/names.h"
 #include "cli.h"
 #include "sampler/sampler.h"
 
@@ -166,11 +167,17 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
     if ((o = cli_find(opts, nopts, "sampler")) && o->ptr == &d->sampler &&
         cli_check_sampler(cmd, d->sampler))
         return CLI_USAGE;
-    if (d->start_name && strcmp(d->start_name, "fitted") != 0 &&
-        strcmp(d->start_name, "path") != 0 && strcmp(d->start_name, "paper") != 0)
-        return usage_fail(cmd, "unknown --start '%s' (fitted, path, paper)", d->start_name);
-    if (d->start_name && d->path_start && strcmp(d->start_name, "path") != 0)
-        return usage_fail(cmd, "--path-start contradicts --start %s", d->start_name);
+    d->start_mode = DFX_START_AUTO;
+    if (d->start_name) {
+        static const char *const names[] = {"fitted", "path", "paper"};
+        static const int starts[] = {DFX_START_FITTED, DFX_START_PATH, DFX_START_PAPER};
+        int i = dfx_enum_parse(names, 3, d->start_name);
+        if (i < 0)
+            return usage_fail(cmd, "unknown --start '%s' (fitted, path, paper)", d->start_name);
+        d->start_mode = starts[i];
+        if (d->path_start && d->start_mode != DFX_START_PATH)
+            return usage_fail(cmd, "--path-start contradicts --start %s", d->start_name);
+    }
     if (strcmp(d->recipe, "paper") != 0 && strcmp(d->recipe, "principled") != 0)
         return usage_fail(cmd, "unknown --recipe '%s' (principled, paper)", d->recipe);
     if ((cli_find(opts, nopts, "delta")->set || cli_find(opts, nopts, "inner")->set ||
@@ -296,10 +303,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->inner = d->inner;
     o->anneal = d->anneal;
     o->path_start = d->path_start;
-    if (d->start_name)
-        o->start = strcmp(d->start_name, "fitted") == 0 ? DFX_START_FITTED
-                   : strcmp(d->start_name, "path") == 0 ? DFX_START_PATH
-                                                        : DFX_START_PAPER;
+    o->start = d->start_mode;
     o->eps0 = d->eps0;
     if (d->no_denoise) o->denoise = 0;
     d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;

@@ -23,6 +23,7 @@ typedef struct cli_draw {
     dfx_noise nz;
     dfx_path_family fam;
     int class_id;
+    int start_mode; /* --start, parsed (DFX_START_*) */
     int restart_n; /* --restart, parsed */
     double restart_iv[DFX_RESTART_MAX][4];
     double mem_limit; /* --max-memory in bytes, 0 = what the machine has */

@@ -373,10 +373,10 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->eta = eta;
     s->variant = variant;
     s->o.order = order;
+    /* the Dale paper's tuning for the model's data set (MATH.md section 3):
+     * the defaults of the dale samplers, and the start of --start paper */
+    if (m->cfg.path.family == DFX_PATH_DALE) s->paper = dfx_dale_paper_find(m->cfg.paper_recipe);
     if (def->flags & DFX_SF_DALE) {
-        /* the paper's tuned recipe for the model's data set (MATH.md section
-         * 3), unless overridden */
-        s->paper = dfx_dale_paper_find(m->cfg.paper_recipe);
         if (!s->paper) {
             dfx_fail(err, "%s: paper_recipe '%s' is not one the paper tuned (%s)",
                      m->file[0] ? m->file : "model", m->cfg.paper_recipe, dfx_dale_paper_names());
@@ -395,8 +395,6 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         }
     }
     /* where sampling starts */
-    if (m->cfg.path.family == DFX_PATH_DALE && !s->paper)
-        s->paper = dfx_dale_paper_find(m->cfg.paper_recipe);
     s->start = o->path_start ? DFX_START_PATH : o->start;
     if (s->start == DFX_START_AUTO)
         s->start = s->paper && o->recipe == DFX_RECIPE_PAPER        ? DFX_START_PAPER

@@ -71,7 +71,7 @@ struct dfx_sampler {
     double eta;    /* resolved ancestral eta */
     int variant;   /* index into def->variants */
     int start;     /* resolved DFX_START_* (never AUTO) */
-    const dfx_dale_paper *paper; /* dale samplers: the paper's tuning for the model's data set */
+    const dfx_dale_paper *paper; /* dale path: the paper's tuning for the model's data set */
     int n;         /* grid intervals */
     double *grid;  /* n + 1 times */
     float *x;      /* backend [max_rows, dim]: the state */

@@ -104,14 +104,6 @@ static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
     return 0;
 }
 
-/*
- * Restart sampling (Xu et al. 2023): Heun steps on the main grid; on
- * reaching the grid time t_j closest to an interval's sigma_min (sigma =
- * s/a), K times: move to t^ with sigma(t^) = sigma_max, adding fresh noise
- * (x - m)/a += sqrt(sigma_max^2 - sigma_j^2) z, and integrate back to t_j
- * with N Heun steps on a Karras grid between the two. Restart k of
- * interval r draws stream DFX_STREAM_RESTART + r, draw k + 1.
- */
 /* Restart interval r: its {sigma_min, sigma_max, K, N} (Xu et al.'s EDM
  * interval without --restart), and the main-grid point closest to sigma_min
  * in log sigma that it follows, or -1 where it does not apply (sigma_max
@@ -152,6 +144,14 @@ long dfx_restart_nfe(const dfx_sampler *s)
     return extra;
 }
 
+/*
+ * Restart sampling (Xu et al. 2023): Heun steps on the main grid; on
+ * reaching the grid time t_j closest to an interval's sigma_min (sigma =
+ * s/a), K times: move to t^ with sigma(t^) = sigma_max, adding fresh noise
+ * (x - m)/a += sqrt(sigma_max^2 - sigma_j^2) z, and integrate back to t_j
+ * with N Heun steps on a Karras grid between the two. Restart k of
+ * interval r draws stream DFX_STREAM_RESTART + r, draw k + 1.
+ */
 int dfx_run_restart(dfx_sampler *s, dfx_error *err)
 {
     const int R = s->o.restart_n ? s->o.restart_n : 1;
