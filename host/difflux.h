@@ -514,6 +514,71 @@ int dfx_noise_parse(const char *name, dfx_noise *n);
 int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, double t_noise,
                   double t_data, int n, double *out, dfx_error *err);
 
+/* ------------------------------------------- likelihood (MATH.md section 8) */
+
+/* The divergence of the velocity: the trace of its Jacobian from one JVP
+ * per basis vector, or Hutchinson's estimate u.Ju averaged over K probes u
+ * (Rademacher or Gaussian), the same probes all along a point's trajectory. */
+typedef enum { DFX_DIV_EXACT = 0, DFX_DIV_HUTCHINSON = 1 } dfx_div;
+typedef enum { DFX_PROBE_RADEMACHER = 0, DFX_PROBE_GAUSSIAN = 1 } dfx_probe;
+/* The integrator of the augmented ODE (x, log-density). */
+typedef enum { DFX_ODE_DOPRI5 = 0, DFX_ODE_HEUN, DFX_ODE_RK4, DFX_ODE_EULER, DFX_ODE_COUNT } dfx_ode;
+
+typedef struct dfx_lik_opts {
+    dfx_div div;           /* hutchinson (default) or exact                 */
+    int probes;            /* hutchinson: probes per point (1)              */
+    dfx_probe probe;       /* rademacher (default) or gaussian              */
+    dfx_ode solver;        /* dopri5 (default), heun, rk4, euler            */
+    int steps;             /* fixed-step solvers: intervals (64)            */
+    dfx_grid grid;         /* fixed-step solvers: the time grid (AUTO: karras
+                              on ve and dale paths, log-SNR on vp, uniform
+                              elsewhere)                                   */
+    double rtol, atol;     /* dopri5: 1e-5, 1e-5                            */
+    long max_nfe;          /* dopri5: give up after this many evaluations (100000) */
+    double t_noise, t_data;/* interval; NAN = the path's default            */
+    int start;             /* DFX_START_AUTO, _FITTED or _PATH: the density at
+                              the noise end (AUTO: the model's fitted start, or
+                              an analytic model's exact p_t, else the path's
+                              N(m, s^2), as the samplers start)             */
+    uint64_t seed;         /* probes (0)                                    */
+    int batch;             /* rows per network evaluation (64)              */
+    void (*progress)(void *ctx, double frac); /* may be NULL                */
+    void *progress_ctx;
+} dfx_lik_opts;
+
+typedef struct dfx_lik_point {
+    double logp;      /* log p(x) in the data space: log_start + div_int + log_jac */
+    double log_start; /* log density of the noise end at x(t_noise)          */
+    double div_int;   /* integral of div v dt from t_data to t_noise           */
+    double log_jac;   /* change of variables to the data space: - sum log x on
+                         the dale path (its samplers' space is y = log x), else 0 */
+    long nfe;         /* evaluations of the augmented field (each one JVP per
+                         probe, or per dimension for the exact divergence)    */
+    long rejected;    /* dopri5: rejected steps                              */
+} dfx_lik_point;
+
+void dfx_lik_opts_default(dfx_lik_opts *o);
+const char *dfx_ode_name(dfx_ode s);
+int dfx_ode_parse(const char *name, dfx_ode *s); /* 0 ok, -1 unknown */
+
+/* log p_{t_data}(x) by the probability-flow ODE from t_data to t_noise:
+ * log p(x) = log p_start(x(t_noise)) + int_{t_data}^{t_noise} div v(x(t), t) dt,
+ * for n points x [n, C, H, W] (host) in the model's data space (ambient
+ * values on the dale path), points first .. first + n - 1 of a run (their
+ * probes' Philox counters). Each point takes its own steps, so its result
+ * does not depend on the batch. */
+int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int n,
+                       uint64_t first, dfx_lik_point *out, dfx_error *err);
+/* The divergence of the velocity at one time for n points y (host, the
+ * samplers' space) into div [n], with the options' method and probes. */
+int dfx_velocity_divergence(dfx_model *m, const dfx_lik_opts *o, double t, const float *y,
+                            int n, uint64_t first, double *div, dfx_error *err);
+/* Bits per dimension of 8-bit data from log p(x) of values x = lo + (hi -
+ * lo) (k + u) / 256 (k the pixel, u uniform dequantisation noise): the
+ * discrete model's log-likelihood bound is log p(x) + D log((hi - lo) / 256),
+ * bpd = -(log p(x) + D log((hi - lo) / 256)) / (D log 2). */
+double dfx_bits_per_dim(double logp, size_t D, double lo, double hi);
+
 /* --------------------------------------------------------------- noise */
 
 /* Philox4x32-10 (Random123): out = philox(counter, key). */

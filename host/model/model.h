@@ -91,6 +91,11 @@ typedef struct dfx_model_vt {
      * DFX_CLASS_CYCLE) and guidance weight of the next evaluations (may be
      * NULL: the kind takes no class). */
     int (*set_class)(dfx_model *m, int cls, double guidance, dfx_error *err);
+    /* Analytic models: the exact log density log p_t of host points x
+     * [rows, dim] in the samplers' space, into out [rows] (host; may be
+     * NULL: the kind knows no density). */
+    int (*log_marginal)(dfx_model *m, double t, const float *x, int rows, double *out,
+                        dfx_error *err);
 } dfx_model_vt;
 
 struct dfx_model {

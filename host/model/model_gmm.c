@@ -150,6 +150,41 @@ static int gmm_sample_marginal(dfx_model *m, double t, uint64_t seed, uint64_t f
     return rc;
 }
 
+/* log p_t(x) = logsumexp_k (log w_k - |x - a mu_k - m|^2 / (2 sigma_k^2)
+ *              - D/2 log(2 pi sigma_k^2)),  sigma_k^2 = a^2 c_k^2 + s^2. */
+static int gmm_log_marginal(dfx_model *m, double t, const float *x, int rows, double *out,
+                            dfx_error *err)
+{
+    gmm_impl *g = m->impl;
+    const size_t D = m->dim;
+    const int K = g->dev.K;
+    if (gmm_coefs(m, g, &t, 1, err)) return -1;
+    const double a = g->asm_[0], s = g->asm_[1], mm = g->asm_[2];
+    double *lk = dfx_alloc((size_t)K, sizeof *lk, "gmm density", err);
+    if (!lk) return -1;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * D;
+        double top = -INFINITY;
+        for (int k = 0; k < K; k++) {
+            const double sig2 = a * a * g->c2[k] + s * s;
+            const float *mu = g->means + (size_t)k * D;
+            double rr = 0;
+            for (size_t j = 0; j < D; j++) {
+                const double rj = xr[j] - a * mu[j] - mm;
+                rr += rj * rj;
+            }
+            /* 1.8378770664093453 = log(2 pi) */
+            lk[k] = g->logw[k] - 0.5 * rr / sig2 - 0.5 * (double)D * (1.8378770664093453 + log(sig2));
+            if (lk[k] > top) top = lk[k];
+        }
+        double z = 0;
+        for (int k = 0; k < K; k++) z += exp(lk[k] - top);
+        out[r] = top + log(z);
+    }
+    free(lk);
+    return 0;
+}
+
 static int gmm_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const gmm_impl *g = m->impl;
@@ -182,6 +217,7 @@ static const dfx_model_vt gmm_vt = {
     .describe = gmm_describe,
     .destroy = gmm_destroy,
     .jvp = gmm_jvp,
+    .log_marginal = gmm_log_marginal,
 };
 
 static int upload_floats(dfx_backend *be, const float *src, size_t n, const float **dst,

@@ -6,24 +6,11 @@
  */
 #include "core/error.h"
 #include "sampler/sampler.h"
+#include "sampler/tableau.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct rk_tableau {
-    int stages;
-    double c[7];
-    double a[7][7];
-    double b[7];
-} rk_tableau;
-
-static const rk_tableau euler_tab = {1, {0}, {{0}}, {1}};
-static const rk_tableau heun_tab = {2, {0, 1}, {{0}, {1}}, {0.5, 0.5}};
-static const rk_tableau rk4_tab = {4,
-                                   {0, 0.5, 0.5, 1},
-                                   {{0}, {0.5}, {0, 0.5}, {0, 0, 1}},
-                                   {1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6}};
 
 /*
  * EDM's churn (Karras et al. 2022, Algorithm 2) before step i: where
@@ -57,7 +44,7 @@ static double churn(dfx_sampler *s, int i, float *z)
 
 /* One explicit RK step of x from t0 to t1 (buffers k_0..k_{S-1} =
  * buf[0..S-1], stage input buf[S], none for one stage). */
-static int rk_step(dfx_sampler *s, const rk_tableau *tb, double t0, double t1, dfx_error *err)
+static int rk_step(dfx_sampler *s, const dfx_rk_tableau *tb, double t0, double t1, dfx_error *err)
 {
     const int S = tb->stages;
     float **k = s->buf;
@@ -92,7 +79,7 @@ static int rk_step(dfx_sampler *s, const rk_tableau *tb, double t0, double t1, d
 }
 
 /* Fixed-grid explicit RK, with the churn noise in the buffer after rk_step's. */
-static int run_rk(dfx_sampler *s, const rk_tableau *tb, dfx_error *err)
+static int run_rk(dfx_sampler *s, const dfx_rk_tableau *tb, dfx_error *err)
 {
     const int S = tb->stages;
     for (int i = 0; i < s->n; i++) {
@@ -164,7 +151,7 @@ int dfx_run_restart(dfx_sampler *s, dfx_error *err)
     int rc = 0;
     float *z = s->buf[3];
     for (int i = 0; i < s->n && rc == 0; i++) {
-        rc = rk_step(s, &heun_tab, s->grid[i], s->grid[i + 1], err);
+        rc = rk_step(s, &dfx_heun_tab, s->grid[i], s->grid[i + 1], err);
         for (int r = 0; r < R && rc == 0; r++) {
             if (at[r] != i + 1) continue;
             const double *iv = restart_iv(s, r);
@@ -179,7 +166,7 @@ int dfx_run_restart(dfx_sampler *s, dfx_error *err)
                 const float *xs[2] = {s->x, z};
                 double kk = ch.a / cj.a, cs[2] = {kk, ch.a * sqrt(sh * sh - sj * sj)};
                 dfx_s_lincomb(s, s->x, 2, xs, cs, ch.m - kk * cj.m);
-                for (int q = 0; q < N && rc == 0; q++) rc = rk_step(s, &heun_tab, g[q], g[q + 1], err);
+                for (int q = 0; q < N && rc == 0; q++) rc = rk_step(s, &dfx_heun_tab, g[q], g[q + 1], err);
             }
         }
         if (rc == 0) rc = dfx_s_check(s, i + 1, s->grid[i + 1], err);
@@ -191,41 +178,20 @@ int dfx_run_restart(dfx_sampler *s, dfx_error *err)
 
 int dfx_run_euler(dfx_sampler *s, dfx_error *err)
 {
-    return run_rk(s, &euler_tab, err);
+    return run_rk(s, &dfx_euler_tab, err);
 }
 
 int dfx_run_heun(dfx_sampler *s, dfx_error *err)
 {
-    return run_rk(s, &heun_tab, err);
+    return run_rk(s, &dfx_heun_tab, err);
 }
 
 int dfx_run_rk4(dfx_sampler *s, dfx_error *err)
 {
-    return run_rk(s, &rk4_tab, err);
+    return run_rk(s, &dfx_rk4_tab, err);
 }
 
 /* ------------------------------------------------------------- dopri5 */
-
-/* Dormand & Prince (1980) 5(4) with FSAL: the 5th-order solution advances,
- * the embedded 4th-order one estimates the error. */
-static const double dp_c[7] = {0, 1.0 / 5, 3.0 / 10, 4.0 / 5, 8.0 / 9, 1, 1};
-static const double dp_a[7][6] = {
-    {0},
-    {1.0 / 5},
-    {3.0 / 40, 9.0 / 40},
-    {44.0 / 45, -56.0 / 15, 32.0 / 9},
-    {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729},
-    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656},
-    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84},
-};
-/* b (5th order) minus b* (4th order) */
-static const double dp_e[7] = {35.0 / 384 - 5179.0 / 57600,
-                               0,
-                               500.0 / 1113 - 7571.0 / 16695,
-                               125.0 / 192 - 393.0 / 640,
-                               -2187.0 / 6784 + 92097.0 / 339200,
-                               11.0 / 84 - 187.0 / 2100,
-                               -1.0 / 40};
 
 /*
  * Each sample takes its own steps (per-row t and h) while the batch is
@@ -307,11 +273,11 @@ static int dopri5_loop(dfx_sampler *s, double *tr, double *h, double *tstage, do
             for (int r = 0; r < R; r++) cf[r] = 1.0;
             for (int l = 0; l < j; l++) {
                 xs[l + 1] = k[l];
-                for (int r = 0; r < R; r++) cf[(size_t)(l + 1) * R + r] = h[r] * dp_a[j][l];
+                for (int r = 0; r < R; r++) cf[(size_t)(l + 1) * R + r] = h[r] * dfx_dp_a[j][l];
             }
             s->be->ops->lincomb(s->be, j == 6 ? e : xin, j + 1, xs, cf, NULL, R, s->dim);
             for (int r = 0; r < R; r++)
-                tstage[r] = (j == 6 && last[r]) ? T1 : tr[r] + dp_c[j] * h[r];
+                tstage[r] = (j == 6 && last[r]) ? T1 : tr[r] + dfx_dp_c[j] * h[r];
             if (dfx_s_eval_rows(s, tstage, j == 6 ? e : xin, DFX_PRED_VELOCITY, k[j], act, err))
                 return -1;
         }
@@ -320,7 +286,7 @@ static int dopri5_loop(dfx_sampler *s, double *tr, double *h, double *tstage, do
             const float *xs[7];
             for (int l = 0; l < 7; l++) {
                 xs[l] = k[l];
-                for (int r = 0; r < R; r++) cf[(size_t)l * R + r] = h[r] * dp_e[l];
+                for (int r = 0; r < R; r++) cf[(size_t)l * R + r] = h[r] * dfx_dp_e[l];
             }
             s->be->ops->lincomb(s->be, xin, 7, xs, cf, NULL, R, s->dim);
         }
