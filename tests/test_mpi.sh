@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mpirun -np 2 difflux sample|eval gives exactly what one process gives
+# mpirun -np 2 difflux sample|eval|likelihood gives exactly what one process gives
 # with the same seed: the ranks draw blocks of the sample indices and rank
 # 0 gathers them. Skips (77) without mpirun or an MPI build.
 # usage: test_mpi.sh path/to/difflux source-dir
@@ -47,6 +47,15 @@ if [ -f "$SRC/models/mnist-classifier.safetensors" ]; then
     [ "$(strip "$TMP/one.json")" = "$(strip "$TMP/two.json")" ] ||
         fail "eval: metrics differ: $(cat "$TMP/one.json") vs $(cat "$TMP/two.json")"
 fi
+
+# likelihood: rank 0 reports every point's figures exactly as one process
+args=(likelihood --model "$SRC/models/mnist-flow.safetensors"
+      --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --n 3 --sampler heun --steps 2
+      --batch 2 --threads 1 --quiet)
+"$DFX" "${args[@]}" --json "$TMP/l1.json" >/dev/null || fail "likelihood: one process"
+mpirun -np 2 "$DFX" "${args[@]}" --json "$TMP/l2.json" >/dev/null || fail "likelihood: mpirun -np 2"
+[ "$(grep -v '"seconds"' "$TMP/l1.json")" = "$(grep -v '"seconds"' "$TMP/l2.json")" ] ||
+    fail "likelihood: figures differ between 1 and 2 ranks"
 
 # a failing rank makes the whole run fail with a message, not a hang
 out=$(timeout 120 mpirun -np 2 "$DFX" sample --model "$TMP/missing.safetensors" --n 4 --quiet 2>&1)

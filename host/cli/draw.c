@@ -327,14 +327,7 @@ int cli_draw_images(const cli_draw *d, long n, float **images, dfx_error *err)
 
 /* ------------------------------------------------------------ progress */
 
-typedef struct progress_bar {
-    int enabled;
-    const char *label;
-    long total, done, batch; /* samples */
-    double start, last;
-} progress_bar;
-
-static void bar_draw(progress_bar *b, double frac, int final)
+void cli_bar_draw(cli_bar *b, double frac, int final)
 {
     double now = dfx_seconds();
     if (!final && now - b->last < 0.1) return;
@@ -345,18 +338,23 @@ static void bar_draw(progress_bar *b, double frac, int final)
     bar[width] = 0;
     double el = now - b->start;
     double eta = frac > 0.01 ? el * (1.0 - frac) / frac : 0.0;
-    fprintf(stderr, "\r%s [%s] %3d%%  %ld/%ld samples  %.1fs elapsed, ~%.0fs left ", b->label,
-            bar, (int)(frac * 100.0), b->done, b->total, el, eta);
+    fprintf(stderr, "\r%s [%s] %3d%%  %ld/%ld %s  %.1fs elapsed, ~%.0fs left ", b->label, bar,
+            (int)(frac * 100.0), b->done, b->total, b->unit, el, eta);
     if (final) fputc('\n', stderr);
     fflush(stderr);
 }
 
+typedef struct progress_bar {
+    cli_bar bar;
+    long batch; /* samples */
+} progress_bar;
+
 static void on_progress(void *ctx, const dfx_progress *p)
 {
     progress_bar *b = ctx;
-    if (!b->enabled) return;
-    double frac = (b->done + b->batch * (double)p->step / p->steps) / (double)b->total;
-    bar_draw(b, frac, 0);
+    if (!b->bar.enabled) return;
+    double frac = (b->bar.done + b->batch * (double)p->step / p->steps) / (double)b->bar.total;
+    cli_bar_draw(&b->bar, frac, 0);
 }
 
 /* This rank's block [lo, hi) of n samples, and the batch it runs them in. */
@@ -376,13 +374,9 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     int batch = rank_block(d, n, &lo, &hi);
     long mine = hi - lo;
     /* rank 0 shows its own block's progress: the ranks run side by side */
-    progress_bar bar = {rank == 0 && !d->quiet && (d->progress || isatty(2)),
-                        label ? label : "sampling",
-                        mine,
-                        0,
-                        batch,
-                        dfx_seconds(),
-                        0};
+    progress_bar bar = {{rank == 0 && !d->quiet && (d->progress || isatty(2)),
+                         label ? label : "sampling", "samples", mine, 0, dfx_seconds(), 0},
+                        batch};
     d->o.progress = on_progress;
     d->o.progress_ctx = &bar;
     float *buf = images;
@@ -396,7 +390,7 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     long clamped = 0, nonpos = 0;
     for (long k = 0; k < mine && rc == 0;) {
         int rows = (int)(mine - k < batch ? mine - k : batch);
-        bar.done = k;
+        bar.bar.done = k;
         bar.batch = rows;
         dfx_sample_stats st;
         rc = dfx_sampler_run(s, d->start + (uint64_t)(lo + k), rows, buf + (size_t)k * d->dim,
@@ -409,10 +403,10 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
         k += rows;
     }
     dfx_sampler_free(s);
-    if (rc == 0 && bar.enabled) {
-        bar.done = mine;
-        bar_draw(&bar, 1.0, 1);
-    } else if (rc != 0 && bar.enabled && bar.last > 0) {
+    if (rc == 0 && bar.bar.enabled) {
+        bar.bar.done = mine;
+        cli_bar_draw(&bar.bar, 1.0, 1);
+    } else if (rc != 0 && bar.bar.enabled && bar.bar.last > 0) {
         fputc('\n', stderr);
     }
     if (cli_mpi_fail(rc, err)) {

@@ -36,6 +36,17 @@ typedef struct cli_draw {
     float *init_z; /* --init: the start noise, [init_rows, dim] */
 } cli_draw;
 
+/* A progress bar on stderr: "label [####......] 40%  4/10 unit  2.1s
+ * elapsed, ~3s left", redrawn at most every 0.1 s (always when final, which
+ * ends the line). */
+typedef struct cli_bar {
+    int enabled;
+    const char *label, *unit;
+    long total, done;
+    double start, last;
+} cli_bar;
+void cli_bar_draw(cli_bar *b, double frac, int final);
+
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
  * after the n of the command's own; returns the length of the whole table.
  * `sweep` leaves out sampler and steps (with_sampler 0). */
