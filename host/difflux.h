@@ -573,6 +573,12 @@ int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int 
  * samplers' space) into div [n], with the options' method and probes. */
 int dfx_velocity_divergence(dfx_model *m, const dfx_lik_opts *o, double t, const float *y,
                             int n, uint64_t first, double *div, dfx_error *err);
+/* Analytic models (the Gaussian mixture): the exact log p_{t_data}(x) of n
+ * points x in the data space (with the dale path's Jacobian), the
+ * reference for dfx_log_likelihood at the same t_data (NAN: the path's
+ * default, as there); -1 with a message for models without a closed form. */
+int dfx_model_log_density(dfx_model *m, double t_data, const float *x, int n, double *out,
+                          dfx_error *err);
 /* Bits per dimension of 8-bit data from log p(x) of values x = lo + (hi -
  * lo) (k + u) / 256 (k the pixel, u uniform dequantisation noise): the
  * discrete model's log-likelihood bound is log p(x) + D log((hi - lo) / 256),

@@ -379,6 +379,9 @@ static void dale_likelihood(void)
         }
         double want = mixture_logp(&path, td, ly) + jac;
         CHECK_NEAR(p[i].log_jac, jac, 1e-6, "dale: Jacobian of y = log x");
+        double ex;
+        CHECK_OK(dfx_model_log_density(m, NAN, x + i * GD, 1, &ex, &err), err);
+        CHECK_NEAR(ex, want, 1e-6 * (1 + fabs(want)), "dale: dfx_model_log_density");
         CHECK(fabs(p[i].logp - want) / GD < 1e-3, "dale: %.6f vs log-normal mixture %.6f",
               p[i].logp, want);
     }

@@ -642,6 +642,39 @@ static void group_progress(void *ctx, double frac)
     p->user->progress(p->user->progress_ctx, (p->done + frac * p->g) / p->n);
 }
 
+int dfx_model_log_density(dfx_model *m, double t_data, const float *x, int n, double *out,
+                          dfx_error *err)
+{
+    if (!m->vt->log_marginal)
+        return dfx_fail(err, "%s: a %s model has no closed-form density",
+                        m->file[0] ? m->file : "model", m->cfg.kind);
+    dfx_lik_opts o;
+    dfx_lik_opts_default(&o);
+    o.t_data = t_data;
+    double tn, td, tn0;
+    if (interval(m, &o, &tn, &td, &tn0, err)) return -1;
+    const size_t D = m->dim;
+    float *y = dfx_alloc(D, sizeof(float), "density", err);
+    if (!y) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        double jac = 0.0;
+        for (size_t j = 0; j < D; j++) {
+            const float v = x[(size_t)i * D + j];
+            if (m->logspace && !(v > 0.0f)) {
+                rc = dfx_fail(err, "point %d holds the non-positive value %g", i, (double)v);
+                break;
+            }
+            y[j] = m->logspace ? logf(v) : v;
+            jac -= m->logspace ? log(v) : 0.0;
+        }
+        if (rc == 0) rc = m->vt->log_marginal(m, td, y, 1, out + i, err);
+        if (rc == 0) out[i] += jac;
+    }
+    free(y);
+    return rc;
+}
+
 int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int n,
                        uint64_t first, dfx_lik_point *out, dfx_error *err)
 {

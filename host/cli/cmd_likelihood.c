@@ -288,6 +288,8 @@ static int lik_run(void *state, dfx_error *err)
 
 typedef struct summary {
     double nll, nll_se, bpd, bpd_se, nfe;
+    int exact;            /* an analytic model: its closed-form density too */
+    double ex_nll, ex_bpd, diff, diff_se; /* and the ODE's error against it */
 } summary;
 
 static summary summarise(const lik_cmd *c)
@@ -306,6 +308,31 @@ static summary summarise(const lik_cmd *c)
     s.bpd = dfx_bits_per_dim(-s.nll, c->dim, c->mi->range_lo, c->mi->range_hi);
     s.bpd_se = s.nll_se / (D * log(2.0));
     return s;
+}
+
+/* Analytic models: the closed-form log p_{t_data} of the same points. */
+static int exact_reference(lik_cmd *c, summary *s, dfx_error *err)
+{
+    double *ex = dfx_alloc((size_t)c->n, sizeof *ex, "exact density", err);
+    if (!ex) return -1;
+    dfx_error e2 = {{0}};
+    if (dfx_model_log_density(c->m, c->o.t_data, c->x, c->n, ex, &e2) == 0) {
+        const int n = c->n;
+        double ss = 0;
+        s->exact = 1;
+        for (int i = 0; i < n; i++) {
+            s->ex_nll -= ex[i] / n;
+            s->diff += (ex[i] - c->pts[i].logp) / n; /* ODE NLL - exact NLL */
+        }
+        for (int i = 0; i < n; i++) {
+            double d = ex[i] - c->pts[i].logp - s->diff;
+            ss += d * d;
+        }
+        s->diff_se = n > 1 ? sqrt(ss / (n - 1) / n) : NAN;
+        s->ex_bpd = dfx_bits_per_dim(-s->ex_nll, c->dim, c->mi->range_lo, c->mi->range_hi);
+    }
+    free(ex);
+    return 0;
 }
 
 static int write_json(const lik_cmd *c, const summary *s, dfx_error *err)
@@ -338,6 +365,12 @@ static int write_json(const lik_cmd *c, const summary *s, dfx_error *err)
     cJSON_AddNumberToObject(root, "bpd_mean", s->bpd);
     cJSON_AddNumberToObject(root, "bpd_se", s->bpd_se);
     cJSON_AddNumberToObject(root, "nfe_mean", s->nfe);
+    if (s->exact) {
+        cJSON_AddNumberToObject(root, "exact_nll_mean", s->ex_nll);
+        cJSON_AddNumberToObject(root, "exact_bpd_mean", s->ex_bpd);
+        cJSON_AddNumberToObject(root, "ode_minus_exact_nll", s->diff);
+        cJSON_AddNumberToObject(root, "ode_minus_exact_nll_se", s->diff_se);
+    }
     cJSON_AddNumberToObject(root, "seconds", c->seconds);
     cJSON *a = cJSON_AddArrayToObject(root, "nll_nats");
     cJSON *b = cJSON_AddArrayToObject(root, "bpd");
@@ -380,6 +413,7 @@ static int lik_report(void *state, dfx_error *err)
     lik_cmd *c = state;
     if (cli_mpi_rank() != 0) return 0;
     summary s = summarise(c);
+    if (exact_reference(c, &s, err)) return -1;
     printf("model        %s\n", c->model);
     printf("data         the first %d points of %s, %s\n", c->n, c->data,
            c->dequant ? "dequantised: x = lo + (hi - lo)(k + u)/256, u uniform"
@@ -398,6 +432,10 @@ static int lik_report(void *state, dfx_error *err)
            s.nll, s.nll_se, c->n);
     printf("bits/dim     %.4f +- %.4f   (%zu dimensions, data range [%g, %g] as 256 bins)\n",
            s.bpd, s.bpd_se, c->dim, c->mi->range_lo, c->mi->range_hi);
+    if (s.exact)
+        printf("exact        NLL %.3f, bits/dim %.4f: the mixture's closed-form density at "
+               "t_data;\n             ODE - exact %.4f +- %.4f nats per image\n",
+               s.ex_nll, s.ex_bpd, s.diff, s.diff_se);
     printf("evaluations  %.1f per point (each %s), %.1f s\n", s.nfe,
            c->o.div == DFX_DIV_EXACT ? "a JVP per dimension" : "a JVP per probe", c->seconds);
     dfx_outputs_begin();
