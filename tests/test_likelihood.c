@@ -286,6 +286,16 @@ static void mixture_points(test_rng *rng, float *y, int n)
     }
 }
 
+/* Exact divergence, dopri5 at rtol = atol = 1e-7: the closed-form checks. */
+static dfx_lik_opts tight_exact(void)
+{
+    dfx_lik_opts o;
+    dfx_lik_opts_default(&o);
+    o.div = DFX_DIV_EXACT;
+    o.rtol = o.atol = 1e-7;
+    return o;
+}
+
 static void mixture_likelihood(dfx_path_family f)
 {
     dfx_path path;
@@ -298,10 +308,7 @@ static void mixture_likelihood(dfx_path_family f)
     double tn, td;
     dfx_path_default_range(&path, &tn, &td);
     dfx_error err = {{0}};
-    dfx_lik_opts o;
-    dfx_lik_opts_default(&o);
-    o.div = DFX_DIV_EXACT;
-    o.rtol = o.atol = 1e-7;
+    dfx_lik_opts o = tight_exact();
     dfx_lik_point p[N];
     for (int start = 0; start < (f == DFX_PATH_LINEAR ? 2 : 1); start++) {
         o.start = start ? DFX_START_PATH : DFX_START_AUTO;
@@ -364,10 +371,7 @@ static void dale_likelihood(void)
     double tn, td;
     dfx_path_default_range(&path, &tn, &td);
     dfx_error err = {{0}};
-    dfx_lik_opts o;
-    dfx_lik_opts_default(&o);
-    o.div = DFX_DIV_EXACT;
-    o.rtol = o.atol = 1e-7;
+    dfx_lik_opts o = tight_exact();
     dfx_lik_point p[N];
     CHECK_OK(dfx_log_likelihood(m, &o, x, N, 0, p, &err), err);
     for (int i = 0; i < N; i++) {

@@ -54,6 +54,13 @@ strip() { grep -v '"seconds"' "$1"; }
 expect 0 "as given \(continuous density" -- "$DFX" likelihood --model "$GMM" --data "$TMP/s.npy" --n 2 --sampler rk4 --steps 2 --quiet --json "$TMP/n.json"
 grep -q '"dequantized":[[:space:]]*false' "$TMP/n.json" || fail ".npy data were dequantised"
 
+# a diffusers pipeline folder (a discrete schedule, an eps network)
+DIFF=$SRC/tests/fixtures/diffusers/attn
+if [ -d "$DIFF" ]; then
+    "$DFX" sample --model "$DIFF" --n 2 --steps 3 --npy "$TMP/d.npy" --out "$TMP/d.png" --quiet || fail "diffusers sample"
+    expect 0 "bits/dim +[0-9.-]+ .*256 dimensions" -- "$DFX" likelihood --model "$DIFF" --data "$TMP/d.npy" --n 2 --sampler rk4 --steps 3 --quiet
+fi
+
 if [ $fails -ne 0 ]; then
     echo "test_likelihood_cli: $fails check(s) failed"
     exit 1
