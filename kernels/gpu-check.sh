@@ -330,6 +330,16 @@ step_commands() {
             rc=1
         fi
     done
+    for dev in "$DEV" cpu; do
+        if "$DFX" likelihood --model "$flow" --device "$dev" --n 4 --sampler heun --steps 4 \
+            --data "$ROOT/models/data/mnist10k-images-idx3-ubyte.gz" \
+            --json "$WORK/lik-$dev.json" --quiet >"$WORK/lik-$dev.txt" 2>&1; then
+            echo ">> likelihood $dev: $(grep -E '^(NLL|bits/dim)' "$WORK/lik-$dev.txt" | tr -s ' ' | paste -sd' ')"
+        else
+            echo ">> likelihood $dev: FAIL: $(tail -1 "$WORK/lik-$dev.txt")"
+            rc=1
+        fi
+    done
     if "$DFX" bench --model "$flow" --device "$DEV" --batch 1,8 --steps 2 --repeat 1 \
         >"$WORK/bench-smoke.txt" 2>&1; then
         echo ">> bench $DEV: $(grep -E '^ +8 ' "$WORK/bench-smoke.txt" | tr -s ' ')"
