@@ -51,6 +51,12 @@ fi
 expect 1 "--scheduler applies to diffusers models" -- "$DFX" sample --model "$TMP/n.safetensors" \
     --scheduler "$D/runs/ddim_leading.scheduler.json" --n 1 --out "$TMP/c.png"
 
+# a scheduler class difflux does not match: said, and sampled by the default sampler
+rm -rf "$TMP/pndm" && cp -r "$D/attn" "$TMP/pndm"
+sed -i 's/"DDPMScheduler"/"PNDMScheduler"/' "$TMP/pndm/scheduler/scheduler_config.json"
+expect 0 "PNDMScheduler .*a scheduler difflux has no sampler for" -- "$DFX" info --model "$TMP/pndm"
+expect 0 "heun" -- "$DFX" sample --model "$TMP/pndm" --n 1 --steps 2 --out "$TMP/pndm.png"
+
 # refusals, each naming the key and its value
 bad() { # bad NAME SED-EXPRESSION PATTERN [scheduler]
     rm -rf "$TMP/$1" && cp -r "$D/attn" "$TMP/$1"

@@ -203,7 +203,8 @@ static int multistep_options(dfx_model_config *c, const cJSON *s, int unipc, con
 static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_error *err)
 {
     const char *cls = str(s, "_class_name", "DDPMScheduler");
-    const int ddim = strcmp(cls, "DDIMScheduler") == 0,
+    const int ddpm = strcmp(cls, "DDPMScheduler") == 0,
+              ddim = strcmp(cls, "DDIMScheduler") == 0,
               dpm = strcmp(cls, "DPMSolverMultistepScheduler") == 0,
               unipc = strcmp(cls, "UniPCMultistepScheduler") == 0,
               deis = strcmp(cls, "DEISMultistepScheduler") == 0;
@@ -305,12 +306,16 @@ static int schedule(dfx_model_config *c, const cJSON *s, const char *file, dfx_e
         c->clip = 0.0; /* thresholding replaces the clip, as in diffusers */
     }
     const char *alg = str(s, "algorithm_type", "dpmsolver++");
+    /* another class (PNDM, Euler, Heun, LMS, ...): its beta schedule and
+     * prediction only, with DDPMScheduler's defaults for the rest; no
+     * sampler of difflux claims to be it (the default one samples) */
     snprintf(c->sampler, sizeof c->sampler, "%s",
              dpm     ? (strstr(alg, "sde") ? "dpmpp_2m_sde" : "dpmpp_2m")
              : unipc ? "unipc"
              : deis  ? "deis"
              : ddim  ? "ddim"
-                     : "ddpm");
+             : ddpm  ? "ddpm"
+                     : "");
     if (unipc || deis) return multistep_options(c, s, unipc, file, err);
     return 0;
 }
@@ -365,10 +370,13 @@ static char *native_config(const char *path, const char *sched_file, char *weigh
     }
     cJSON *prov = cJSON_GetObjectItemCaseSensitive(r, "provenance");
     char desc[8192];
-    snprintf(desc, sizeof desc, "diffusers UNet2DModel (%s, diffusers %s); schedule %s from %s",
+    snprintf(desc, sizeof desc, "diffusers UNet2DModel (%s, diffusers %s); schedule %s from %s%s",
              ucfg, str(unet, "_diffusers_version", "?"),
              sched ? str(sched, "_class_name", "?") : "DDPMScheduler defaults",
-             sf ? sf : "(no scheduler config: DDPMScheduler's defaults)");
+             sf ? sf : "(no scheduler config: DDPMScheduler's defaults)",
+             c.sampler[0] ? ""
+                          : " (a scheduler difflux has no sampler for: only its beta schedule and "
+                            "prediction type are used, sampled by heun unless --sampler)");
     cJSON_ReplaceItemInObjectCaseSensitive(prov, "description", cJSON_CreateString(desc));
     cJSON_AddItemToObject(r, "unet", cJSON_Duplicate(unet, 1));
     txt = cJSON_PrintUnformatted(r);
