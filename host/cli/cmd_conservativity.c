@@ -108,9 +108,12 @@ static void print_table(const char *name, const dfx_cons_result *r, const dfx_co
     for (int k = 0; k < r[0].nradii; k++) printf(" path r=%-5g", r[0].radii[k]);
     printf("\n");
     for (int i = 0; i < nt; i++) {
-        printf("%8.4f  %8.2e +- %-7.1e %8.2e +- %-7.1e %8.2e +- %-7.1e %-10.3e", r[i].t,
-               r[i].asym, r[i].asym_se, r[i].iso, r[i].iso_se, r[i].abs, r[i].abs_se,
-               r[i].jnorm);
+        char iso[40];
+        /* J = c I to rounding (the memorising mixture): rounding over rounding */
+        if (r[i].dev < 1e-4 * r[i].jnorm) snprintf(iso, sizeof iso, "0/0 (J = c I)");
+        else snprintf(iso, sizeof iso, "%8.2e +- %-7.1e", r[i].iso, r[i].iso_se);
+        printf("%8.4f  %8.2e +- %-7.1e %-19s %8.2e +- %-7.1e %-10.3e", r[i].t, r[i].asym,
+               r[i].asym_se, iso, r[i].abs, r[i].abs_se, r[i].jnorm);
         if (exact) printf(" %-11.3e %-9.2e", exact[i].jnorm, r[i].abs / exact[i].jnorm);
         printf(" %8.2e +- %-7.1e", r[i].patch, r[i].patch_se);
         for (int k = 0; k < r[i].nradii; k++) printf(" %12.2e", r[i].circ[k]);
