@@ -243,6 +243,11 @@ static void affine_tests(dfx_model *m)
         CHECK(fabs(r.asym - want) <= 4 * r.asym_se, "K = %d: %.5f +- %.5f vs exact %.5f", Ks[q],
               r.asym, r.asym_se, want);
     }
+    /* the error is over points: one point has none (pairs as the unit would
+     * give one) */
+    dfx_cons_result one = affine_run_n(m, DFX_PRED_SCORE, 64, 0.5, 1);
+    CHECK(isfinite(one.asym) && isnan(one.asym_se) && isnan(one.iso_se) && isnan(one.abs_se),
+          "one point: %.4f +- %.3g, no error", one.asym, one.asym_se);
     const double shrink = se[1] / se[0];
     CHECK(shrink > 0.25 * 0.6 && shrink < 0.25 * 1.4,
           "standard error shrinks like 1/sqrt(K): ratio %.3f, expected ~0.25", shrink);

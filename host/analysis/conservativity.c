@@ -102,7 +102,7 @@ void dfx_mean_get(const dfx_mean *q, double *mean, double *se)
 
 dfx_pred dfx_cons_field(const dfx_model *m, const dfx_cons_opts *o)
 {
-    return o->field >= 0 && o->field < DFX_PRED_COUNT ? o->field : m->native;
+    return (unsigned)o->field < DFX_PRED_COUNT ? o->field : m->native;
 }
 
 /* ------------------------------------------------------------- helpers */
