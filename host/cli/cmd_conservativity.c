@@ -313,8 +313,8 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
     int start[7];
     start[0] = b.n; /* plain ratio: every field of the model, the baseline's measured one */
     for (int w = 0; w < DFX_PRED_COUNT; w++) {
-        snprintf(lab, sizeof lab, "%s %s%s", names[0], dfx_pred_name((dfx_pred)w),
-                 w == field ? " (native)" : "");
+        snprintf(lab, sizeof lab, "%s%s", dfx_pred_name((dfx_pred)w),
+                 w == field ? " (measured)" : "");
         add_series(&b, res[0], pick_field, w, 0, w, lab);
     }
     for (int m = 1; m < nmodels; m++) {
@@ -350,9 +350,9 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
     char t3[128];
     snprintf(t3, sizeof t3, "size of the %s's asymmetry", dfx_pred_name((dfx_pred)field));
     dfx_plot_panel panels[6] = {
-        {"asymmetry of each field (same JVPs)", "t", "||J - J#uT#d||#dF#u / ||J||#dF#u", 0, 1,
+        {"asymmetry of each field of the model", "t", "||J - J#uT#d||#dF#u / ||J||#dF#u", 0, 1,
          start[1] - start[0], b.s + start[0]},
-        {"asymmetry, isotropic part removed (any field)", "t",
+        {"asymmetry, isotropic part removed", "t",
          "||J - J#uT#d||#dF#u / ||J - (tr J / D) I||#dF#u", 0, 1, start[2] - start[1],
          b.s + start[1]},
         {t3, "t", "Frobenius norm", 0, 1, start[3] - start[2], b.s + start[2]},
@@ -363,7 +363,7 @@ static int write_plot(const char *file, const char *const *names, dfx_cons_resul
         {"path dependence (normalised)", "t", "|∫#dline#u f·dx - ∫#darc#u f·dx| / ∫ |f| |dx|", 0,
          1, start[6] - start[5], b.s + start[5]},
     };
-    int rc = cli_write_plot(file, 3, 6, panels, 1800, 1000, err);
+    int rc = cli_write_plot(file, 3, 6, panels, 1800, 1300, err);
     free(b.s);
     free(b.v);
     free(b.labels);
