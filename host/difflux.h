@@ -282,7 +282,8 @@ int dfx_model_jvp_host(dfx_model *m, const double *t, const float *x, const floa
 #define DFX_CONS_MAX_RADII 8
 
 typedef struct dfx_cons_opts {
-    dfx_pred field;        /* the field measured: score (default), velocity, eps, data */
+    dfx_pred field;        /* the field measured; DFX_PRED_COUNT (the default):
+                              the model's native prediction (dfx_cons_field) */
     dfx_jvp_method method; /* exact JVPs (default) or finite differences   */
     double fd_step;        /* finite differences: relative step (1e-3)     */
     int probes;            /* probe pairs per point for the asymmetry (16); 0 = skip */
@@ -296,10 +297,25 @@ typedef struct dfx_cons_opts {
     int batch;             /* rows per network evaluation (64)             */
 } dfx_cons_opts;
 
+/* The probe estimates of one field, pooled over points (MATH.md 4.1-4.2);
+ * every standard error is clustered by point (4.3), NaN with one point, and
+ * every value NaN where the path makes the field's conversion singular. */
+typedef struct dfx_field_asym {
+    double asym, asym_se; /* ||J - J^T||_F / ||J||_F                      */
+    double abs, abs_se;   /* ||J - J^T||_F (root mean square over points)  */
+    double jnorm;         /* ||J||_F (root mean square over points)        */
+} dfx_field_asym;
+
 typedef struct dfx_cons_result {
     double t;
-    double asym, asym_se;   /* ||J - J^T||_F / ||J||_F by probes, pooled over points */
+    dfx_pred field;         /* the field measured (the native one resolved)  */
+    double asym, asym_se;   /* ||J - J^T||_F / ||J||_F of that field          */
+    double iso, iso_se;     /* ||J - J^T||_F / ||J - (tr J / D) I||_F: the same
+                               for every field of one model at one t         */
+    double abs, abs_se;     /* ||J - J^T||_F of that field                    */
     double jnorm;           /* ||J||_F (root mean square over points)       */
+    double dev;             /* ||J - (tr J / D) I||_F (root mean square)     */
+    dfx_field_asym fields[DFX_PRED_COUNT]; /* every field, from the same JVPs */
     double patch, patch_se; /* exact patch ratio, mean over points          */
     int nradii;
     double radii[DFX_CONS_MAX_RADII];
@@ -332,17 +348,34 @@ int dfx_path_dependence(dfx_model *m, dfx_pred field, double t, const float *c, 
 int dfx_patch_asymmetry(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
                         const int *coords, int p, double *ratio, double *jnorm,
                         dfx_error *err);
-/* K probe pairs (Philox indices first .. first + 2K - 1) at x, added to a
- * ratio-of-means accumulator (num (u.Jv - v.Ju)^2, den ((u.Jv)^2 + (v.Ju)^2) / 2). */
+/* K probe pairs (u_k, v_k) (Philox indices first .. first + 2K - 1) at x,
+ * summarised for the field o->field as per-point unbiased estimates
+ * (MATH.md 4.1-4.2), each the mean over the K pairs of
+ *   num  (u.Jv - v.Ju)^2                         -> ||J - J^T||_F^2
+ *   den  ((u.Jv)^2 + (v.Ju)^2) / 2                -> ||J||_F^2
+ *   dev  as den with J - c_k I, c_k the Rayleigh quotients' mean of the
+ *        other pairs, less the variance that c_k adds -> ||J - (tr J/D) I||_F^2
+ *        (NaN when K < 2)
+ *   uv2  (u.v)^2,  uvj  u.v (u.Jv + v.Ju)          (to convert to other fields) */
+typedef struct dfx_probe_point {
+    double num, den, dev, uv2, uvj;
+} dfx_probe_point;
+int dfx_asymmetry_probes(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
+                         int K, uint64_t first, dfx_probe_point *out, dfx_error *err);
+/* The same estimates for the field A x + B f: the probe moments of A I + B J. */
+void dfx_probe_point_convert(const dfx_probe_point *p, double A, double B,
+                             dfx_probe_point *out);
+/* Ratio of means over points, sum num_i / sum den_i, with one (num_i, den_i)
+ * per point: its square root and the delta-method standard error with the
+ * point as the unit (clustered by point, MATH.md 4.3). */
 typedef struct dfx_ratio {
     long n;
     double sn, sd, snn, sdd, snd;
 } dfx_ratio;
-int dfx_asymmetry_probes(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
-                         int K, uint64_t first, dfx_ratio *acc, dfx_error *err);
 void dfx_ratio_add(dfx_ratio *q, double num, double den);
-/* sqrt(mean num / mean den) and its delta-method standard error */
 void dfx_ratio_sqrt(const dfx_ratio *q, double *est, double *se);
+/* The field a dfx_cons_opts measures on m: o->field, or m's native one. */
+dfx_pred dfx_cons_field(const dfx_model *m, const dfx_cons_opts *o);
 typedef struct dfx_mean {
     long n;
     double s, ss;

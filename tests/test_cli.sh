@@ -156,6 +156,14 @@ expect 1 "no-such.safetensors" -- "$DFX" conservativity --model "$TMP/no-such.sa
 expect 1 "--data .*fewer than --points" -- "$DFX" conservativity --model "$MODEL" --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --points 20000 --quiet
 expect 0 "asymmetry \+- se" -- "$DFX" conservativity --model "$MODEL" --baseline "$MODEL" --points 1 --t 0.5 --probes 2 --patch 2 --loop-nodes 8 --radii 0.1 --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --csv "$TMP/c.csv" --json "$TMP/c.json" --quiet
 [ "$(wc -l <"$TMP/c.csv")" -eq 3 ] && grep -q '"asymmetry"' "$TMP/c.json" || { echo "FAIL: conservativity CSV/JSON"; fails=$((fails + 1)); }
+# the native field by default, every field's ratio and the new columns
+head -1 "$TMP/c.csv" | grep -q '^model,field,t,asym,asym_se,iso,iso_se,abs,abs_se,jnorm,dev,.*,asym_score,' &&
+    sed -n 2p "$TMP/c.csv" | grep -q '^[^,]*,data,0.5,' &&
+    grep -q '"asymmetry_isotropic_removed"' "$TMP/c.json" || { echo "FAIL: conservativity: fields and new columns"; fails=$((fails + 1)); }
+expect 0 "field +score, exact" -- "$DFX" conservativity --model "$MODEL" --field score --points 2 --t 0.5 --probes 2 --patch 0 --loop-nodes 0 --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --quiet
+expect 0 "one point: no standard errors" -- "$DFX" conservativity --model "$MODEL" --field native --points 1 --t 0.5 --probes 2 --patch 0 --loop-nodes 0 --data "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --quiet
+printf 'model,t,asym,asym_se,jnorm,patch,patch_se\nm,0.5,1,1,1,1,1\n' >"$TMP/old.csv"
+expect 1 "an older difflux .*measure again" -- "$DFX" conservativity --replot "$TMP/old.csv" --plot "$TMP/r.png"
 expect 2 "--replot needs --plot" -- "$DFX" conservativity --replot "$TMP/c.csv"
 expect 1 "not a conservativity CSV" -- "$DFX" conservativity --replot "$TMP/c.json" --plot "$TMP/r.png"
 if "$DFX" conservativity --help >/dev/null && "$DFX" conservativity --model "$MODEL" --points 1 --t 0.5 --probes 2 --patch 0 --loop-nodes 0 --plot "$TMP/c.png" --quiet >/dev/null 2>"$TMP/plot.err"; then

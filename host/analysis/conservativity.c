@@ -6,8 +6,12 @@
  *
  *   asymmetry   ||J - J^T||_F / ||J||_F from K Gaussian probe pairs (u, v):
  *               E[(u.Jv - v.Ju)^2] = ||J - J^T||^2, E[(u.Jv)^2] = ||J||^2;
- *               pooled over points as a ratio of means, standard error by
- *               the delta method;
+ *               beside it the same over ||J - (tr J / D) I||_F (the
+ *               isotropic part removed, the same for every field) and
+ *               ||J - J^T||_F itself, for the measured field and, from the
+ *               same JVPs, every other (they are A I + B J at one t);
+ *               pooled over points as ratios of means, standard errors by
+ *               the delta method with the point as the unit;
  *   patch       the same ratio, exactly, for the block J_PP of a p x p pixel
  *               patch P (all channels), from |P| JVPs along basis vectors;
  *   circulation the loop integral of f . dx around x(theta) = c + r (cos theta
@@ -36,7 +40,7 @@ enum { STREAM_NOISE = 21, STREAM_PROBE = 22, STREAM_PLANE = 23 };
 void dfx_cons_opts_default(dfx_cons_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->field = DFX_PRED_SCORE;
+    o->field = DFX_PRED_COUNT; /* the model's native prediction */
     o->method = DFX_JVP_EXACT;
     o->fd_step = 1e-3;
     o->probes = 16;
@@ -62,7 +66,8 @@ void dfx_ratio_add(dfx_ratio *q, double num, double den)
     q->snd += num * den;
 }
 
-/* sqrt(mean(num) / mean(den)) and its delta-method standard error. */
+/* sqrt(mean(num) / mean(den)) and its delta-method standard error, one
+ * (num, den) per unit: the units' spread is the estimator's (MATH.md 4.3). */
 void dfx_ratio_sqrt(const dfx_ratio *q, double *est, double *se)
 {
     *est = *se = NAN;
@@ -95,7 +100,21 @@ void dfx_mean_get(const dfx_mean *q, double *mean, double *se)
     *se = sqrt((v > 0 ? v : 0) / n);
 }
 
+dfx_pred dfx_cons_field(const dfx_model *m, const dfx_cons_opts *o)
+{
+    return (unsigned)o->field < DFX_PRED_COUNT ? o->field : m->native;
+}
+
 /* ------------------------------------------------------------- helpers */
+
+/* sqrt of a mean and its delta-method standard error (NaN: no data). */
+static void mean_sqrt(const dfx_mean *q, double *est, double *se)
+{
+    double mu, s;
+    dfx_mean_get(q, &mu, &s);
+    *est = q->n > 0 ? sqrt(mu > 0 ? mu : 0) : NAN;
+    *se = *est > 0 ? s / (2 * *est) : NAN;
+}
 
 static double dot(const float *a, const float *b, size_t n)
 {
@@ -124,8 +143,8 @@ static int jvp_at(dfx_model *m, const dfx_cons_opts *o, const double *t, const f
     for (int r0 = 0; r0 < rows; r0 += batch) {
         int nr = rows - r0 < batch ? rows - r0 : batch;
         size_t off = (size_t)r0 * m->dim;
-        if (dfx_model_jvp_host(m, t + r0, x + off, v + off, nr, o->field, o->method, o->fd_step,
-                               f + off, jv + off, err))
+        if (dfx_model_jvp_host(m, t + r0, x + off, v + off, nr, dfx_cons_field(m, o), o->method,
+                               o->fd_step, f + off, jv + off, err))
             return -1;
     }
     return 0;
@@ -273,17 +292,28 @@ int dfx_patch_asymmetry(dfx_model *m, const dfx_cons_opts *o, double t, const fl
     return rc;
 }
 
+/* MATH.md 4.1-4.2. For the pair k, u = w_2k and v = w_2k+1: a = u.Jv,
+ * b = v.Ju. The Rayleigh quotients r_j = w_j.J w_j / |w_j|^2 of all 2K
+ * probes are unbiased for tr J / D (w / |w| is uniform on the sphere);
+ * c_k, their mean without the pair's own, is independent of the pair, so
+ * (u.Jv - c_k u.v)^2 is unbiased for ||J - c_k I||^2 = ||J - tau I||^2 +
+ * D (c_k - tau)^2, and D var(r) / (2K - 2) with the sample variance of the
+ * r_j takes the second term out on average. An isotropic part c I cancels
+ * from every term exactly, however large c is. */
 int dfx_asymmetry_probes(dfx_model *m, const dfx_cons_opts *o, double t, const float *x,
-                         int K, uint64_t first, dfx_ratio *acc, dfx_error *err)
+                         int K, uint64_t first, dfx_probe_point *out, dfx_error *err)
 {
     const size_t D = m->dim;
     const int rows = 2 * K;
+    memset(out, 0, sizeof *out);
+    if (K < 1) return dfx_fail(err, "asymmetry probes: need at least one pair, got %d", K);
     float *X = dfx_alloc(3 * (size_t)rows * D, sizeof(float), "probes", err);
-    double *tt = X ? dfx_alloc((size_t)rows, sizeof(double), "probes", err) : NULL;
+    double *tt = X ? dfx_alloc(2 * (size_t)rows, sizeof(double), "probes", err) : NULL;
     if (!tt) {
         free(X);
         return -1;
     }
+    double *rq = tt + rows; /* Rayleigh quotients */
     float *U = X + (size_t)rows * D, *F = U + (size_t)rows * D;
     /* rows 2k, 2k + 1: the pair (u_k, v_k) */
     dfx_normal_host(o->seed, first, rows, D, 0, STREAM_PROBE, U);
@@ -293,17 +323,48 @@ int dfx_asymmetry_probes(dfx_model *m, const dfx_cons_opts *o, double t, const f
     }
     float *JU = dfx_alloc((size_t)rows * D, sizeof(float), "probes", err);
     int rc = JU ? jvp_at(m, o, tt, X, U, rows, F, JU, err) : -1;
-    if (rc == 0)
+    if (rc == 0) {
+        double rs = 0, rss = 0;
+        for (int j = 0; j < rows; j++) {
+            const float *w = U + (size_t)j * D;
+            rq[j] = dot(w, JU + (size_t)j * D, D) / dot(w, w, D);
+            rs += rq[j];
+        }
+        const double rm = rs / rows;
+        for (int j = 0; j < rows; j++) rss += (rq[j] - rm) * (rq[j] - rm);
         for (int k = 0; k < K; k++) {
             const float *u = U + (size_t)(2 * k) * D, *v = U + (size_t)(2 * k + 1) * D;
             const float *Ju = JU + (size_t)(2 * k) * D, *Jv = JU + (size_t)(2 * k + 1) * D;
-            const double uJv = dot(u, Jv, D), vJu = dot(v, Ju, D);
-            dfx_ratio_add(acc, (uJv - vJu) * (uJv - vJu), 0.5 * (uJv * uJv + vJu * vJu));
+            const double a = dot(u, Jv, D), b = dot(v, Ju, D), uv = dot(u, v, D);
+            out->num += (a - b) * (a - b);
+            out->den += 0.5 * (a * a + b * b);
+            out->uv2 += uv * uv;
+            out->uvj += uv * (a + b);
+            if (K > 1) {
+                const double c = (rs - rq[2 * k] - rq[2 * k + 1]) / (rows - 2);
+                const double d = a - c * uv, e = b - c * uv;
+                out->dev += 0.5 * (d * d + e * e);
+            }
         }
+        out->num /= K, out->den /= K, out->uv2 /= K, out->uvj /= K;
+        out->dev = K > 1 ? out->dev / K - (double)D * (rss / (rows - 1)) / (rows - 2) : NAN;
+    }
     free(JU);
     free(X);
     free(tt);
     return rc;
+}
+
+/* A x + B f has Jacobian A I + B J: u.(A I + B J) v = A u.v + B u.Jv. */
+void dfx_probe_point_convert(const dfx_probe_point *p, double A, double B, dfx_probe_point *out)
+{
+    dfx_probe_point q;
+    q.num = B * B * p->num;
+    q.den = A * A * p->uv2 + A * B * p->uvj + B * B * p->den;
+    q.dev = B * B * p->dev;
+    q.uv2 = p->uv2;
+    q.uvj = 2 * A * p->uv2 + B * p->uvj;
+    *out = q;
 }
 
 /* --------------------------------------------------------- the full report */
@@ -356,7 +417,22 @@ int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, in
         return -1;
     }
     float *u = xt + D, *v = u + D;
-    dfx_ratio asym = {0};
+    /* the measured field, then every field w = A x + B f at this t (ok[w] = 0
+     * where the path makes the conversion singular) */
+    const dfx_pred field = dfx_cons_field(m, o);
+    res->field = field;
+    double cA[DFX_PRED_COUNT], cB[DFX_PRED_COUNT];
+    int ok[DFX_PRED_COUNT];
+    for (int w = 0; w < DFX_PRED_COUNT; w++) {
+        dfx_error scratch;
+        double C;
+        ok[w] = dfx_convert_coefs(&pc, field, (dfx_pred)w, &cA[w], &cB[w], &C, &scratch) == 0;
+    }
+    dfx_ratio asym = {0}, iso = {0}, fasym[DFX_PRED_COUNT];
+    dfx_mean num = {0}, den = {0}, dev = {0}, fnum[DFX_PRED_COUNT], fden[DFX_PRED_COUNT];
+    memset(fasym, 0, sizeof fasym);
+    memset(fnum, 0, sizeof fnum);
+    memset(fden, 0, sizeof fden);
     dfx_mean patch = {0}, circ[DFX_CONS_MAX_RADII], pathd[DFX_CONS_MAX_RADII];
     memset(circ, 0, sizeof circ);
     memset(pathd, 0, sizeof pathd);
@@ -367,9 +443,25 @@ int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, in
         dfx_normal_host(o->seed, (uint64_t)i, 1, D, 0, STREAM_NOISE, xt);
         for (size_t j = 0; j < D; j++)
             xt[j] = (float)(pc.a * x0[(size_t)i * D + j] + pc.m + pc.s * xt[j]);
-        if (o->probes > 0)
-            rc = dfx_asymmetry_probes(m, o, t, xt, o->probes, (uint64_t)i * 2 * o->probes,
-                                      &asym, err);
+        if (o->probes > 0) {
+            dfx_probe_point pp, pw;
+            rc = dfx_asymmetry_probes(m, o, t, xt, o->probes, (uint64_t)i * 2 * o->probes, &pp,
+                                      err);
+            if (rc == 0) {
+                dfx_ratio_add(&asym, pp.num, pp.den);
+                dfx_ratio_add(&iso, pp.num, pp.dev);
+                dfx_mean_add(&num, pp.num);
+                dfx_mean_add(&den, pp.den);
+                dfx_mean_add(&dev, pp.dev);
+                for (int w = 0; w < DFX_PRED_COUNT; w++) {
+                    if (!ok[w]) continue;
+                    dfx_probe_point_convert(&pp, cA[w], cB[w], &pw);
+                    dfx_ratio_add(&fasym[w], pw.num, pw.den);
+                    dfx_mean_add(&fnum[w], pw.num);
+                    dfx_mean_add(&fden[w], pw.den);
+                }
+            }
+        }
         if (rc == 0 && np > 0) {
             double ratio, jn;
             rc = dfx_patch_asymmetry(m, o, t, xt, coords, np, &ratio, &jn, err);
@@ -380,12 +472,12 @@ int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, in
         for (int k = 0; k < o->nradii && rc == 0; k++) {
             double raw, scale, r = o->radii[k] * cn;
             if (o->loop_nodes > 0) {
-                rc = dfx_loop_circulation(m, o->field, t, xt, u, v, r, o->loop_nodes, o->batch,
+                rc = dfx_loop_circulation(m, field, t, xt, u, v, r, o->loop_nodes, o->batch,
                                           &raw, &scale, err);
                 if (rc == 0 && scale > 0) dfx_mean_add(&circ[k], fabs(raw) / scale);
             }
             if (rc == 0 && o->loop_nodes > 0) {
-                rc = dfx_path_dependence(m, o->field, t, xt, u, v, r, (o->loop_nodes + 1) / 2,
+                rc = dfx_path_dependence(m, field, t, xt, u, v, r, (o->loop_nodes + 1) / 2,
                                          o->batch, &raw, &scale, err);
                 if (rc == 0 && scale > 0) dfx_mean_add(&pathd[k], fabs(raw) / scale);
             }
@@ -394,7 +486,17 @@ int dfx_conservativity(dfx_model *m, const dfx_cons_opts *o, const float *x0, in
     }
     if (rc == 0) {
         dfx_ratio_sqrt(&asym, &res->asym, &res->asym_se);
-        res->jnorm = asym.n ? sqrt(asym.sd / asym.n) : NAN;
+        dfx_ratio_sqrt(&iso, &res->iso, &res->iso_se);
+        mean_sqrt(&num, &res->abs, &res->abs_se);
+        double e;
+        mean_sqrt(&den, &res->jnorm, &e);
+        mean_sqrt(&dev, &res->dev, &e);
+        for (int w = 0; w < DFX_PRED_COUNT; w++) {
+            dfx_field_asym *fa = &res->fields[w];
+            dfx_ratio_sqrt(&fasym[w], &fa->asym, &fa->asym_se);
+            mean_sqrt(&fnum[w], &fa->abs, &fa->abs_se);
+            mean_sqrt(&fden[w], &fa->jnorm, &e);
+        }
         dfx_mean_get(&patch, &res->patch, &res->patch_se);
         res->nradii = o->nradii;
         for (int k = 0; k < o->nradii; k++) {

@@ -94,21 +94,51 @@ fail:
     return NULL;
 }
 
-static void print_table(const char *name, const dfx_cons_result *r, int nt)
+/* One model's table; with `exact` (the baseline at the same t, points and
+ * field) its ||J||_F beside the model's ||J - J^T||_F. */
+static void print_table(const char *name, const dfx_cons_result *r, const dfx_cons_result *exact,
+                        int nt)
 {
-    printf("\n%s\n", name);
-    printf("%8s  %-19s %-19s", "t", "asymmetry +- se", "patch +- se");
+    printf("\n%s (field: %s)\n", name, dfx_pred_name(r[0].field));
+    printf("%8s  %-19s %-19s %-19s %-10s", "t", "asymmetry +- se", "iso-removed +- se",
+           "||J - J^T||_F +- se", "||J||_F");
+    if (exact) printf(" %-10s %-9s", "exact ||J||", "ratio");
+    printf(" %-19s", "patch +- se");
     for (int k = 0; k < r[0].nradii; k++) printf(" circ r=%-5g", r[0].radii[k]);
     for (int k = 0; k < r[0].nradii; k++) printf(" path r=%-5g", r[0].radii[k]);
-    printf("  %s\n", "||J||_F");
+    printf("\n");
     for (int i = 0; i < nt; i++) {
-        printf("%8.4f  %8.2e +- %-7.1e %8.2e +- %-7.1e", r[i].t, r[i].asym, r[i].asym_se,
-               r[i].patch, r[i].patch_se);
+        char iso[40];
+        /* J = c I to rounding (the memorising mixture): rounding over rounding */
+        if (r[i].dev < 1e-4 * r[i].jnorm) snprintf(iso, sizeof iso, "0/0 (J = c I)");
+        else snprintf(iso, sizeof iso, "%8.2e +- %-7.1e", r[i].iso, r[i].iso_se);
+        printf("%8.4f  %8.2e +- %-7.1e %-19s %8.2e +- %-7.1e %-10.3e", r[i].t, r[i].asym,
+               r[i].asym_se, iso, r[i].abs, r[i].abs_se, r[i].jnorm);
+        if (exact) printf(" %-11.3e %-9.2e", exact[i].jnorm, r[i].abs / exact[i].jnorm);
+        printf(" %8.2e +- %-7.1e", r[i].patch, r[i].patch_se);
         for (int k = 0; k < r[i].nradii; k++) printf(" %12.2e", r[i].circ[k]);
         for (int k = 0; k < r[i].nradii; k++) printf(" %12.2e", r[i].pathdep[k]);
-        printf("  %.3e\n", r[i].jnorm);
+        printf("\n");
+    }
+    printf("every field from the same JVPs: ||J - J^T||_F / ||J||_F +- se (* native)\n%8s",
+           "t");
+    for (int w = 0; w < DFX_PRED_COUNT; w++) {
+        char h[40];
+        snprintf(h, sizeof h, "%s%s", dfx_pred_name((dfx_pred)w), w == (int)r[0].field ? "*" : "");
+        printf("  %-19s", h);
+    }
+    printf("\n");
+    for (int i = 0; i < nt; i++) {
+        printf("%8.4f", r[i].t);
+        for (int w = 0; w < DFX_PRED_COUNT; w++)
+            printf("  %8.2e +- %-7.1e", r[i].fields[w].asym, r[i].fields[w].asym_se);
+        printf("\n");
     }
 }
+
+/* The CSV's columns: model, field, then CSV_FIXED numbers, CSV_PER for
+ * each prediction type, and 4 per loop radius. */
+enum { CSV_FIXED = 11, CSV_PER = 5 };
 
 static int write_csv(const char *file, const char *const *names, dfx_cons_result *const *res,
                      int nmodels, int nt, dfx_error *err)
@@ -117,7 +147,11 @@ static int write_csv(const char *file, const char *const *names, dfx_cons_result
     if (dfx_atomic_open(&a, file, err)) return -1;
     FILE *f = a.fp;
     const dfx_cons_result *r0 = res[0];
-    fprintf(f, "model,t,asym,asym_se,jnorm,patch,patch_se");
+    fprintf(f, "model,field,t,asym,asym_se,iso,iso_se,abs,abs_se,jnorm,dev,patch,patch_se");
+    for (int w = 0; w < DFX_PRED_COUNT; w++) {
+        const char *n = dfx_pred_name((dfx_pred)w);
+        fprintf(f, ",asym_%s,asym_se_%s,abs_%s,abs_se_%s,jnorm_%s", n, n, n, n, n);
+    }
     for (int k = 0; k < r0->nradii; k++)
         fprintf(f, ",circ_r%g,circ_se_r%g", r0->radii[k], r0->radii[k]);
     for (int k = 0; k < r0->nradii; k++)
@@ -126,8 +160,14 @@ static int write_csv(const char *file, const char *const *names, dfx_cons_result
     for (int mdl = 0; mdl < nmodels; mdl++)
         for (int i = 0; i < nt; i++) {
             const dfx_cons_result *r = &res[mdl][i];
-            fprintf(f, "%s,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", names[mdl], r->t, r->asym, r->asym_se,
-                    r->jnorm, r->patch, r->patch_se);
+            fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", names[mdl],
+                    dfx_pred_name(r->field), r->t, r->asym, r->asym_se, r->iso, r->iso_se, r->abs,
+                    r->abs_se, r->jnorm, r->dev, r->patch, r->patch_se);
+            for (int w = 0; w < DFX_PRED_COUNT; w++) {
+                const dfx_field_asym *fa = &r->fields[w];
+                fprintf(f, ",%.9g,%.9g,%.9g,%.9g,%.9g", fa->asym, fa->asym_se, fa->abs,
+                        fa->abs_se, fa->jnorm);
+            }
             for (int k = 0; k < r->nradii; k++) fprintf(f, ",%.9g,%.9g", r->circ[k], r->circ_se[k]);
             for (int k = 0; k < r->nradii; k++)
                 fprintf(f, ",%.9g,%.9g", r->pathdep[k], r->pathdep_se[k]);
@@ -140,11 +180,26 @@ static cJSON *json_result(const dfx_cons_result *r)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "t", r->t);
+    cJSON_AddStringToObject(o, "field", dfx_pred_name(r->field));
     cJSON_AddNumberToObject(o, "asymmetry", r->asym);
     cJSON_AddNumberToObject(o, "asymmetry_se", r->asym_se);
+    cJSON_AddNumberToObject(o, "asymmetry_isotropic_removed", r->iso);
+    cJSON_AddNumberToObject(o, "asymmetry_isotropic_removed_se", r->iso_se);
+    cJSON_AddNumberToObject(o, "antisymmetric_norm", r->abs);
+    cJSON_AddNumberToObject(o, "antisymmetric_norm_se", r->abs_se);
     cJSON_AddNumberToObject(o, "jacobian_norm", r->jnorm);
+    cJSON_AddNumberToObject(o, "deviatoric_norm", r->dev);
     cJSON_AddNumberToObject(o, "patch_asymmetry", r->patch);
     cJSON_AddNumberToObject(o, "patch_asymmetry_se", r->patch_se);
+    cJSON *fl = cJSON_AddObjectToObject(o, "fields");
+    for (int w = 0; w < DFX_PRED_COUNT; w++) {
+        cJSON *e = cJSON_AddObjectToObject(fl, dfx_pred_name((dfx_pred)w));
+        cJSON_AddNumberToObject(e, "asymmetry", r->fields[w].asym);
+        cJSON_AddNumberToObject(e, "asymmetry_se", r->fields[w].asym_se);
+        cJSON_AddNumberToObject(e, "antisymmetric_norm", r->fields[w].abs);
+        cJSON_AddNumberToObject(e, "antisymmetric_norm_se", r->fields[w].abs_se);
+        cJSON_AddNumberToObject(e, "jacobian_norm", r->fields[w].jnorm);
+    }
     cJSON *loops = cJSON_AddArrayToObject(o, "loops");
     for (int k = 0; k < r->nradii; k++) {
         cJSON *l = cJSON_CreateObject();
@@ -159,10 +214,10 @@ static cJSON *json_result(const dfx_cons_result *r)
 }
 
 static int write_json(const char *file, const char *const *names, dfx_cons_result *const *res,
-                      int nmodels, int nt, const char *field, dfx_error *err)
+                      int nmodels, int nt, dfx_error *err)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "field", field);
+    cJSON_AddStringToObject(root, "field", dfx_pred_name(res[0][0].field));
     cJSON *models = cJSON_AddArrayToObject(root, "models");
     for (int mdl = 0; mdl < nmodels; mdl++) {
         cJSON *m = cJSON_CreateObject();
@@ -178,71 +233,140 @@ static int write_json(const char *file, const char *const *names, dfx_cons_resul
     return rc;
 }
 
-/* Four panels against t: asymmetry, patch asymmetry, circulation and path
- * dependence per radius; the model solid, the baseline dashed. */
-static int write_plot(const char *file, const char *const *names, dfx_cons_result *const *res,
-                      int nmodels, int nt, const char *field, dfx_error *err)
+/* One series of a plot, its values and errors picked from the results. */
+typedef double (*pick_fn)(const dfx_cons_result *r, int arg, int se);
+
+static double pick_field(const dfx_cons_result *r, int w, int se)
 {
-    const int R = res[0][0].nradii;
-    const int per = 2 + 2 * R; /* series per model */
-    double *buf = calloc((size_t)nmodels * per * 2 * nt + nt, sizeof(double));
-    dfx_plot_series *s = calloc((size_t)nmodels * per, sizeof *s);
-    char(*labels)[96] = calloc((size_t)nmodels * per, sizeof *labels);
-    if (!buf || !s || !labels) {
-        free(buf);
-        free(s);
-        free(labels);
+    return se ? r->fields[w].asym_se : r->fields[w].asym;
+}
+static double pick_iso(const dfx_cons_result *r, int k, int se)
+{
+    (void)k;
+    return se ? r->iso_se : r->iso;
+}
+static double pick_abs(const dfx_cons_result *r, int k, int se)
+{
+    (void)k;
+    return se ? r->abs_se : r->abs;
+}
+static double pick_jnorm(const dfx_cons_result *r, int k, int se)
+{
+    (void)k;
+    return se ? NAN : r->jnorm;
+}
+static double pick_patch(const dfx_cons_result *r, int k, int se)
+{
+    (void)k;
+    return se ? r->patch_se : r->patch;
+}
+static double pick_circ(const dfx_cons_result *r, int k, int se)
+{
+    return se ? r->circ_se[k] : r->circ[k];
+}
+static double pick_path(const dfx_cons_result *r, int k, int se)
+{
+    return se ? r->pathdep_se[k] : r->pathdep[k];
+}
+
+typedef struct plot_buf {
+    dfx_plot_series *s;
+    double *v;
+    char (*labels)[96];
+    int n, cap, nt;
+    const double *ts;
+} plot_buf;
+
+static void add_series(plot_buf *b, const dfx_cons_result *r, pick_fn pick, int arg, int dashed,
+                       int color, const char *label)
+{
+    if (b->n >= b->cap) return;
+    double *y = b->v + (size_t)b->n * 2 * b->nt, *e = y + b->nt;
+    for (int i = 0; i < b->nt; i++) y[i] = pick(&r[i], arg, 0), e[i] = pick(&r[i], arg, 1);
+    snprintf(b->labels[b->n], 96, "%s", label);
+    b->s[b->n] = (dfx_plot_series){b->labels[b->n], b->nt, b->ts, y, e, dashed, color};
+    b->n++;
+}
+
+/* Six panels against t: the plain ratio of every field; the ratio with the
+ * isotropic part removed; ||J - J^T||_F against the baseline's ||J||_F;
+ * the patch; circulation and path dependence per radius. The model solid,
+ * the baseline (the exact mixture) dashed. */
+static int write_plot(const char *file, const char *const *names, dfx_cons_result *const *res,
+                      int nmodels, int nt, dfx_error *err)
+{
+    const int R = res[0][0].nradii, cap = DFX_PRED_COUNT + 8 + 2 * R * 2 + 8;
+    plot_buf b = {calloc((size_t)cap, sizeof(dfx_plot_series)),
+                  calloc((size_t)cap * 2 * nt + nt, sizeof(double)),
+                  calloc((size_t)cap, sizeof *b.labels), 0, cap, nt, NULL};
+    if (!b.s || !b.v || !b.labels) {
+        free(b.s);
+        free(b.v);
+        free(b.labels);
         return snprintf(err->msg, sizeof err->msg, "out of memory"), -1;
     }
-    double *ts = buf + (size_t)nmodels * per * 2 * nt;
+    double *ts = b.v + (size_t)cap * 2 * nt;
     for (int i = 0; i < nt; i++) ts[i] = res[0][i].t;
-    dfx_plot_series *asym = s, *patch = s + nmodels, *circ = s + 2 * nmodels,
-                    *path = s + 2 * nmodels + nmodels * R;
-    for (int mdl = 0; mdl < nmodels; mdl++) {
-        const dfx_cons_result *r = res[mdl];
-        for (int q = 0; q < per; q++) {
-            double *y = buf + ((size_t)mdl * per + q) * 2 * nt, *e = y + nt;
-            for (int i = 0; i < nt; i++) {
-                switch (q) {
-                case 0: y[i] = r[i].asym; e[i] = r[i].asym_se; break;
-                case 1: y[i] = r[i].patch; e[i] = r[i].patch_se; break;
-                default:
-                    if (q - 2 < R) {
-                        y[i] = r[i].circ[q - 2];
-                        e[i] = r[i].circ_se[q - 2];
-                    } else {
-                        y[i] = r[i].pathdep[q - 2 - R];
-                        e[i] = r[i].pathdep_se[q - 2 - R];
-                    }
-                }
-            }
-            dfx_plot_series *se;
-            char *lab = labels[mdl * per + q];
-            if (q == 0) se = &asym[mdl], snprintf(lab, 96, "%s", names[mdl]);
-            else if (q == 1) se = &patch[mdl], snprintf(lab, 96, "%s", names[mdl]);
-            else if (q - 2 < R)
-                se = &circ[mdl * R + q - 2],
-                snprintf(lab, 96, "%s r=%g|x|", names[mdl], r[0].radii[q - 2]);
-            else
-                se = &path[mdl * R + q - 2 - R],
-                snprintf(lab, 96, "%s r=%g|x|", names[mdl], r[0].radii[q - 2 - R]);
-            *se = (dfx_plot_series){lab, nt, ts, y, e, mdl > 0, q < 2 ? 0 : (q - 2) % R};
-        }
+    b.ts = ts;
+    const int field = (int)res[0][0].field;
+    char lab[96];
+    int start[7];
+    start[0] = b.n; /* plain ratio: every field of the model, the baseline's measured one */
+    for (int w = 0; w < DFX_PRED_COUNT; w++) {
+        snprintf(lab, sizeof lab, "%s%s", dfx_pred_name((dfx_pred)w),
+                 w == field ? " (measured)" : "");
+        add_series(&b, res[0], pick_field, w, 0, w, lab);
     }
-    char t1[128], t2[128];
-    snprintf(t1, sizeof t1, "Jacobian asymmetry of the %s", field);
-    snprintf(t2, sizeof t2, "exact asymmetry of a pixel patch");
-    dfx_plot_panel panels[4] = {
-        {t1, "t", "||J - J#uT#d||#dF#u / ||J||#dF#u", 0, 1, nmodels, asym},
-        {t2, "t", "||J#dPP#u - J#dPP#u#uT#d|| / ||J#dPP#u||", 0, 1, nmodels, patch},
-        {"loop circulation (normalised)", "t", "|∮ f·dx| / ∮ |f| |dx|", 0, 1, nmodels * R, circ},
+    for (int m = 1; m < nmodels; m++) {
+        snprintf(lab, sizeof lab, "%s %s", names[m], dfx_pred_name((dfx_pred)field));
+        add_series(&b, res[m], pick_field, field, 1, field, lab);
+    }
+    start[1] = b.n;
+    /* the model alone: the memorising mixture's J is isotropic to rounding
+     * (one component dominates), so its ratio is 0 / 0 */
+    add_series(&b, res[0], pick_iso, 0, 0, 0, names[0]);
+    start[2] = b.n;
+    for (int m = 0; m < nmodels; m++) {
+        snprintf(lab, sizeof lab, "%s ||J - J#uT#d||", names[m]);
+        add_series(&b, res[m], pick_abs, 0, m > 0, 0, lab);
+        snprintf(lab, sizeof lab, "%s ||J||", names[m]);
+        add_series(&b, res[m], pick_jnorm, 0, m > 0, 1, lab);
+    }
+    start[3] = b.n;
+    for (int m = 0; m < nmodels; m++) add_series(&b, res[m], pick_patch, 0, m > 0, 0, names[m]);
+    start[4] = b.n;
+    for (int m = 0; m < nmodels; m++)
+        for (int k = 0; k < R; k++) {
+            snprintf(lab, sizeof lab, "%s r=%g|x|", names[m], res[m][0].radii[k]);
+            add_series(&b, res[m], pick_circ, k, m > 0, k, lab);
+        }
+    start[5] = b.n;
+    for (int m = 0; m < nmodels; m++)
+        for (int k = 0; k < R; k++) {
+            snprintf(lab, sizeof lab, "%s r=%g|x|", names[m], res[m][0].radii[k]);
+            add_series(&b, res[m], pick_path, k, m > 0, k, lab);
+        }
+    start[6] = b.n;
+    char t3[128];
+    snprintf(t3, sizeof t3, "size of the %s's asymmetry", dfx_pred_name((dfx_pred)field));
+    dfx_plot_panel panels[6] = {
+        {"asymmetry of each field of the model", "t", "||J - J#uT#d||#dF#u / ||J||#dF#u", 0, 1,
+         start[1] - start[0], b.s + start[0]},
+        {"asymmetry, isotropic part removed", "t",
+         "||J - J#uT#d||#dF#u / ||J - (tr J / D) I||#dF#u", 0, 1, start[2] - start[1],
+         b.s + start[1]},
+        {t3, "t", "Frobenius norm", 0, 1, start[3] - start[2], b.s + start[2]},
+        {"exact asymmetry of a pixel patch", "t", "||J#dPP#u - J#dPP#u#uT#d|| / ||J#dPP#u||", 0,
+         1, start[4] - start[3], b.s + start[3]},
+        {"loop circulation (normalised)", "t", "|∮ f·dx| / ∮ |f| |dx|", 0, 1,
+         start[5] - start[4], b.s + start[4]},
         {"path dependence (normalised)", "t", "|∫#dline#u f·dx - ∫#darc#u f·dx| / ∫ |f| |dx|", 0,
-         1, nmodels * R, path},
+         1, start[6] - start[5], b.s + start[5]},
     };
-    int rc = cli_write_plot(file, 2, 4, panels, 1400, 1000, err);
-    free(buf);
-    free(s);
-    free(labels);
+    int rc = cli_write_plot(file, 3, 6, panels, 1800, 1300, err);
+    free(b.s);
+    free(b.v);
+    free(b.labels);
     return rc;
 }
 
@@ -253,29 +377,43 @@ static int read_csv(const char *file, char names[2][256], dfx_cons_result *res[2
 {
     FILE *f = fopen(file, "r");
     if (!f) return snprintf(err->msg, sizeof err->msg, "--replot %s: cannot open", file), -1;
-    char line[4096];
+    char line[8192];
     int R = 0, rc = -1;
     double radii[DFX_CONS_MAX_RADII];
     *nmodels = 0;
     int count[2] = {0, 0};
-    if (!fgets(line, sizeof line, f) || strncmp(line, "model,t,asym,", 13) != 0) {
-        snprintf(err->msg, sizeof err->msg, "--replot %s: not a conservativity CSV", file);
+    if (!fgets(line, sizeof line, f) || strncmp(line, "model,field,t,asym,", 19) != 0) {
+        if (strncmp(line, "model,t,asym,", 13) == 0)
+            snprintf(err->msg, sizeof err->msg,
+                     "--replot %s: a conservativity CSV of an older difflux (no fields, errors "
+                     "not clustered by point); measure again",
+                     file);
+        else
+            snprintf(err->msg, sizeof err->msg, "--replot %s: not a conservativity CSV", file);
         goto done;
     }
-    for (char *p = strstr(line, "circ_r"); p && R < DFX_CONS_MAX_RADII;
+    for (char *p = strstr(line, ",circ_r"); p && R < DFX_CONS_MAX_RADII;
          p = strstr(p + 1, ",circ_r"))
-        radii[R++] = atof(strstr(p, "circ_r") + 6);
+        radii[R++] = atof(p + 7);
     for (int i = 0; i < 2; i++) res[i] = calloc(MAX_TIMES, sizeof(dfx_cons_result));
     if (!res[0] || !res[1]) {
         snprintf(err->msg, sizeof err->msg, "out of memory");
         goto done;
     }
+    const int want = CSV_FIXED + CSV_PER * DFX_PRED_COUNT + 4 * R;
     int ln = 1;
     while (fgets(line, sizeof line, f)) {
         ln++;
         char *comma = strchr(line, ',');
-        if (!comma) continue;
-        *comma = 0;
+        char *comma2 = comma ? strchr(comma + 1, ',') : NULL;
+        if (!comma2) continue;
+        *comma = *comma2 = 0;
+        dfx_pred field;
+        if (dfx_pred_parse(comma + 1, &field)) {
+            snprintf(err->msg, sizeof err->msg, "--replot %s: line %d: unknown field '%.40s'",
+                     file, ln, comma + 1);
+            goto done;
+        }
         int mi = -1;
         for (int i = 0; i < *nmodels; i++)
             if (strcmp(names[i], line) == 0) mi = i;
@@ -288,26 +426,33 @@ static int read_csv(const char *file, char names[2][256], dfx_cons_result *res[2
             snprintf(names[mi], 256, "%.255s", line);
         }
         if (count[mi] >= MAX_TIMES) continue;
-        double v[6 + 4 * DFX_CONS_MAX_RADII];
+        double v[CSV_FIXED + CSV_PER * DFX_PRED_COUNT + 4 * DFX_CONS_MAX_RADII];
         int nv = 0;
-        for (char *q = comma + 1; *q && nv < 6 + 4 * R;) {
+        for (char *q = comma2 + 1; *q && nv < want;) {
             char *end;
             v[nv++] = strtod(q, &end);
             if (end == q) break;
             q = *end == ',' ? end + 1 : end;
         }
-        if (nv != 6 + 4 * R) {
+        if (nv != want) {
             snprintf(err->msg, sizeof err->msg, "--replot %s: line %d has %d values, not %d", file,
-                     ln, nv, 6 + 4 * R);
+                     ln, nv, want);
             goto done;
         }
         dfx_cons_result *r = &res[mi][count[mi]++];
-        r->t = v[0], r->asym = v[1], r->asym_se = v[2], r->jnorm = v[3];
-        r->patch = v[4], r->patch_se = v[5], r->nradii = R;
+        r->field = field;
+        r->t = v[0], r->asym = v[1], r->asym_se = v[2], r->iso = v[3], r->iso_se = v[4];
+        r->abs = v[5], r->abs_se = v[6], r->jnorm = v[7], r->dev = v[8];
+        r->patch = v[9], r->patch_se = v[10], r->nradii = R;
+        for (int w = 0; w < DFX_PRED_COUNT; w++) {
+            const double *fv = v + CSV_FIXED + CSV_PER * w;
+            r->fields[w] = (dfx_field_asym){fv[0], fv[1], fv[2], fv[3], fv[4]};
+        }
+        const double *lv = v + CSV_FIXED + CSV_PER * DFX_PRED_COUNT;
         for (int k = 0; k < R; k++) {
             r->radii[k] = radii[k];
-            r->circ[k] = v[6 + 2 * k], r->circ_se[k] = v[7 + 2 * k];
-            r->pathdep[k] = v[6 + 2 * R + 2 * k], r->pathdep_se[k] = v[7 + 2 * R + 2 * k];
+            r->circ[k] = lv[2 * k], r->circ_se[k] = lv[2 * k + 1];
+            r->pathdep[k] = lv[2 * R + 2 * k], r->pathdep_se[k] = lv[2 * R + 2 * k + 1];
         }
     }
     if (*nmodels == 0 || (*nmodels == 2 && count[0] != count[1])) {
@@ -324,14 +469,22 @@ done:
 
 static const char about[] =
     "Measures whether a model's field is a gradient (MATH.md section 4), at a\n"
-    "list of times, on data-like points x_t = a x0 + s z + m:\n"
-    "  asymmetry  ||J - J^T||_F / ||J||_F from random probe pairs, +- standard error\n"
-    "  patch      the same, exactly, on the block of a centred pixel patch\n"
-    "  circ       |loop integral of f.dx| / integral of |f||dx| on circles in\n"
-    "             random planes (periodic trapezoid rule)\n"
-    "  path       the same for a segment against a half circle between two points\n"
-    "All are 0 for a true score; --baseline measures an exact (conservative)\n"
-    "Gaussian-mixture model of the same data beside the model.\n"
+    "list of times, on data-like points x_t = a x0 + s z + m. The field is the\n"
+    "one the network predicts (--field native, the default) unless --field\n"
+    "names another; every prediction type is A x + B f at one t, so the plain\n"
+    "ratio of each is reported too, from the same probes:\n"
+    "  asymmetry    ||J - J^T||_F / ||J||_F from random probe pairs: shrinks when\n"
+    "               a field carries a large c I (the score near the noise end)\n"
+    "  iso-removed  ||J - J^T||_F / ||J - (tr J / D) I||_F: the same for every\n"
+    "               field of one model at one t\n"
+    "  ||J - J^T||  the antisymmetric part's size; --baseline prints the exact\n"
+    "               mixture's ||J||_F of the same field at the same points beside it\n"
+    "  patch        ||J - J^T|| / ||J||, exactly, on the block of a centred pixel patch\n"
+    "  circ         |loop integral of f.dx| / integral of |f||dx| on circles in\n"
+    "               random planes (periodic trapezoid rule)\n"
+    "  path         the same for a segment against a half circle between two points\n"
+    "All are 0 for a true score. Standard errors treat the points as the sample\n"
+    "(clustered by point: no error with one point; few points understate it).\n"
     "Options, output paths and memory are checked before any work; --csv,\n"
     "--json and --plot are renamed into place together at the end.";
 
@@ -357,7 +510,7 @@ typedef struct cons_cmd {
 static int cons_parse(void *state, int argc, char **argv)
 {
     cons_cmd *c = state;
-    c->field_s = "score", c->radii_s = "0.01,0.1,0.5", c->method_s = "exact";
+    c->field_s = "native", c->radii_s = "0.01,0.1,0.5", c->method_s = "exact";
     c->sampler = "heun", c->device = "auto";
     c->points = 8, c->probes = 16, c->patch = 4, c->loop_nodes = 64, c->steps = 20;
     c->batch = 64, c->fd_step = 1e-3;
@@ -365,7 +518,8 @@ static int cons_parse(void *state, int argc, char **argv)
         cli_opt_model(&c->model),
         {"baseline", OPT_STR, &c->baseline, "FILE",
          "an exact Gaussian-mixture model of the same data, measured beside it", 0},
-        {"field", OPT_STR, &c->field_s, "NAME", "score (default), velocity, eps, data or v", 0},
+        {"field", OPT_STR, &c->field_s, "NAME",
+         "native (default: the model's own prediction), score, velocity, eps, data or v", 0},
         {"t", OPT_STR, &c->times, "LIST",
          "comma-separated times (8 spread over the sampling interval)", 0},
         {"points", OPT_INT, &c->points, "N", "data-like points per time (8)", 0},
@@ -374,7 +528,8 @@ static int cons_parse(void *state, int argc, char **argv)
         {"sampler", OPT_STR, &c->sampler, "NAME", "sampler for the model's own samples (heun)",
          0},
         {"steps", OPT_INT, &c->steps, "N", "its steps (20)", 0},
-        {"probes", OPT_INT, &c->probes, "K", "random probe pairs per point (16; 0 = skip)", 0},
+        {"probes", OPT_INT, &c->probes, "K",
+         "random probe pairs per point (16; 0 = skip; the isotropic-removed ratio needs 2)", 0},
         {"patch", OPT_INT, &c->patch, "P",
          "side of the centred pixel patch for the exact sub-Jacobian (4; 0 = skip)", 0},
         {"loop-nodes", OPT_INT, &c->loop_nodes, "M", "trapezoid nodes per loop (64; 0 = skip)",
@@ -406,11 +561,11 @@ static int cons_check(void *state)
 {
     cons_cmd *c = state;
     dfx_cons_opts *o = &c->o;
-    dfx_pred field;
-    if (dfx_pred_parse(c->field_s, &field))
+    dfx_pred field = DFX_PRED_COUNT; /* native */
+    if (strcmp(c->field_s, "native") != 0 && dfx_pred_parse(c->field_s, &field))
         return fprintf(stderr,
-                       "difflux conservativity: unknown --field '%s' (score, velocity, eps, "
-                       "data or v)\n",
+                       "difflux conservativity: unknown --field '%s' (native, score, velocity, "
+                       "eps, data or v)\n",
                        c->field_s),
                CLI_USAGE;
     dfx_jvp_method method;
@@ -499,7 +654,7 @@ static int cons_replot(const cons_cmd *c, dfx_error *err)
     int r = read_csv(c->replot, rn, rr, &nm, &ntr, err);
     const char *np[2] = {rn[0], rn[1]};
     for (int i = 0; i < nm && r == 0; i++) np[i] = short_name(rn[i], sn[i], sizeof sn[i]);
-    if (r == 0) r = write_plot(c->plot, np, rr, nm, ntr, dfx_pred_name(c->o.field), err);
+    if (r == 0) r = write_plot(c->plot, np, rr, nm, ntr, err);
     free(rr[0]);
     free(rr[1]);
     if (r == 0) printf("wrote %s\n", c->plot);
@@ -518,6 +673,8 @@ static int cons_open(cons_cmd *c, dfx_error *err)
         if (!c->ms[i]) return -1;
     }
     const dfx_model_info *mi = dfx_model_get_info(c->ms[0]);
+    /* the baseline is measured in the model's field, native or not */
+    c->o.field = dfx_cons_field(c->ms[0], &c->o);
     if (c->baseline) {
         const dfx_model_info *bi = dfx_model_get_info(c->ms[1]);
         if (bi->channels != mi->channels || bi->height != mi->height || bi->width != mi->width)
@@ -575,7 +732,8 @@ static int cons_measure(cons_cmd *c, dfx_error *err)
     printf("model     %s (%s, %s path)%s%s\n", c->model, mi->kind,
            dfx_path_name(mi->path.family), c->baseline ? "; baseline " : "",
            c->baseline ? c->baseline : "");
-    printf("field     %s, %s\n", dfx_pred_name(c->o.field),
+    printf("field     %s%s, %s\n", dfx_pred_name(c->o.field),
+           c->o.field == mi->prediction ? " (the model's native prediction)" : "",
            c->o.method == DFX_JVP_EXACT ? "exact JVPs (forward mode)" : "central differences");
     printf("points    %d per time: %s, noised along the path\n", c->points,
            c->data ? c->data : "the model's own samples");
@@ -606,15 +764,17 @@ static int cons_report(void *state, dfx_error *err)
     const cons_cmd *c = state;
     if (c->replot) return 0;
     const int nm = c->nmodels, nt = c->nt;
-    const char *field = dfx_pred_name(c->o.field);
-    for (int i = 0; i < nm; i++) print_table(c->names[i], c->res[i], nt);
+    for (int i = 0; i < nm; i++)
+        print_table(c->names[i], c->res[i], i == 0 && nm > 1 ? c->res[1] : NULL, nt);
+    if (c->points < 2)
+        printf("\n(one point: no standard errors, they are over points)\n");
     dfx_outputs_begin();
     if (c->csv && write_csv(c->csv, c->names, c->res, nm, nt, err)) return -1;
-    if (c->json && write_json(c->json, c->names, c->res, nm, nt, field, err)) return -1;
+    if (c->json && write_json(c->json, c->names, c->res, nm, nt, err)) return -1;
     char sb[2][128];
     const char *shortn[2] = {NULL, NULL};
     for (int i = 0; i < nm; i++) shortn[i] = short_name(c->names[i], sb[i], sizeof sb[i]);
-    if (c->plot && write_plot(c->plot, shortn, c->res, nm, nt, field, err)) return -1;
+    if (c->plot && write_plot(c->plot, shortn, c->res, nm, nt, err)) return -1;
     if (dfx_outputs_commit(err)) return -1;
     if (c->csv) printf("\nwrote %s\n", c->csv);
     if (c->json) printf("wrote %s\n", c->json);
