@@ -602,6 +602,11 @@ int dfx_ode_parse(const char *name, dfx_ode *s); /* 0 ok, -1 unknown */
  * does not depend on the batch. */
 int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int n,
                        uint64_t first, dfx_lik_point *out, dfx_error *err);
+/* The interval dfx_log_likelihood integrates over: the options' t_noise
+ * and t_data, or the path's defaults (on a discrete schedule t_data is its
+ * timestep 0); -1 with a message when they are not distinct times in [0, 1]. */
+int dfx_lik_interval(dfx_model *m, const dfx_lik_opts *o, double *t_noise, double *t_data,
+                     dfx_error *err);
 /* The divergence of the velocity at one time for n points y (host, the
  * samplers' space) into div [n], with the options' method and probes. */
 int dfx_velocity_divergence(dfx_model *m, const dfx_lik_opts *o, double t, const float *y,

@@ -49,6 +49,12 @@ strip() { grep -v '"seconds"' "$1"; }
 "$DFX" "${run[@]}" --batch 1 --json "$TMP/d.json" >/dev/null || fail "batch 1"
 [ "$(strip "$TMP/a.json" | grep -v '"batch"')" = "$(strip "$TMP/d.json" | grep -v '"batch"')" ] || fail "likelihood depends on --batch"
 
+# an analytic model on another path: its closed form beside the ODE, and
+# the floor that the path's noise at t_data puts under any data's density
+expect 0 "floor +1\.750[0-9] bits/dim" -- "$DFX" likelihood --model "$GMM" --path vp --data "$DATA" --n 2 --sampler rk4 --steps 8 --quiet --json "$TMP/v.json"
+grep -q '"t_data":[[:space:]]*0.001' "$TMP/v.json" && grep -q '"exact_bpd_mean"' "$TMP/v.json" || fail "likelihood JSON: t_data or the exact figure missing"
+expect 2 "unknown --path 'sideways'" -- "$DFX" likelihood --data "$DATA" --path sideways
+
 # .npy values (difflux sample --npy) are taken as they are
 "$DFX" sample --model "$GMM" --n 2 --steps 4 --npy "$TMP/s.npy" --out "$TMP/s.png" --quiet || fail "sample --npy"
 expect 0 "as given \(continuous density" -- "$DFX" likelihood --model "$GMM" --data "$TMP/s.npy" --n 2 --sampler rk4 --steps 2 --quiet --json "$TMP/n.json"

@@ -586,6 +586,13 @@ static int interval(dfx_model *m, const dfx_lik_opts *o, double *tn, double *td,
     return 0;
 }
 
+int dfx_lik_interval(dfx_model *m, const dfx_lik_opts *o, double *t_noise, double *t_data,
+                     dfx_error *err)
+{
+    double tn0;
+    return interval(m, o, t_noise, t_data, &tn0, err);
+}
+
 static int check_model(dfx_model *m, dfx_error *err)
 {
     if (dfx_model_generative(m, err)) return -1;

@@ -39,10 +39,12 @@ static const char about[] =
 
 typedef struct lik_cmd {
     const char *model, *scheduler, *data, *div_s, *probe_s, *solver_s, *grid_s, *cls, *device,
-        *json, *csv;
+        *json, *csv, *path;
+    dfx_path_family fam;
     int n, probes, steps, batch, threads, no_dequant, path_start, quiet, progress;
     uint64_t seed;
     double rtol, atol, t_noise, t_data;
+    double tn_used, td_used; /* the interval, as the run takes it */
     int max_nfe_i;
     dfx_lik_opts o;
     int class_id;
@@ -91,6 +93,9 @@ static int lik_parse(void *state, int argc, char **argv)
          "the path's N(m, s^2) at t_noise as p_start, not the model's fitted start", 0},
         {"no-dequant", OPT_FLAG, &c->no_dequant, NULL,
          "IDX data: the continuous density of lo + (hi - lo) k/255, no dequantisation", 0},
+        {"path", OPT_STR, &c->path, "FAMILY",
+         "analytic models: put the model on this path (linear, trig, vp, vp_cosine, ve, dale)",
+         0},
         {"class", OPT_STR, &c->cls, "K",
          "conditional models: the likelihood given label K, or 'none' (unconditional, the "
          "default)",
@@ -142,6 +147,8 @@ static int lik_check(void *state)
         FAIL_USAGE("--t-data %g is outside [0, 1]", c->t_data);
     if (!isnan(c->t_noise) && !(c->t_noise >= 0 && c->t_noise <= 1))
         FAIL_USAGE("--t-noise %g is outside [0, 1]", c->t_noise);
+    if (c->path && dfx_path_parse(c->path, &c->fam))
+        FAIL_USAGE("unknown --path '%s' (linear, trig, vp, vp_cosine, ve, dale)", c->path);
     c->class_id = DFX_CLASS_NONE;
     if (c->cls && strcmp(c->cls, "none") != 0) {
         char *end;
@@ -238,12 +245,18 @@ static int lik_run(void *state, dfx_error *err)
     c->be = cli_backend_open(c->device, c->threads, NULL, err);
     c->m = c->be ? cli_model_load(c->model, c->scheduler, c->be, err) : NULL;
     int rc = c->m ? 0 : -1;
+    if (rc == 0 && c->path) {
+        dfx_path p;
+        dfx_path_default(&p, c->fam);
+        rc = dfx_model_set_path(c->m, &p, err);
+    }
     if (rc == 0) {
         c->mi = dfx_model_get_info(c->m);
         c->dim = (size_t)c->mi->channels * c->mi->height * c->mi->width;
         if (c->mi->num_classes > 0 || c->class_id != DFX_CLASS_NONE)
             rc = dfx_model_set_class(c->m, c->class_id, 1.0, err);
     }
+    if (rc == 0) rc = dfx_lik_interval(c->m, &c->o, &c->tn_used, &c->td_used, err);
     if (rc == 0) rc = read_points(c, err);
     c->pts = rc == 0 ? dfx_alloc((size_t)c->n, sizeof *c->pts, "results", err) : NULL;
     if (rc == 0 && !c->pts) rc = -1;
@@ -288,6 +301,8 @@ static int lik_run(void *state, dfx_error *err)
 
 typedef struct summary {
     double nll, nll_se, bpd, bpd_se, nfe;
+    double s_data, floor; /* the path's noise at t_data, and the bits/dim that no
+                             density of the path there can go below */
     int exact;            /* an analytic model: its closed-form density too */
     double ex_nll, ex_bpd, diff, diff_se; /* and the ODE's error against it */
 } summary;
@@ -307,6 +322,17 @@ static summary summarise(const lik_cmd *c)
     const double D = (double)c->dim;
     s.bpd = dfx_bits_per_dim(-s.nll, c->dim, c->mi->range_lo, c->mi->range_hi);
     s.bpd_se = s.nll_se / (D * log(2.0));
+    /* p_t = E[N(x; a x0 + m, s^2 I)] <= (2 pi s^2)^(-D/2) (times the mean
+     * Jacobian on the dale path): the blur of t_data bounds the figure */
+    dfx_coef cf;
+    dfx_path_eval(&c->mi->path, c->td_used, &cf);
+    s.s_data = cf.s;
+    double jac = 0;
+    for (int i = 0; i < n; i++) jac += c->pts[i].log_jac / n;
+    s.floor = cf.s > 0 ? dfx_bits_per_dim(-0.5 * D * log(2 * 3.14159265358979323846 * cf.s * cf.s) +
+                                              jac,
+                                          c->dim, c->mi->range_lo, c->mi->range_hi)
+                       : -INFINITY;
     return s;
 }
 
@@ -339,6 +365,9 @@ static int write_json(const lik_cmd *c, const summary *s, dfx_error *err)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model", c->model);
+    cJSON_AddStringToObject(root, "path", dfx_path_name(c->mi->path.family));
+    cJSON_AddNumberToObject(root, "t_data", c->td_used);
+    cJSON_AddNumberToObject(root, "t_noise", c->tn_used);
     cJSON_AddStringToObject(root, "data", c->data);
     cJSON_AddNumberToObject(root, "n", c->n);
     cJSON_AddStringToObject(root, "div", c->o.div == DFX_DIV_EXACT ? "exact" : "hutchinson");
@@ -365,6 +394,8 @@ static int write_json(const lik_cmd *c, const summary *s, dfx_error *err)
     cJSON_AddNumberToObject(root, "bpd_mean", s->bpd);
     cJSON_AddNumberToObject(root, "bpd_se", s->bpd_se);
     cJSON_AddNumberToObject(root, "nfe_mean", s->nfe);
+    cJSON_AddNumberToObject(root, "s_data", s->s_data);
+    if (isfinite(s->floor)) cJSON_AddNumberToObject(root, "bpd_floor", s->floor);
     if (s->exact) {
         cJSON_AddNumberToObject(root, "exact_nll_mean", s->ex_nll);
         cJSON_AddNumberToObject(root, "exact_bpd_mean", s->ex_bpd);
@@ -414,7 +445,8 @@ static int lik_report(void *state, dfx_error *err)
     if (cli_mpi_rank() != 0) return 0;
     summary s = summarise(c);
     if (exact_reference(c, &s, err)) return -1;
-    printf("model        %s\n", c->model);
+    printf("model        %s%s%s\n", c->model, c->path ? ", on the path " : "",
+           c->path ? c->path : "");
     printf("data         the first %d points of %s, %s\n", c->n, c->data,
            c->dequant ? "dequantised: x = lo + (hi - lo)(k + u)/256, u uniform"
                       : "as given (continuous density, no dequantisation)");
@@ -425,13 +457,23 @@ static int lik_report(void *state, dfx_error *err)
                c->o.probes, c->o.probe == DFX_PROBE_GAUSSIAN ? "gaussian" : "rademacher",
                c->o.probes == 1 ? "" : "s");
     if (c->o.solver == DFX_ODE_DOPRI5)
-        printf("solver       dopri5, rtol %g, atol %g\n", c->o.rtol, c->o.atol);
+        printf("solver       dopri5, rtol %g, atol %g", c->o.rtol, c->o.atol);
     else
-        printf("solver       %s, %d steps\n", dfx_ode_name(c->o.solver), c->o.steps);
+        printf("solver       %s, %d steps", dfx_ode_name(c->o.solver), c->o.steps);
+    printf(", from t_data %g to t_noise %g on the %s path\n", c->td_used, c->tn_used,
+           dfx_path_name(c->mi->path.family));
     printf("NLL          %.3f +- %.3f nats per image (mean +- standard error over %d points)\n",
            s.nll, s.nll_se, c->n);
     printf("bits/dim     %.4f +- %.4f   (%zu dimensions, data range [%g, %g] as 256 bins)\n",
            s.bpd, s.bpd_se, c->dim, c->mi->range_lo, c->mi->range_hi);
+    if (isfinite(s.floor) && s.floor > 0)
+        printf("floor        %.4f bits/dim: at t_data the path's noise (s = %.3g) keeps "
+               "p_{t_data} of any data\n             set at or above this%s\n",
+               s.floor, s.s_data,
+               s.bpd < s.floor + 0.25 ? "; the figure is near it: it measures that blur more than "
+                                       "the model (a smaller --t-data resolves more, outside the "
+                                       "times a network was trained on)"
+                                     : "");
     if (s.exact)
         printf("exact        NLL %.3f, bits/dim %.4f: the mixture's closed-form density at "
                "t_data;\n             ODE - exact %.4f +- %.4f nats per image\n",
