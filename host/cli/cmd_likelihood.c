@@ -462,6 +462,9 @@ static int lik_report(void *state, dfx_error *err)
         printf("solver       %s, %d steps", dfx_ode_name(c->o.solver), c->o.steps);
     printf(", from t_data %g to t_noise %g on the %s path\n", c->td_used, c->tn_used,
            dfx_path_name(c->mi->path.family));
+    if (c->o.solver != DFX_ODE_DOPRI5)
+        printf("             (a fixed-step figure carries the integrator's error, of either sign "
+               "and often\n             large near the data end: check it against dopri5)\n");
     printf("NLL          %.3f +- %.3f nats per image (mean +- standard error over %d points)\n",
            s.nll, s.nll_se, c->n);
     printf("bits/dim     %.4f +- %.4f   (%zu dimensions, data range [%g, %g] as 256 bins)\n",
