@@ -1,6 +1,7 @@
 /* Time grids shared by all fixed-step samplers (MATH.md section 2). */
 #include "core/error.h"
 #include "core/names.h"
+#include "sampler/sampler.h"
 
 #include <math.h>
 #include <string.h>
@@ -19,6 +20,37 @@ int dfx_grid_parse(const char *name, dfx_grid *g)
     int i = dfx_enum_parse(grid_names, DFX_GRID_COUNT, name);
     if (i >= 0) *g = (dfx_grid)i;
     return i >= 0 ? 0 : -1;
+}
+
+/* The default grid of each path family (MATH.md section 2, "Default
+ * grids"), chosen by the spread on the exact mixture (issue #23, samples/
+ * grid-spread.csv): `grid` for the samplers on the velocity or score, `x0`
+ * for those on x_hat (DFX_SF_X0). VP: log-SNR for both. VE: Karras for
+ * heun and its kin, log-SNR (on VE the same as uniform in t) for the x_hat
+ * samplers. Interpolants: uniform (log-SNR and Karras need a finite sigma
+ * at t = 0). Diffusers models: the scheduler's own timesteps for x_hat
+ * samplers, as diffusers runs them. The Dale samplers' principled schedule
+ * is uniform on their path whatever the table says. */
+static const struct family_grid {
+    dfx_path_family family;
+    dfx_grid grid, x0;
+} family_grids[] = {
+    {DFX_PATH_LINEAR, DFX_GRID_UNIFORM, DFX_GRID_UNIFORM},
+    {DFX_PATH_TRIG, DFX_GRID_UNIFORM, DFX_GRID_UNIFORM},
+    {DFX_PATH_VP, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_VP_COSINE, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_VE, DFX_GRID_KARRAS, DFX_GRID_LOGSNR},
+    {DFX_PATH_DALE, DFX_GRID_KARRAS, DFX_GRID_KARRAS},
+    {DFX_PATH_DISCRETE, DFX_GRID_KARRAS, DFX_GRID_SCHEDULE},
+};
+
+dfx_grid dfx_family_grid(dfx_path_family f, unsigned flags)
+{
+    if (flags & DFX_SF_DALE) return DFX_GRID_UNIFORM;
+    for (size_t i = 0; i < sizeof family_grids / sizeof family_grids[0]; i++)
+        if (family_grids[i].family == f)
+            return (flags & DFX_SF_X0) ? family_grids[i].x0 : family_grids[i].grid;
+    return DFX_GRID_UNIFORM;
 }
 
 /* The timesteps a diffusers scheduler evaluates at for n steps (MATH.md
