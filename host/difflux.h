@@ -379,14 +379,15 @@ int dfx_plot_png(const char *file, int ncols, int npanels, const dfx_plot_panel 
 
 typedef enum {
     DFX_GRID_AUTO = -1,   /* the path family's default (dfx_default_grid):
-                             logsnr on vp and vp_cosine; on ve karras, but
-                             logsnr for the x_hat samplers; karras on dale
-                             (adls, aums: uniform); uniform on linear and
-                             trig; diffusers models: schedule for the x_hat
+                             logsnr on vp, vp_cosine, linear and trig; on
+                             ve karras, but logsnr for the x_hat samplers;
+                             karras on dale (adls, aums: uniform);
+                             diffusers models: schedule for the x_hat
                              samplers, else karras                         */
     DFX_GRID_UNIFORM = 0, /* uniform in t                                  */
     DFX_GRID_KARRAS,      /* Karras et al. sigma^(1/rho) spacing          */
-    DFX_GRID_LOGSNR,      /* uniform in log-SNR                            */
+    DFX_GRID_LOGSNR,      /* uniform in log-SNR (karras, logsnr: from sigma =
+                             80 after one step where sigma is infinite)    */
     DFX_GRID_SHIFT,       /* shifted uniform: u' = k u / (1 + (k - 1) u)  */
     DFX_GRID_SCHEDULE,    /* discrete path: the scheduler's own timesteps  */
     DFX_GRID_COUNT

@@ -236,20 +236,21 @@ expect 0 "renamed into place together" -- "$DFX" sample --help
 # stability bound eps h / s^2 < 2 is checked on the grid before sampling
 # (refused when an error could grow more than 10-fold, warned above 2), and
 # samples far outside the data range are reported for every sampler.
-# --noise const on an interpolant at the default t_data: eps h / s^2 = 222
-# at the last of 500 steps; refused at once, with the way out, no output
+# --noise const on an interpolant at the default t_data: eps h / s^2 = 21.8
+# on the default logsnr grid (222 on the uniform one); refused at once,
+# with the way out, no output
 for s in em pc; do
     rm -f unstable.png
-    quick 1 "sampler $s with --noise const is unstable on this grid: eps h / s\^2 reaches 222 at t = 0\.997.*stable below 2.*--noise s .*--steps.*--allow-unstable" -- "$DFX" sample --model "$GMM" --n 2 --sampler $s --noise const --out unstable.png
+    quick 1 "sampler $s with --noise const is unstable on this grid: eps h / s\^2 reaches 21\.8 at t = 0\.998.*stable below 2.*--noise s .*--steps.*--allow-unstable" -- "$DFX" sample --model "$GMM" --n 2 --sampler $s --noise const --out unstable.png
     [ ! -e unstable.png ] || fail "$s --noise const: refused, but wrote unstable.png"
 done
 # the bound is exceeded slightly (r = 2.14, growth 1.14): it runs, with a warning
-expect 0 "warning: em: eps h / s\^2 reaches 2\.14 at t = 0\.855 .*more --steps, --noise s" -- "$DFX" sample --model "$GMM" --n 2 --sampler em --noise const --steps 20 --t-data 0.9 --out w.png
+expect 0 "warning: em: eps h / s\^2 reaches 2\.14 at t = 0\.855 .*more --steps, --noise s" -- "$DFX" sample --model "$GMM" --n 2 --sampler em --noise const --grid uniform --steps 20 --t-data 0.9 --out w.png
 # the stable default (--noise s) neither warns nor refuses
 out=$("$DFX" sample --model "$GMM" --n 4 --sampler em --out ok.png 2>&1) || fail "em --noise s failed: $out"
 grep -q "warning" <<<"$out" && fail "em at its defaults warns: $out"
 # --allow-unstable runs it; what comes out is flagged: far outside [-1, 1]
-expect 0 "warning: [0-9]+ of 3136 values .* lie far outside the data range \[-1, 1\], beyond \[-3, 3\] \(largest \|x\| [0-9.e+]+\): the em sampler may have diverged" -- "$DFX" sample --model "$GMM" --n 4 --sampler em --noise const --steps 40 --t-data 0.98 --no-denoise --allow-unstable --out w.png
+expect 0 "warning: [0-9]+ of 3136 values .* lie far outside the data range \[-1, 1\], beyond \[-3, 3\] \(largest \|x\| [0-9.e+]+\): the em sampler may have diverged" -- "$DFX" sample --model "$GMM" --n 4 --sampler em --noise const --grid uniform --steps 40 --t-data 0.98 --no-denoise --allow-unstable --out w.png
 # ... for every sampler: one Euler step over all of VE's sigma range
 expect 0 "warning: [0-9]+ of 3136 values .* lie far outside the data range .*the euler sampler" -- "$DFX" sample --model "$GMM" --n 4 --path ve --sampler euler --steps 1 --no-denoise --out w.png
 # and a good run of the same sampler is not flagged

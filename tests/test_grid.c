@@ -109,10 +109,33 @@ int main(void)
         }
     }
 
-    /* errors: karras needs a finite sigma; intervals run towards the data */
+    /* an interpolant's noise end (sigma = (1 - t)/t infinite at t = 0 on
+     * linear): one step to sigma = 80 (t = 1/81), then Karras' spacing from
+     * 80 to sigma(t_data) over the other N - 1 intervals */
     dfx_path_default(&p, DFX_PATH_LINEAR);
-    CHECK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, N, g, &err) != 0,
-          "karras at t = 0 on linear must fail");
+    CHECK_OK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, N, g, &err), err);
+    CHECK(g[0] == 0.0 && fabs(g[1] - 1.0 / 81) < 1e-12 && g[N] == 0.999, "karras on linear: %g %g",
+          g[0], g[1]);
+    for (int i = 1; i <= N; i++) {
+        double a = pow(80.0, 1 / 7.0), b = pow(0.001 / 0.999, 1 / 7.0);
+        double want = pow(a + (i - 1) / (double)(N - 1) * (b - a), 7.0), sig = (1 - g[i]) / g[i];
+        CHECK(fabs(sig - want) <= 1e-9 * want, "karras on linear sigma %d: %g vs %g", i, sig,
+              want);
+    }
+    /* logsnr likewise: lambda = -log sigma uniform from -log 80 */
+    CHECK_OK(dfx_time_grid(&p, DFX_GRID_LOGSNR, 7, 3, 0.0, 0.999, N, g, &err), err);
+    for (int i = 1; i <= N; i++) {
+        double lo = -log(80.0), hi = log(0.999 / 0.001);
+        double want = lo + (i - 1) / (double)(N - 1) * (hi - lo), lam = log(g[i] / (1 - g[i]));
+        CHECK(fabs(lam - want) <= 1e-9, "logsnr on linear lambda %d: %g vs %g", i, lam, want);
+    }
+    /* errors: karras needs a finite sigma at the data end (s = 0 at t = 1)
+     * and, for one step, at the noise end; intervals run towards the data */
+    CHECK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 1.0, N, g, &err) != 0,
+          "karras to t = 1 on linear must fail");
+    CHECK(strstr(err.msg, "--t-data") != NULL, "message names the option: %s", err.msg);
+    CHECK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, 1, g, &err) != 0,
+          "one karras step from t = 0 on linear must fail");
     CHECK(strstr(err.msg, "--t-noise") != NULL, "message names the option: %s", err.msg);
     CHECK(dfx_time_grid(&p, DFX_GRID_UNIFORM, 7, 3, 0.9, 0.1, N, g, &err) != 0,
           "backwards interval must fail");
@@ -131,7 +154,7 @@ int main(void)
             {DFX_PATH_VP, "heun", DFX_GRID_LOGSNR},      {DFX_PATH_VP, "ddpm", DFX_GRID_LOGSNR},
             {DFX_PATH_VP_COSINE, "em", DFX_GRID_LOGSNR}, {DFX_PATH_VE, "heun", DFX_GRID_KARRAS},
             {DFX_PATH_VE, "em", DFX_GRID_KARRAS},        {DFX_PATH_VE, "ddim", DFX_GRID_LOGSNR},
-            {DFX_PATH_LINEAR, "heun", DFX_GRID_UNIFORM}, {DFX_PATH_TRIG, "ddim", DFX_GRID_UNIFORM},
+            {DFX_PATH_LINEAR, "heun", DFX_GRID_LOGSNR},  {DFX_PATH_TRIG, "ddim", DFX_GRID_LOGSNR},
         };
         const float mu[2] = {0.5f, -0.5f}, cs[2] = {0.1f, 0.1f}, w[2] = {0.5f, 0.5f};
         for (size_t i = 0; i < sizeof def / sizeof def[0]; i++) {
@@ -161,6 +184,7 @@ int main(void)
         dfx_sample_opts_default(&o, m);
         o.sampler = "em";
         o.denoise = 0;
+        o.grid = DFX_GRID_UNIFORM; /* the closed forms below are for it */
         /* --noise s (the default): r_i = h / s_i, largest at the last step */
         int n = 20;
         o.steps = n;

@@ -226,23 +226,14 @@ static const struct slow {
     {"vp", "ddim", 100, 1, "0.947-0.958 at 50 steps, 0.97 at 100"},
     {"vp", "deis", 40, 0, "0.94 at 20 steps, 0.97 at 40"},
     {"vp", "euler_ancestral", 0, 0, "0.94 at 100 steps, 0.98 at 800"},
-    /* linear, uniform (the only grid the interpolant's t_noise = 0 allows):
-     * the last uniform steps are far coarser than the component width 0.02
-     * near t_data = 0.999 (s = 0.001), so all but dopri5 and em need more
-     * steps, most 5-16 times their defaults (MATH.md section 2, "Default
-     * grids"); rk4 is at the bound */
-    {"linear", "rk4", 40, 1, "0.95-0.98 at 20 steps"},
-    {"linear", "euler", 0, 0, "0.46 at 50 steps, 0.95 at 800"},
-    {"linear", "heun", 0, 0, "3.3 at 16 steps, 1.04 at 128, 1.01 at 256"},
-    {"linear", "restart", 0, 0, "2.8 at 18 steps, 1.00 at 288"},
-    {"linear", "ddim", 0, 0, "0.46 at 50 steps, 0.95 at 800"},
-    {"linear", "dpmpp_2m", 0, 0, "1.14 at 30 steps, 1.05 at 480"},
-    {"linear", "unipc", 0, 0, "0.73 at 20 steps, 1.05 at 320, not monotone"},
-    {"linear", "deis", 0, 0, "0.22 at 20 steps, 0.95 at 160"},
-    {"linear", "ddpm", 0, 0, "0.83 at 500 steps"},
-    {"linear", "euler_ancestral", 0, 0, "0.55 at 100 steps"},
-    {"linear", "dpmpp_2m_sde", 0, 0, "2.4 at 50 steps"},
-    {"linear", "dpmpp_3m_sde", 0, 0, "26 at 50 steps"},
+    /* linear, logsnr from sigma = 80 (uniform, the old default, was far
+     * worse: heun 3.3, ddim 0.46, dpmpp_2m_sde 2.4; samples/grid-spread.csv) */
+    {"linear", "euler", 0, 0, "0.93 at 50 steps (0.46 on uniform)"},
+    {"linear", "heun", 0, 0, "1.15-1.18 at 16 steps (3.3 on uniform)"},
+    {"linear", "restart", 0, 0, "1.11-1.12 at 18 steps (2.8 on uniform)"},
+    {"linear", "ddim", 0, 0, "0.92-0.94 at 50 steps (0.46 on uniform)"},
+    {"linear", "deis", 0, 0, "0.88-0.90 at 20 steps (0.22 on uniform)"},
+    {"linear", "euler_ancestral", 0, 0, "0.88-0.89 at 100 steps (0.55 on uniform)"},
     /* ve (karras for these, logsnr for the x_hat samplers) */
     {"ve", "euler", 0, 0, "0.12 at 50 steps"},
     {"ve", "heun", 0, 0, "4.0 at 16 steps (5.3 on logsnr)"},

@@ -54,8 +54,8 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         cli_opt_max_memory(&d->max_memory),
         {"grid", OPT_STR, &d->grid, "NAME",
          "time grid: uniform karras logsnr shift schedule, or auto (the path's default: logsnr "
-         "on vp; karras on ve, logsnr there for x_hat samplers; karras on dale; uniform on "
-         "interpolants; diffusers models: their scheduler's timesteps)",
+         "on vp and interpolants; karras on ve, logsnr there for x_hat samplers; karras on "
+         "dale; diffusers models: their scheduler's timesteps)",
          0},
         {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
         {"shift", OPT_DOUBLE, &d->shift, "K",
