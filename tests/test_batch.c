@@ -164,6 +164,7 @@ int main(void)
         dfx_sample_opts_default(&o, m1);
         o.t_data = 1.0; /* the data end itself: the final x_hat conversion is fine but the
                            velocity from x_hat is singular there for heun's last stage */
+        o.grid = DFX_GRID_UNIFORM; /* logsnr (the default) refuses s = 0 at once */
         CHECK(!dfx_sampler_create(m1, &o, 2, &err) && strstr(err.msg, "singular"), "%s",
               err.msg);
         dfx_sample_opts_default(&o, m1);

@@ -130,6 +130,7 @@ int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, doubl
             out[1] = dfx_path_t_of_logsnr(p, l0);
             first = 2;
         }
+        if (n == 1) break; /* one step: the interval itself, nothing to space */
         if (!isfinite(l0) || !isfinite(l1))
             return dfx_fail(err,
                             "the %s grid needs a finite noise level at both ends, but on the %s "
