@@ -411,12 +411,16 @@ int dfx_plot_png(const char *file, int ncols, int npanels, const dfx_plot_panel 
 /* -------------------------------------------------------------- samplers */
 
 typedef enum {
-    DFX_GRID_AUTO = -1,   /* karras on ve and dale paths (except for adls and
-                             aums, whose principled schedule is uniform),
-                             uniform elsewhere                             */
+    DFX_GRID_AUTO = -1,   /* the path family's default (dfx_default_grid):
+                             logsnr on vp, vp_cosine, linear and trig; on
+                             ve karras, but logsnr for the x_hat samplers;
+                             karras on dale (adls, aums: uniform);
+                             diffusers models: schedule for the x_hat
+                             samplers, else karras                         */
     DFX_GRID_UNIFORM = 0, /* uniform in t                                  */
     DFX_GRID_KARRAS,      /* Karras et al. sigma^(1/rho) spacing          */
-    DFX_GRID_LOGSNR,      /* uniform in log-SNR                            */
+    DFX_GRID_LOGSNR,      /* uniform in log-SNR (karras, logsnr: from sigma =
+                             80 after one step where sigma is infinite)    */
     DFX_GRID_SHIFT,       /* shifted uniform: u' = k u / (1 + (k - 1) u)  */
     DFX_GRID_SCHEDULE,    /* discrete path: the scheduler's own timesteps  */
     DFX_GRID_COUNT
@@ -489,7 +493,14 @@ typedef struct dfx_sample_opts {
      * NULL: the draws. The array must outlive the sampler. */
     const float *init;
     long init_rows;
+    /* em, pc: 1 runs a grid whose explicit step the stability bound says
+     * will diverge (dfx_sampler_stability's growth over
+     * DFX_UNSTABLE_GROWTH), which dfx_sampler_create otherwise refuses */
+    int unstable;
 } dfx_sample_opts;
+
+/* The worst-case error growth past which em and pc refuse a grid. */
+#define DFX_UNSTABLE_GROWTH 10.0
 
 typedef struct dfx_sample_stats {
     long nfe;          /* network evaluations per sample (max over the batch) */
@@ -500,6 +511,9 @@ typedef struct dfx_sample_stats {
                           range moved, summed over the batch              */
     long nonpositive;  /* paper recipe, aums: values an update took to <= 0
                           (set to the range's low end), over all steps    */
+    long outside;      /* values far outside the data range: more than its
+                          width (range_hi - range_lo) beyond either end    */
+    double outside_max;/* the largest |value| of those (Inf/NaN: Inf)     */
 } dfx_sample_stats;
 
 /* Fills the defaults that fit the model: heun at its default steps
@@ -524,6 +538,17 @@ void dfx_sampler_free(dfx_sampler *s);
 long dfx_sampler_nfe(const dfx_sampler *s);
 /* The time grid the sampler uses (steps + 1 values), or NULL if adaptive. */
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n);
+/* The explicit em step's stability on the sampler's grid (em and pc;
+ * 0 for the others): the largest r = eps(t) |h| / s(t)^2 over the steps
+ * (stable below 2), the time t_worst of it, and the worst-case growth
+ * prod max(1, |1 - r|) of an error along the data's stiffest direction
+ * (MATH.md section 1.2). Either pointer may be NULL. */
+double dfx_sampler_stability(const dfx_sampler *s, double *t_worst, double *growth);
+/* The kind of that grid (DFX_GRID_AUTO if adaptive). */
+dfx_grid dfx_sampler_grid_kind(const dfx_sampler *s);
+/* The grid --grid auto gives `sampler` on m's path family (DFX_GRID_AUTO
+ * for an unknown sampler). */
+dfx_grid dfx_default_grid(const dfx_model *m, const char *sampler);
 
 typedef struct dfx_sampler_desc {
     const char *name;

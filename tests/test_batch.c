@@ -131,7 +131,14 @@ int main(void)
         dfx_sample_opts_default(&o, m1);
         o.sampler = "em";
         o.eps0 = 1e38; /* the noise overflows float */
+        /* the stability bound refuses it before any work (issue #23) ... */
         dfx_sampler *s = dfx_sampler_create(m1, &o, 2, &err);
+        CHECK(s == NULL && strstr(err.msg, "unstable") && strstr(err.msg, "--allow-unstable"),
+              "eps0 = 1e38 must be refused before sampling: %s", s ? "created" : err.msg);
+        dfx_sampler_free(s);
+        /* ... and, when run anyway, the overflow is caught */
+        o.unstable = 1;
+        s = dfx_sampler_create(m1, &o, 2, &err);
         CHECK(s != NULL, "%s", err.msg);
         float out[2 * DIM];
         err.msg[0] = 0;
@@ -157,6 +164,7 @@ int main(void)
         dfx_sample_opts_default(&o, m1);
         o.t_data = 1.0; /* the data end itself: the final x_hat conversion is fine but the
                            velocity from x_hat is singular there for heun's last stage */
+        o.grid = DFX_GRID_UNIFORM; /* logsnr (the default) refuses s = 0 at once */
         CHECK(!dfx_sampler_create(m1, &o, 2, &err) && strstr(err.msg, "singular"), "%s",
               err.msg);
         dfx_sample_opts_default(&o, m1);

@@ -64,12 +64,12 @@ else
 fi
 expect 1 "unknown precision 'fp16'" -- "$DFX" sample --precision fp16 --device cpu --n 1 --out "$TMP/x.png"
 expect 1 "the cpu backend computes in fp32 only" -- "$DFX" bench --precision bf16 --device cpu
-expect 1 "karras grid needs a finite noise level.*--t-noise" -- "$DFX" sample --n 2 --grid karras --out "$TMP/x.png"
+expect 1 "karras grid needs a finite noise level.*--t-data" -- "$DFX" sample --n 2 --grid karras --t-data 1 --out "$TMP/x.png"
 expect 1 "need --t-data > --t-noise" -- "$DFX" sample --n 2 --t-noise 0.9 --t-data 0.1 --out "$TMP/x.png"
 expect 1 "fitted start distribution is for t = 1, not --t-noise 0.5.*--path-start" -- "$DFX" sample --model "$SRC/models/mnist-dale.safetensors" --n 2 --t-noise 0.5 --out "$TMP/x.png"
 expect 1 "--noise diffusion is inf" -- "$DFX" sample --n 2 --sampler em --noise diffusion --out "$TMP/x.png"
 expect 1 "cannot write '$TMP/no/such/dir/g.png'" -- "$DFX" sample --n 2 --steps 2 --out "$TMP/no/such/dir/g.png"
-expect 1 "NaN/Inf" -- "$DFX" sample --n 2 --steps 4 --sampler em --eps0 1e38 --out "$TMP/nan.png"
+expect 1 "NaN/Inf" -- "$DFX" sample --n 2 --steps 4 --sampler em --eps0 1e38 --allow-unstable --out "$TMP/nan.png"
 # a model that overflows to Inf/NaN inside the network (guidance 1e308):
 # a clean report, also under the sanitizers (UBSan aborts with "runtime
 # error" on an undefined conversion of NaN instead)
@@ -131,7 +131,7 @@ expect 0 "deis on" -- "$DFX" sample --model "$MODEL" --sampler deis --order 3 --
 expect 2 "unknown --start 'middle' .fitted, path, paper." -- "$DFX" sample --start middle --n 2 --out "$TMP/x.png"
 expect 2 "--path-start contradicts --start paper" -- "$DFX" sample --start paper --path-start --n 2 --out "$TMP/x.png"
 expect 1 "--start paper is the Dale paper's log-normal start, for models on the dale path" -- "$DFX" sample --model "$MODEL" --start paper --n 2 --out "$TMP/x.png"
-expect 1 "em diverged: the samples. RMS reached .*with --noise const it reaches .* Use --noise s" -- "$DFX" sample --model "$MODEL" --sampler em --noise const --n 2 --out "$TMP/x.png"
+expect 1 "em diverged: the samples. RMS reached .*with --noise const it reaches .* Use --noise s" -- "$DFX" sample --model "$MODEL" --sampler em --noise const --grid uniform --allow-unstable --n 2 --out "$TMP/x.png"
 expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
 for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on $AUTO" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"

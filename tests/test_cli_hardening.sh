@@ -3,7 +3,8 @@
 # paths are refused before any network evaluation; outputs never name the
 # same file; SIGINT/SIGTERM leave no temporary behind and SIGKILL's are
 # cleaned up by the next run; a run's outputs are renamed together; NaN
-# messages name the model; a run beyond the memory is refused up front.
+# messages name the model; a run beyond the memory is refused up front;
+# unstable em grids are refused and far-out samples flagged (issue #23).
 # usage: test_cli_hardening.sh path/to/difflux source-dir
 set -u
 DFX=$(cd "$(dirname "$1")" && pwd)/$(basename "$1") # absolute: the test works in a temp dir
@@ -178,7 +179,7 @@ expect 0 "" -- "$DFX" sample --model "$GMM" --n 2 --steps 2 --out ok.png --npy o
 [ -s ok.png ] && [ -s ok.npy ] && [ -z "$(tmps)" ] || fail "sample: outputs or temporaries wrong: $(ls -a)"
 
 # ---- 14: NaN messages name the model, and say whose fault it is
-expect 1 "model $GMM, sampler em: .*NaN/Inf .* after step [0-9] of 4 .*try more steps" -- "$DFX" sample --model "$GMM" --n 2 --sampler em --steps 4 --eps0 1e38 --out nan.png
+expect 1 "model $GMM, sampler em: .*NaN/Inf .* after step [0-9] of 4 .*try more steps" -- "$DFX" sample --model "$GMM" --n 2 --sampler em --steps 4 --eps0 1e38 --allow-unstable --out nan.png
 have_py=0
 command -v python3 >/dev/null && have_py=1
 # surgery on a shipped U-Net: $1 -> $2 with height = width = $3 and the
@@ -230,6 +231,31 @@ for c in sample eval sweep bench conservativity; do
 done
 expect 0 "--scale K +upscale each pixel to K x K, 1 to 64" -- "$DFX" sample --help
 expect 0 "renamed into place together" -- "$DFX" sample --help
+
+# ---- 16: no silent numerical failure (issue #23): the explicit em step's
+# stability bound eps h / s^2 < 2 is checked on the grid before sampling
+# (refused when an error could grow more than 10-fold, warned above 2), and
+# samples far outside the data range are reported for every sampler.
+# --noise const on an interpolant at the default t_data: eps h / s^2 = 21.8
+# on the default logsnr grid (222 on the uniform one); refused at once,
+# with the way out, no output
+for s in em pc; do
+    rm -f unstable.png
+    quick 1 "sampler $s with --noise const is unstable on this grid: eps h / s\^2 reaches 21\.8 at t = 0\.998.*stable below 2.*--noise s .*--steps.*--allow-unstable" -- "$DFX" sample --model "$GMM" --n 2 --sampler $s --noise const --out unstable.png
+    [ ! -e unstable.png ] || fail "$s --noise const: refused, but wrote unstable.png"
+done
+# the bound is exceeded slightly (r = 2.14, growth 1.14): it runs, with a warning
+expect 0 "warning: em: eps h / s\^2 reaches 2\.14 at t = 0\.855 .*more --steps, --noise s" -- "$DFX" sample --model "$GMM" --n 2 --sampler em --noise const --grid uniform --steps 20 --t-data 0.9 --out w.png
+# the stable default (--noise s) neither warns nor refuses
+out=$("$DFX" sample --model "$GMM" --n 4 --sampler em --out ok.png 2>&1) || fail "em --noise s failed: $out"
+grep -q "warning" <<<"$out" && fail "em at its defaults warns: $out"
+# --allow-unstable runs it; what comes out is flagged: far outside [-1, 1]
+expect 0 "warning: [0-9]+ of 3136 values .* lie far outside the data range \[-1, 1\], beyond \[-3, 3\] \(largest \|x\| [0-9.e+]+\): the em sampler may have diverged" -- "$DFX" sample --model "$GMM" --n 4 --sampler em --noise const --grid uniform --steps 40 --t-data 0.98 --no-denoise --allow-unstable --out w.png
+# ... for every sampler: one Euler step over all of VE's sigma range
+expect 0 "warning: [0-9]+ of 3136 values .* lie far outside the data range .*the euler sampler" -- "$DFX" sample --model "$GMM" --n 4 --path ve --sampler euler --steps 1 --no-denoise --out w.png
+# and a good run of the same sampler is not flagged
+out=$("$DFX" sample --model "$GMM" --n 4 --path ve --sampler euler --out ok.png 2>&1) || fail "euler on ve failed: $out"
+grep -q "far outside" <<<"$out" && fail "a good euler run is flagged: $out"
 
 if [ $fails -gt 0 ]; then
     echo "$fails CLI hardening checks failed"

@@ -1,4 +1,7 @@
-/* Time grids: end points, monotonicity and the defining formula of each. */
+/* Time grids: end points, monotonicity and the defining formula of each;
+ * the per-family defaults; em's stability bound on a grid against its
+ * closed form, and the count of samples far outside the data range
+ * (issue #23). */
 #include "check.h"
 #include "difflux.h"
 
@@ -8,6 +11,7 @@ int main(void)
     double g[N + 1];
     dfx_error err = {{0}};
     dfx_path p;
+    dfx_backend *be = dfx_backend_create("cpu", 1, &err);
 
     dfx_path_default(&p, DFX_PATH_LINEAR);
     CHECK_OK(dfx_time_grid(&p, DFX_GRID_UNIFORM, 7, 3, 0.0, 0.999, N, g, &err), err);
@@ -105,16 +109,161 @@ int main(void)
         }
     }
 
-    /* errors: karras needs a finite sigma; intervals run towards the data */
+    /* an interpolant's noise end (sigma = (1 - t)/t infinite at t = 0 on
+     * linear): one step to sigma = 80 (t = 1/81), then Karras' spacing from
+     * 80 to sigma(t_data) over the other N - 1 intervals */
     dfx_path_default(&p, DFX_PATH_LINEAR);
-    CHECK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, N, g, &err) != 0,
-          "karras at t = 0 on linear must fail");
-    CHECK(strstr(err.msg, "--t-noise") != NULL, "message names the option: %s", err.msg);
+    CHECK_OK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, N, g, &err), err);
+    CHECK(g[0] == 0.0 && fabs(g[1] - 1.0 / 81) < 1e-12 && g[N] == 0.999, "karras on linear: %g %g",
+          g[0], g[1]);
+    for (int i = 1; i <= N; i++) {
+        double a = pow(80.0, 1 / 7.0), b = pow(0.001 / 0.999, 1 / 7.0);
+        double want = pow(a + (i - 1) / (double)(N - 1) * (b - a), 7.0), sig = (1 - g[i]) / g[i];
+        CHECK(fabs(sig - want) <= 1e-9 * want, "karras on linear sigma %d: %g vs %g", i, sig,
+              want);
+    }
+    /* logsnr likewise: lambda = -log sigma uniform from -log 80 */
+    CHECK_OK(dfx_time_grid(&p, DFX_GRID_LOGSNR, 7, 3, 0.0, 0.999, N, g, &err), err);
+    for (int i = 1; i <= N; i++) {
+        double lo = -log(80.0), hi = log(0.999 / 0.001);
+        double want = lo + (i - 1) / (double)(N - 1) * (hi - lo), lam = log(g[i] / (1 - g[i]));
+        CHECK(fabs(lam - want) <= 1e-9, "logsnr on linear lambda %d: %g vs %g", i, lam, want);
+    }
+    /* errors: karras needs a finite sigma at the data end (s = 0 at t = 1);
+     * intervals run towards the data */
+    CHECK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 1.0, N, g, &err) != 0,
+          "karras to t = 1 on linear must fail");
+    CHECK(strstr(err.msg, "--t-data") != NULL, "message names the option: %s", err.msg);
+    /* one step is the interval itself: nothing to space, nothing to refuse */
+    CHECK_OK(dfx_time_grid(&p, DFX_GRID_KARRAS, 7, 3, 0.0, 0.999, 1, g, &err), err);
+    CHECK(g[0] == 0.0 && g[1] == 0.999, "one karras step: %g %g", g[0], g[1]);
     CHECK(dfx_time_grid(&p, DFX_GRID_UNIFORM, 7, 3, 0.9, 0.1, N, g, &err) != 0,
           "backwards interval must fail");
     CHECK(dfx_time_grid(&p, DFX_GRID_UNIFORM, 7, 3, 0.0, 1.5, N, g, &err) != 0,
           "t outside [0, 1] must fail");
     CHECK(dfx_time_grid(&p, DFX_GRID_UNIFORM, 7, 3, 0.0, 0.5, 0, g, &err) != 0,
           "zero steps must fail");
+
+    /* the per-family defaults of --grid auto (host/sampler/grid.c) */
+    {
+        static const struct {
+            dfx_path_family f;
+            const char *sampler;
+            dfx_grid want;
+        } def[] = {
+            {DFX_PATH_VP, "heun", DFX_GRID_LOGSNR},      {DFX_PATH_VP, "ddpm", DFX_GRID_LOGSNR},
+            {DFX_PATH_VP_COSINE, "em", DFX_GRID_LOGSNR}, {DFX_PATH_VE, "heun", DFX_GRID_KARRAS},
+            {DFX_PATH_VE, "em", DFX_GRID_KARRAS},        {DFX_PATH_VE, "ddim", DFX_GRID_LOGSNR},
+            {DFX_PATH_LINEAR, "heun", DFX_GRID_LOGSNR},  {DFX_PATH_TRIG, "ddim", DFX_GRID_LOGSNR},
+        };
+        const float mu[2] = {0.5f, -0.5f}, cs[2] = {0.1f, 0.1f}, w[2] = {0.5f, 0.5f};
+        for (size_t i = 0; i < sizeof def / sizeof def[0]; i++) {
+            dfx_path_default(&p, def[i].f);
+            dfx_model *m = dfx_model_gmm_create(be, &p, 1, 1, 1, -1, 1, 2, mu, cs, w, &err);
+            dfx_sample_opts o;
+            dfx_sample_opts_default(&o, m);
+            o.sampler = def[i].sampler;
+            dfx_sampler *s = dfx_sampler_create(m, &o, 1, &err);
+            CHECK(s && dfx_sampler_grid_kind(s) == def[i].want &&
+                      dfx_default_grid(m, def[i].sampler) == def[i].want,
+                  "%s on %s: default grid %s, want %s", def[i].sampler,
+                  dfx_path_name(def[i].f), s ? dfx_grid_name(dfx_sampler_grid_kind(s)) : err.msg,
+                  dfx_grid_name(def[i].want));
+            dfx_sampler_free(s);
+            dfx_model_free(m);
+        }
+    }
+
+    /* em's stability bound r = eps |h| / s^2 (MATH.md section 1.2) against
+     * its closed forms on the linear path (s = 1 - t) with n uniform steps */
+    {
+        const float mu[2] = {0.5f, -0.5f}, cs[2] = {0.02f, 0.02f}, w[2] = {0.5f, 0.5f};
+        dfx_path_default(&p, DFX_PATH_LINEAR);
+        dfx_model *m = dfx_model_gmm_create(be, &p, 1, 1, 1, -1, 1, 2, mu, cs, w, &err);
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "em";
+        o.denoise = 0;
+        o.grid = DFX_GRID_UNIFORM; /* the closed forms below are for it */
+        /* --noise s (the default): r_i = h / s_i, largest at the last step */
+        int n = 20;
+        o.steps = n;
+        dfx_sampler *s = dfx_sampler_create(m, &o, 4, &err);
+        double t, G, r = s ? dfx_sampler_stability(s, &t, &G) : NAN, h = 0.999 / n;
+        double tl = 0.999 * (n - 1) / n;
+        CHECK(s && fabs(r - h / (1 - tl)) < 1e-12 && fabs(t - tl) < 1e-12 && G == 1.0,
+              "noise s: r %g at t %g (want %g at %g), growth %g", r, t, h / (1 - tl), tl, G);
+        dfx_sampler_free(s);
+        /* --noise const: r_i = eps0 h / s_i^2 and G = prod max(1, |1 - r_i|),
+         * here between 1 and 10: it runs (the CLI warns) */
+        o.noise = DFX_NOISE_CONST;
+        o.eps0 = 1.0;
+        o.t_data = 0.9;
+        h = 0.9 / n;
+        double want_r = 0, want_g = 1;
+        for (int i = 0; i < n; i++) {
+            double si = 1 - 0.9 * i / n, ri = h / (si * si);
+            want_r = fmax(want_r, ri);
+            want_g *= fmax(1.0, fabs(1 - ri));
+        }
+        s = dfx_sampler_create(m, &o, 4, &err);
+        r = s ? dfx_sampler_stability(s, &t, &G) : NAN;
+        CHECK(s && want_r > 2 && want_g > 1 && want_g <= DFX_UNSTABLE_GROWTH &&
+                  fabs(r - want_r) < 1e-9 * want_r && fabs(G - want_g) < 1e-9 * want_g,
+              "noise const: r %g (want %g), growth %g (want %g): %s", r, want_r, G, want_g,
+              s ? "" : err.msg);
+        dfx_sampler_free(s);
+        /* at the default t_data 0.999 with 500 steps: refused before any work,
+         * naming the way out; unstable = 1 runs it */
+        o.t_data = NAN;
+        o.steps = 0;
+        s = dfx_sampler_create(m, &o, 4, &err);
+        CHECK(!s && strstr(err.msg, "unstable") && strstr(err.msg, "--noise s") &&
+                  strstr(err.msg, "--steps") && strstr(err.msg, "--allow-unstable"),
+              "em --noise const at t_data 0.999 must be refused: %s", s ? "created" : err.msg);
+        dfx_sampler_free(s);
+        o.unstable = 1;
+        s = dfx_sampler_create(m, &o, 4, &err);
+        r = s ? dfx_sampler_stability(s, &t, &G) : NAN;
+        tl = 0.999 * 499 / 500;
+        CHECK(s && fabs(r - (0.999 / 500) / ((1 - tl) * (1 - tl))) < 1e-6 * r &&
+                  G > DFX_UNSTABLE_GROWTH,
+              "unstable = 1: created with r %g", r);
+        dfx_sampler_free(s);
+        /* ddim has no em step */
+        o.sampler = "ddim";
+        o.unstable = 0;
+        s = dfx_sampler_create(m, &o, 4, &err);
+        CHECK(s && dfx_sampler_stability(s, NULL, NULL) == 0.0, "ddim: no bound");
+        dfx_sampler_free(s);
+
+        /* outputs far outside the data range [-1, 1] (beyond [-3, 3]) are
+         * counted for every sampler: one Euler step over VE's whole sigma
+         * range stays at sigma ~ 80, a good run has none */
+        dfx_path_default(&p, DFX_PATH_VE);
+        CHECK_OK(dfx_model_set_path(m, &p, &err), err);
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "euler";
+        o.steps = 1;
+        o.denoise = 0;
+        float x[64];
+        dfx_sample_stats st;
+        s = dfx_sampler_create(m, &o, 64, &err);
+        CHECK(s && dfx_sampler_run(s, 0, 64, x, &st, &err) == 0, "euler 1 step: %s", err.msg);
+        long far = 0;
+        double mx = 0;
+        for (int i = 0; i < 64; i++)
+            if (fabs(x[i]) > 3) far++, mx = fmax(mx, fabs(x[i]));
+        CHECK(s && far > 32 && st.outside == far && st.outside_max == mx,
+              "outside: %ld (want %ld), max %g (want %g)", st.outside, far, st.outside_max, mx);
+        dfx_sampler_free(s);
+        o.steps = 0;
+        s = dfx_sampler_create(m, &o, 64, &err);
+        CHECK(s && dfx_sampler_run(s, 0, 64, x, &st, &err) == 0 && st.outside == 0,
+              "euler at its defaults: %ld values outside", s ? st.outside : -1L);
+        dfx_sampler_free(s);
+        dfx_model_free(m);
+    }
+    dfx_backend_destroy(be);
     return check_report("test_grid");
 }

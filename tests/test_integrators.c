@@ -41,6 +41,7 @@ static double run(dfx_model *m, const char *sampler, int steps, double t0, doubl
     dfx_sample_opts_default(&o, m);
     o.sampler = sampler;
     o.steps = steps;
+    o.grid = DFX_GRID_UNIFORM; /* the orders are measured on uniform refinement */
     o.seed = 11;
     o.t_noise = t0;
     o.t_data = t1;

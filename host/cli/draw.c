@@ -53,8 +53,9 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         cli_opt_threads(&d->threads),
         cli_opt_max_memory(&d->max_memory),
         {"grid", OPT_STR, &d->grid, "NAME",
-         "time grid: uniform karras logsnr shift schedule, or auto (karras on ve and dale paths; "
-         "diffusers models: their scheduler's timesteps)",
+         "time grid: uniform karras logsnr shift schedule, or auto (the path's default: logsnr "
+         "on vp and interpolants; karras on ve, logsnr there for x_hat samplers; karras on "
+         "dale; diffusers models: their scheduler's timesteps)",
          0},
         {"rho", OPT_DOUBLE, &d->rho, "R", "karras grid exponent (7)", 0},
         {"shift", OPT_DOUBLE, &d->shift, "K",
@@ -70,6 +71,8 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"noise", OPT_STR, &d->noise, "NAME",
          "em noise eps(t): diffusion const s s2 (s on interpolants, else diffusion)", 0},
         {"eps0", OPT_DOUBLE, &d->eps0, "E", "em noise scale (1)", 0},
+        {"allow-unstable", OPT_FLAG, &d->allow_unstable, NULL,
+         "em, pc: run even where eps h / s^2 says the explicit step diverges", 0},
         {"eta", OPT_DOUBLE, &d->eta, "E",
          "ddim/euler_ancestral/dpmpp_2m_sde: fresh-noise level (0, 1, 1)", 0},
         {"churn", OPT_DOUBLE, &d->churn, "S",
@@ -305,6 +308,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     o->path_start = d->path_start;
     o->start = d->start_mode;
     o->eps0 = d->eps0;
+    o->unstable = d->allow_unstable;
     if (d->no_denoise) o->denoise = 0;
     d->dim = (size_t)d->mi->channels * d->mi->height * d->mi->width;
     if (d->init) {
@@ -366,6 +370,20 @@ static int rank_block(const cli_draw *d, long n, long *lo, long *hi)
     return batch > mine ? (mine > 0 ? (int)mine : 1) : batch;
 }
 
+/* Before sampling: the explicit em step's stability bound exceeded on a
+ * grid the sampler did not refuse (the growth is below the refusal limit,
+ * or --allow-unstable). */
+static void stability_warning(const dfx_sampler *s, const char *sampler)
+{
+    double t, g, r = dfx_sampler_stability(s, &t, &g);
+    if (!(r > 2.0)) return;
+    fprintf(stderr,
+            "difflux: warning: %s: eps h / s^2 reaches %.3g at t = %g (the explicit step is "
+            "stable below 2; an error near the data can grow up to %.3g-fold); more --steps, "
+            "--noise s or a smaller --eps0 keep it stable\n",
+            sampler, r, t, g);
+}
+
 int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *label,
                  dfx_error *err)
 {
@@ -386,8 +404,9 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     }
     dfx_sampler *s = buf ? dfx_sampler_create(d->m, &d->o, batch, err) : NULL;
     int rc = s ? 0 : -1;
-    double nfe_sum = 0.0;
-    long clamped = 0, nonpos = 0;
+    if (s && rank == 0 && !d->quiet) stability_warning(s, d->o.sampler);
+    double nfe_sum = 0.0, outside_max = 0.0;
+    long clamped = 0, nonpos = 0, outside = 0;
     for (long k = 0; k < mine && rc == 0;) {
         int rows = (int)(mine - k < batch ? mine - k : batch);
         bar.bar.done = k;
@@ -399,6 +418,8 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
             nfe_sum += st.nfe_mean * rows;
             clamped += st.clamped;
             nonpos += st.nonpositive;
+            outside += st.outside;
+            outside_max = fmax(outside_max, st.outside_max);
         }
         k += rows;
     }
@@ -426,6 +447,17 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
                         "end (%.3f%%)%s\n",
                 cl, (double)n * (double)d->dim, d->mi->range_lo, d->mi->range_hi,
                 100.0 * cl / ((double)n * (double)d->dim), more);
+    }
+    double out_n = cli_mpi_sum((double)outside), out_max = cli_mpi_max(outside_max);
+    if (rank == 0 && !d->quiet && out_n > 0) {
+        double rlo = d->mi->range_lo, rhi = d->mi->range_hi, w = rhi - rlo;
+        fprintf(stderr,
+                "difflux: warning: %.0f of %.0f values (%.3g%%) lie far outside the data range "
+                "[%g, %g], beyond [%g, %g] (largest |x| %.3g): the %s sampler may have "
+                "diverged or the model extrapolates; try more --steps, another --grid or "
+                "--noise\n",
+                out_n, (double)n * (double)d->dim, 100.0 * out_n / ((double)n * (double)d->dim),
+                rlo, rhi, rlo - w, rhi + w, out_max, d->o.sampler);
     }
     if (nfe) *nfe = n > 0 ? nfe_sum / (double)n : 0.0;
     return rc;

@@ -14,7 +14,7 @@ typedef struct cli_draw {
         *max_memory, *scheduler, *init, *restart, *variant, *start_name;
     int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
-        verbose;
+        verbose, allow_unstable;
     uint64_t seed, start, max_nfe;
     double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
         anneal, churn, s_tmin, s_tmax, s_noise;
@@ -111,6 +111,8 @@ void cli_mpi_block(long n, int rank, int size, long *lo, long *hi);
 int cli_mpi_gather_rows(float *buf, long n, size_t row, dfx_error *err);
 /* Sum of v over ranks, on every rank. */
 double cli_mpi_sum(double v);
+/* Largest v over ranks, on every rank. */
+double cli_mpi_max(double v);
 /* All ranks agree on failure: returns nonzero on every rank if rc is
  * nonzero on any. */
 int cli_mpi_any(int rc);

@@ -96,6 +96,14 @@ double cli_mpi_sum(double v)
     return s;
 }
 
+double cli_mpi_max(double v)
+{
+    if (g_size == 1) return v;
+    double s = 0.0;
+    MPI_Allreduce(&v, &s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return s;
+}
+
 int cli_mpi_any(int rc)
 {
     if (g_size == 1) return rc != 0;
@@ -126,6 +134,7 @@ int cli_mpi_gather_rows(float *buf, long n, size_t row, dfx_error *err)
     return 0;
 }
 double cli_mpi_sum(double v) { return v; }
+double cli_mpi_max(double v) { return v; }
 int cli_mpi_any(int rc) { return rc != 0; }
 
 #endif

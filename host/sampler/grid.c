@@ -1,9 +1,14 @@
 /* Time grids shared by all fixed-step samplers (MATH.md section 2). */
 #include "core/error.h"
 #include "core/names.h"
+#include "sampler/sampler.h"
 
 #include <math.h>
 #include <string.h>
+
+/* The noise level where karras and logsnr grids start on a path whose
+ * noise end has sigma = s/a infinite (EDM's sigma_max). */
+#define DFX_GRID_SIGMA_MAX 80.0
 
 static const char *const grid_names[DFX_GRID_COUNT] = {"uniform", "karras", "logsnr", "shift",
                                                        "schedule"};
@@ -19,6 +24,37 @@ int dfx_grid_parse(const char *name, dfx_grid *g)
     int i = dfx_enum_parse(grid_names, DFX_GRID_COUNT, name);
     if (i >= 0) *g = (dfx_grid)i;
     return i >= 0 ? 0 : -1;
+}
+
+/* The default grid of each path family (MATH.md section 2, "Default
+ * grids"), chosen by the spread on the exact mixture (issue #23, samples/
+ * grid-spread.csv): `grid` for the samplers on the velocity or score, `x0`
+ * for those on x_hat (DFX_SF_X0). VP: log-SNR for both. VE: Karras for
+ * heun and its kin, log-SNR (on VE the same as uniform in t) for the x_hat
+ * samplers. Interpolants: log-SNR too, its first step from t = 0 (sigma
+ * infinite) to sigma = DFX_GRID_SIGMA_MAX. Diffusers models: the scheduler's own timesteps for x_hat
+ * samplers, as diffusers runs them. The Dale samplers' principled schedule
+ * is uniform on their path whatever the table says. */
+static const struct family_grid {
+    dfx_path_family family;
+    dfx_grid grid, x0;
+} family_grids[] = {
+    {DFX_PATH_LINEAR, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_TRIG, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_VP, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_VP_COSINE, DFX_GRID_LOGSNR, DFX_GRID_LOGSNR},
+    {DFX_PATH_VE, DFX_GRID_KARRAS, DFX_GRID_LOGSNR},
+    {DFX_PATH_DALE, DFX_GRID_KARRAS, DFX_GRID_KARRAS},
+    {DFX_PATH_DISCRETE, DFX_GRID_KARRAS, DFX_GRID_SCHEDULE},
+};
+
+dfx_grid dfx_family_grid(dfx_path_family f, unsigned flags)
+{
+    if (flags & DFX_SF_DALE) return DFX_GRID_UNIFORM;
+    for (size_t i = 0; i < sizeof family_grids / sizeof family_grids[0]; i++)
+        if (family_grids[i].family == f)
+            return (flags & DFX_SF_X0) ? family_grids[i].x0 : family_grids[i].grid;
+    return DFX_GRID_UNIFORM;
 }
 
 /* The timesteps a diffusers scheduler evaluates at for n steps (MATH.md
@@ -86,6 +122,15 @@ int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, doubl
     case DFX_GRID_KARRAS:
     case DFX_GRID_LOGSNR: {
         double l0 = dfx_path_logsnr(p, t_noise), l1 = dfx_path_logsnr(p, t_data);
+        /* an interpolant's noise end (a = 0, sigma infinite): one step to
+         * EDM's sigma_max, then the grid over the other n - 1 intervals */
+        int first = 1;
+        if (l0 == -INFINITY && isfinite(l1) && n >= 2 && -log(DFX_GRID_SIGMA_MAX) < l1) {
+            l0 = -log(DFX_GRID_SIGMA_MAX);
+            out[1] = dfx_path_t_of_logsnr(p, l0);
+            first = 2;
+        }
+        if (n == 1) break; /* one step: the interval itself, nothing to space */
         if (!isfinite(l0) || !isfinite(l1))
             return dfx_fail(err,
                             "the %s grid needs a finite noise level at both ends, but on the %s "
@@ -95,8 +140,8 @@ int dfx_time_grid(const dfx_path *p, dfx_grid g, double rho, double shift, doubl
                             isfinite(l0) ? "zero" : "infinite", isfinite(l0) ? t_data : t_noise);
         if (g == DFX_GRID_KARRAS && !(rho > 0.0))
             return dfx_fail(err, "--rho must be positive");
-        for (int i = 1; i < n; i++) {
-            double f = i / (double)n, lam;
+        for (int i = first; i < n; i++) {
+            double f = first == 1 ? i / (double)n : (i - 1) / (double)(n - 1), lam;
             if (g == DFX_GRID_LOGSNR) {
                 lam = l0 + f * (l1 - l0);
             } else { /* sigma = exp(-lambda) */

@@ -199,6 +199,17 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
     if (m && m->cfg.path.family == DFX_PATH_DISCRETE) o->denoise = -1; /* decided below */
 }
 
+dfx_grid dfx_default_grid(const dfx_model *m, const char *sampler)
+{
+    const sampler_def *def = find_def(sampler);
+    return def && m ? dfx_family_grid(m->cfg.path.family, def->flags) : DFX_GRID_AUTO;
+}
+
+dfx_grid dfx_sampler_grid_kind(const dfx_sampler *s)
+{
+    return (s->def->flags & DFX_SF_ADAPTIVE) ? DFX_GRID_AUTO : s->o.grid;
+}
+
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n)
 {
     int adaptive = (s->def->flags & DFX_SF_ADAPTIVE) != 0;
@@ -437,13 +448,7 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         goto fail;
     }
     s->n = adaptive ? 1 : steps;
-    if (s->o.grid == DFX_GRID_AUTO) {
-        int ve = m->cfg.path.family == DFX_PATH_VE || m->cfg.path.family == DFX_PATH_DALE;
-        s->o.grid = (ve && !(def->flags & DFX_SF_DALE)) ? DFX_GRID_KARRAS : DFX_GRID_UNIFORM;
-        /* diffusers models: the scheduler's timesteps for the x_hat samplers
-         * (as diffusers runs them), Karras' spacing for the others */
-        if (discrete) s->o.grid = (def->flags & DFX_SF_X0) ? DFX_GRID_SCHEDULE : DFX_GRID_KARRAS;
-    }
+    if (s->o.grid == DFX_GRID_AUTO) s->o.grid = dfx_family_grid(m->cfg.path.family, def->flags);
     s->grid = dfx_alloc((size_t)s->n + 1, sizeof *s->grid, "time grid", err);
     if (!s->grid) goto fail;
     if (adaptive) {
@@ -460,7 +465,7 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
         dfx_fail(err, "--init: no start noise given");
         goto fail;
     }
-    if (check_grid(s, err)) goto fail;
+    if (check_grid(s, err) || dfx_check_stability(s, err)) goto fail;
     size_t bytes = (size_t)max_rows * s->dim * sizeof(float);
     s->x = dfx_be_alloc(s->be, bytes, "sampler state", err);
     if (!s->x) goto oom;
@@ -659,6 +664,20 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     }
     if (s->be->ops->download(s->be, out, s->x, (size_t)rows * s->dim * sizeof(float), err))
         return -1;
+    /* values far outside the data range (more than its width beyond
+     * either end), before the paper recipe's clamp */
+    {
+        const double w = mc->range_hi - mc->range_lo;
+        const double lo = mc->range_lo - w, hi = mc->range_hi + w;
+        for (size_t k = 0; k < n; k++) {
+            double v = out[k];
+            if (!(v >= lo && v <= hi)) {
+                double a = isfinite(v) ? fabs(v) : INFINITY;
+                local.outside++;
+                if (a > local.outside_max) local.outside_max = a;
+            }
+        }
+    }
     if (s->paper && s->o.recipe == DFX_RECIPE_PAPER) {
         /* the paper's output: clamped to the data range (aums may leave the
          * positive reals; the count says how often) */
@@ -681,38 +700,6 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     local.nfe_mean = sum / rows;
     if (stats) *stats = local;
     return 0;
-}
-
-/* em and pc: a state far outside the data range (RMS over 100 times the
- * range's largest magnitude) on a grid where the explicit scheme is
- * unstable, eps h / s^2 above 2 at some step (near the data the score's
- * curvature is up to 1/s^2), has diverged; the message names the worst
- * step. */
-int dfx_s_diverged(dfx_sampler *s, dfx_error *err)
-{
-    const dfx_model_config *mc = &s->m->cfg;
-    double *rms = s->coef;
-    if (s->be->ops->err_norm(s->be, s->x, s->x, s->x, 0.0, 1.0, s->rows, s->dim, rms, err))
-        return -1;
-    double lim = 100.0 * fmax(1.0, fmax(fabs(mc->range_lo), fabs(mc->range_hi))), worst = 0.0;
-    for (int r = 0; r < s->rows; r++) worst = fmax(worst, rms[r]);
-    if (!(worst > lim)) return 0;
-    double rmax = 0.0, tmax = 0.0;
-    for (int i = 0; i < s->n; i++) {
-        dfx_coef c;
-        double t = s->grid[i], e = dfx_noise_eps(&mc->path, s->o.noise, s->o.eps0, t);
-        dfx_path_eval(&mc->path, t, &c);
-        double r = c.s > 0.0 ? e * fabs(s->grid[i + 1] - t) / (c.s * c.s) : 0.0;
-        if (r > rmax) rmax = r, tmax = t;
-    }
-    if (!(rmax > 2.0)) return 0; /* a stable scheme: what the model gives */
-    return dfx_fail(err,
-                    "%s diverged: the samples' RMS reached %.3g, against data within [%g, %g]. "
-                    "The explicit step is stable while eps h / s^2 < 2; with --noise %s it "
-                    "reaches %.3g at t = %g. Use --noise s, more --steps, a smaller --eps0 or a "
-                    "--t-data further from the data end",
-                    s->def->d.name, worst, mc->range_lo, mc->range_hi,
-                    dfx_noise_name(s->o.noise), rmax, tmax);
 }
 
 long dfx_sampler_nfe(const dfx_sampler *s)

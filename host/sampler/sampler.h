@@ -106,6 +106,9 @@ int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
 /* em, pc: fails, explaining the stability limit, if the state diverged. */
 int dfx_s_diverged(dfx_sampler *s, dfx_error *err);
+/* em, pc: refuses a grid on which the explicit step will diverge
+ * (samplers_em.c; 0 for the other samplers). */
+int dfx_check_stability(const dfx_sampler *s, dfx_error *err);
 
 /* Step rules (samplers_*.c) and the option checks of those that have one */
 int dfx_run_euler(dfx_sampler *s, dfx_error *err);
@@ -142,6 +145,9 @@ int dfx_s_xhat_post(dfx_sampler *s, float *X, dfx_error *err);
 int dfx_s_xhat(dfx_sampler *s, double t, float *P, float *X, dfx_error *err);
 /* Standard normals of draw `draw`, stream `stream` into z. */
 void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream);
+
+/* The default time grid on family f for a sampler with flags (grid.c). */
+dfx_grid dfx_family_grid(dfx_path_family f, unsigned flags);
 
 /* The em noise level eps(t) >= 0 of MATH.md section 1.2 (may be Inf). */
 double dfx_noise_eps(const dfx_path *p, dfx_noise kind, double eps0, double t);

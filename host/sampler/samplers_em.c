@@ -17,6 +17,7 @@
 #include "sampler/sampler.h"
 
 #include <math.h>
+#include <stdio.h>
 
 /* One em step of grid interval i; P and z are scratch. */
 static int em_step(dfx_sampler *s, int i, float *P, float *z, dfx_error *err)
@@ -102,4 +103,79 @@ int dfx_run_pc(dfx_sampler *s, dfx_error *err)
 long dfx_pc_nfe(const dfx_sampler *s)
 {
     return (long)s->n * (1 + s->o.corrector_steps);
+}
+
+/* The explicit em step's stability on the grid (MATH.md section 1.2,
+ * "Stability of the explicit step"): near the data the score's curvature is
+ * up to 1/s^2, so an error along the stiffest direction is multiplied by
+ * about |1 - r| per step, r = eps(t) |h| / s(t)^2: stable while r < 2.
+ * Returns the largest r (0 for samplers without the em step), its time, and
+ * the worst-case growth prod max(1, |1 - r|) over the grid. */
+static double stability(const dfx_sampler *s, double *t_worst, double *growth)
+{
+    const dfx_path *p = &s->m->cfg.path;
+    double rmax = 0.0, tmax = NAN, lg = 0.0;
+    if (s->def->flags & DFX_SF_EPS)
+        for (int i = 0; i < s->n; i++) {
+            dfx_coef c;
+            double t = s->grid[i], e = dfx_noise_eps(p, s->o.noise, s->o.eps0, t);
+            dfx_path_eval(p, t, &c);
+            double r = c.s > 0.0 ? e * fabs(s->grid[i + 1] - t) / (c.s * c.s) : 0.0;
+            if (r > rmax) rmax = r, tmax = t;
+            if (fabs(1.0 - r) > 1.0) lg += log(fabs(1.0 - r));
+        }
+    if (t_worst) *t_worst = tmax;
+    if (growth) *growth = exp(lg);
+    return rmax;
+}
+
+double dfx_sampler_stability(const dfx_sampler *s, double *t_worst, double *growth)
+{
+    return stability(s, t_worst, growth);
+}
+
+/* Refuse, before any work, an em step that the stability bound says will
+ * blow an error up more than DFX_UNSTABLE_GROWTH times (warn-level cases,
+ * 2 < r with less growth, are for the caller: dfx_sampler_stability). */
+int dfx_check_stability(const dfx_sampler *s, dfx_error *err)
+{
+    double t, g, r = stability(s, &t, &g);
+    if (!(g > DFX_UNSTABLE_GROWTH) || s->o.unstable) return 0;
+    const dfx_model_config *mc = &s->m->cfg;
+    /* r scales as 1/steps where the grid is refined evenly */
+    double need = ceil(s->n * r / 2.0);
+    return dfx_fail(err,
+                    "sampler %s with --noise %s is unstable on this grid: eps h / s^2 reaches "
+                    "%.3g at t = %g (the explicit step is stable below 2), so an error near the "
+                    "data can grow %.3g-fold; the samples would leave the data range [%g, %g]. "
+                    "Use --noise s (it vanishes at the data end), about %.0f --steps, a smaller "
+                    "--eps0 or a --t-data further from the data end (--allow-unstable runs it "
+                    "anyway)",
+                    s->def->d.name, dfx_noise_name(s->o.noise), r, t, g, mc->range_lo,
+                    mc->range_hi, need);
+}
+
+/* em and pc: a state far outside the data range (RMS over 100 times the
+ * range's largest magnitude) on a grid where the explicit scheme is
+ * unstable (stability() above 2 at some step) has diverged; the message
+ * names the worst step. (A run gets here past dfx_check_stability only with
+ * --allow-unstable or a growth bound below DFX_UNSTABLE_GROWTH.) */
+int dfx_s_diverged(dfx_sampler *s, dfx_error *err)
+{
+    const dfx_model_config *mc = &s->m->cfg;
+    double *rms = s->coef;
+    if (s->be->ops->err_norm(s->be, s->x, s->x, s->x, 0.0, 1.0, s->rows, s->dim, rms, err))
+        return -1;
+    double lim = 100.0 * fmax(1.0, fmax(fabs(mc->range_lo), fabs(mc->range_hi))), worst = 0.0;
+    for (int r = 0; r < s->rows; r++) worst = fmax(worst, rms[r]);
+    if (!(worst > lim)) return 0;
+    double tmax, rmax = stability(s, &tmax, NULL);
+    if (!(rmax > 2.0)) return 0; /* a stable scheme: what the model gives */
+    return dfx_fail(err,
+                    "%s diverged: the samples' RMS reached %.3g, against data within [%g, %g]. "
+                    "The explicit step is stable while eps h / s^2 < 2; with --noise %s it "
+                    "reaches %.3g at t = %g. Use --noise s, more --steps, a smaller --eps0 or a "
+                    "--t-data further from the data end",
+                    s->def->d.name, worst, mc->range_lo, mc->range_hi,
+                    dfx_noise_name(s->o.noise), rmax, tmax);
 }
