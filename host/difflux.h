@@ -588,9 +588,8 @@ typedef struct dfx_lik_opts {
     dfx_probe probe;       /* rademacher (default) or gaussian              */
     dfx_ode solver;        /* dopri5 (default), heun, rk4, euler            */
     int steps;             /* fixed-step solvers: intervals (64)            */
-    dfx_grid grid;         /* fixed-step solvers: the time grid (AUTO: karras
-                              on ve and dale paths, log-SNR on vp, uniform
-                              elsewhere)                                   */
+    dfx_grid grid;         /* fixed-step solvers: the time grid (AUTO: the
+                              sampler of that name's, dfx_default_grid)   */
     double rtol, atol;     /* dopri5: 1e-5, 1e-5                            */
     long max_nfe;          /* dopri5: give up after this many evaluations (100000) */
     double t_noise, t_data;/* interval; NAN = the path's default            */

@@ -215,7 +215,8 @@ static void affine_likelihood(void)
         CHECK(p[i].log_jac == 0.0, "no Jacobian off the dale path");
         CHECK(p[i].nfe > 6, "dopri5 evaluations %ld", p[i].nfe);
     }
-    /* fixed-step rules: observed orders from n and 2n steps */
+    /* fixed-step rules: observed orders from n and 2n uniform steps */
+    o.grid = DFX_GRID_UNIFORM;
     const struct {
         dfx_ode s;
         int n, order;

@@ -722,14 +722,8 @@ int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int 
     const dfx_rk_tableau *tab[DFX_ODE_COUNT] = {NULL, &dfx_heun_tab, &dfx_rk4_tab, &dfx_euler_tab};
     if (o->solver != DFX_ODE_DOPRI5) {
         /* the sampler's grid (noise to data), walked backwards */
-        dfx_grid gk = o->grid;
-        if (gk == DFX_GRID_AUTO) {
-            const dfx_path_family f = m->cfg.path.family;
-            gk = f == DFX_PATH_VE || f == DFX_PATH_DALE ? DFX_GRID_KARRAS
-                 : f == DFX_PATH_VP || f == DFX_PATH_VP_COSINE || f == DFX_PATH_DISCRETE
-                     ? DFX_GRID_LOGSNR
-                     : DFX_GRID_UNIFORM;
-        }
+        dfx_grid gk = o->grid == DFX_GRID_AUTO ? dfx_default_grid(m, dfx_ode_name(o->solver))
+                                               : o->grid;
         grid = dfx_alloc((size_t)o->steps + 1, sizeof *grid, "likelihood grid", err);
         if (!grid || dfx_time_grid(&m->cfg.path, gk, 7.0, 3.0, tn, td, o->steps, grid, err))
             goto done;

@@ -79,8 +79,8 @@ static int lik_parse(void *state, int argc, char **argv)
          "the ODE solver: dopri5 (default, adaptive), heun, rk4 or euler", 0},
         {"steps", OPT_INT, &c->steps, "N", "heun, rk4, euler: steps (64)", 0},
         {"grid", OPT_STR, &c->grid_s, "NAME",
-         "heun, rk4, euler: time grid, uniform, karras, logsnr or shift (auto: karras on ve "
-         "and dale, logsnr on vp, else uniform)",
+         "heun, rk4, euler: time grid, uniform, karras, logsnr or shift (auto: the sampler's "
+         "default on the model's path)",
          0},
         {"rtol", OPT_DOUBLE, &c->rtol, "R", "dopri5: relative tolerance (1e-5)", 0},
         {"atol", OPT_DOUBLE, &c->atol, "A", "dopri5: absolute tolerance (1e-5)", 0},
