@@ -649,6 +649,27 @@ static void group_progress(void *ctx, double frac)
     p->user->progress(p->user->progress_ctx, (p->done + frac * p->g) / p->n);
 }
 
+/* Point `index` (x [dim], the data space) in the samplers' space into y,
+ * and the log-Jacobian of that change of variables: y = log x and - sum y
+ * on the dale path, y = x and 0 elsewhere. Refuses non-finite values and,
+ * on the dale path, non-positive ones. */
+static int to_samplers_space(const dfx_model *m, const float *x, uint64_t index, double *y,
+                             double *log_jac, dfx_error *err)
+{
+    double lj = 0.0;
+    for (size_t j = 0; j < m->dim; j++) {
+        if (!isfinite(x[j]) || (m->logspace && !(x[j] > 0.0f)))
+            return dfx_fail(err, "likelihood: point %llu holds %s value %g (value %zu)",
+                            (unsigned long long)index,
+                            m->logspace ? "a non-positive or non-finite" : "a non-finite",
+                            (double)x[j], j);
+        y[j] = m->logspace ? log((double)x[j]) : x[j];
+        lj -= m->logspace ? y[j] : 0.0;
+    }
+    *log_jac = lj;
+    return 0;
+}
+
 int dfx_model_log_density(dfx_model *m, double t_data, const float *x, int n, double *out,
                           dfx_error *err)
 {
@@ -658,24 +679,18 @@ int dfx_model_log_density(dfx_model *m, double t_data, const float *x, int n, do
     dfx_lik_opts o;
     dfx_lik_opts_default(&o);
     o.t_data = t_data;
-    double tn, td, tn0;
-    if (interval(m, &o, &tn, &td, &tn0, err)) return -1;
+    double tn, td;
+    if (dfx_lik_interval(m, &o, &tn, &td, err)) return -1;
     const size_t D = m->dim;
-    float *y = dfx_alloc(D, sizeof(float), "density", err);
+    double *y = dfx_alloc(D, sizeof(double) + sizeof(float), "density", err);
     if (!y) return -1;
+    float *yf = (float *)(void *)(y + D);
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         double jac = 0.0;
-        for (size_t j = 0; j < D; j++) {
-            const float v = x[(size_t)i * D + j];
-            if (m->logspace && !(v > 0.0f)) {
-                rc = dfx_fail(err, "point %d holds the non-positive value %g", i, (double)v);
-                break;
-            }
-            y[j] = m->logspace ? logf(v) : v;
-            jac -= m->logspace ? log(v) : 0.0;
-        }
-        if (rc == 0) rc = m->vt->log_marginal(m, td, y, 1, out + i, err);
+        rc = to_samplers_space(m, x + (size_t)i * D, (uint64_t)i, y, &jac, err);
+        for (size_t j = 0; j < D && rc == 0; j++) yf[j] = (float)y[j];
+        if (rc == 0) rc = m->vt->log_marginal(m, td, yf, 1, out + i, err);
         if (rc == 0) out[i] += jac;
     }
     free(y);
@@ -696,14 +711,6 @@ int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int 
     double tn, td, tn0;
     if (interval(m, o, &tn, &td, &tn0, err)) return -1;
     const size_t D = m->dim;
-    const int logspace = m->logspace;
-    /* the data in the samplers' space */
-    for (size_t j = 0; j < (size_t)n * D; j++)
-        if (!isfinite(x[j]) || (logspace && !(x[j] > 0.0f)))
-            return dfx_fail(err, "likelihood: point %llu holds %s value %g (value %zu)",
-                            (unsigned long long)(first + j / D),
-                            logspace ? "a non-positive or non-finite" : "a non-finite",
-                            (double)x[j], j % D);
     lik_run r;
     lik_state st;
     start_density sd;
@@ -714,7 +721,14 @@ int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int 
     int rc = -1;
     if (run_init(&r, m, o, n, err)) goto done;
     const int G = r.G;
-    if (state_init(&st, G, D, err) || start_init(&sd, m, o, tn, tn0, err)) goto done;
+    if (state_init(&st, G, D, err)) goto done;
+    /* every point is checked before any work (st.x as scratch) */
+    for (int i = 0; i < n; i++) {
+        double lj;
+        if (to_samplers_space(m, x + (size_t)i * D, first + (uint64_t)i, st.x, &lj, err))
+            goto done;
+    }
+    if (start_init(&sd, m, o, tn, tn0, err)) goto done;
     tmp = dfx_alloc((size_t)G * D, sizeof(double), "likelihood", err);
     ls = tmp ? dfx_alloc((size_t)G, sizeof(double), "likelihood", err) : NULL;
     cnt = ls ? dfx_alloc(2 * (size_t)G, sizeof(long), "likelihood", err) : NULL;
@@ -750,14 +764,9 @@ int dfx_log_likelihood(dfx_model *m, const dfx_lik_opts *o, const float *x, int 
         for (int i = 0; i < g; i++) {
             nfe[i] = rej[i] = 0;
             st.l[i] = 0.0;
-            double lj = 0.0;
-            for (size_t j = 0; j < D; j++) {
-                const double v = x[((size_t)i0 + i) * D + j];
-                const double y = logspace ? log(v) : v;
-                st.x[(size_t)i * D + j] = y;
-                lj -= logspace ? y : 0.0;
-            }
-            out[i0 + i].log_jac = lj;
+            if (to_samplers_space(m, x + ((size_t)i0 + i) * D, first + (uint64_t)(i0 + i),
+                                  st.x + (size_t)i * D, &out[i0 + i].log_jac, err))
+                goto done;
         }
         if (o->solver == DFX_ODE_DOPRI5 ? run_dopri5(&r, &st, g, td, tn, nfe, rej, err)
                                         : run_fixed(&r, &st, g, tab[o->solver], grid, o->steps,
