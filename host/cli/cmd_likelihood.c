@@ -228,7 +228,7 @@ done:
 
 typedef struct bar_ctx {
     cli_bar bar;
-    long lo, block;
+    long block;
 } bar_ctx;
 
 static void on_progress(void *ctx, double frac)
@@ -265,7 +265,7 @@ static int lik_run(void *state, dfx_error *err)
     cli_mpi_block(c->n, rank, cli_mpi_size(), &lo, &hi);
     bar_ctx bc = {{rank == 0 && !c->quiet && (c->progress || isatty(2)), "likelihood", "points",
                    hi - lo, 0, dfx_seconds(), 0},
-                  lo, hi - lo};
+                  hi - lo};
     if (bc.bar.enabled) {
         c->o.progress = on_progress;
         c->o.progress_ctx = &bc;
@@ -284,18 +284,30 @@ static int lik_run(void *state, dfx_error *err)
         }
     }
     if (cli_mpi_fail(rc, err)) return -1;
-    /* rank 0 gathers every point's figures (the others' slots are zero) */
-    if (cli_mpi_size() > 1)
-        for (long i = 0; i < c->n; i++) {
-            dfx_lik_point *p = c->pts + i;
-            if (i < lo || i >= hi) memset(p, 0, sizeof *p);
-            p->logp = cli_mpi_sum(p->logp);
-            p->log_start = cli_mpi_sum(p->log_start);
-            p->div_int = cli_mpi_sum(p->div_int);
-            p->log_jac = cli_mpi_sum(p->log_jac);
-            p->nfe = (long)cli_mpi_sum((double)p->nfe);
-            p->rejected = (long)cli_mpi_sum((double)p->rejected);
+    /* every rank gets every point's figures: the others' slots sum in as zeros */
+    if (cli_mpi_size() > 1) {
+        enum { F = 6 };
+        double *all = dfx_alloc((size_t)c->n * F, sizeof *all, "results", err);
+        if (cli_mpi_fail(all ? 0 : -1, err)) {
+            free(all);
+            return -1;
         }
+        for (long i = lo; i < hi; i++) {
+            const dfx_lik_point *p = c->pts + i;
+            const double v[F] = {p->logp,    p->log_start,    p->div_int,
+                                 p->log_jac, (double)p->nfe, (double)p->rejected};
+            memcpy(all + i * F, v, sizeof v);
+        }
+        rc = cli_mpi_sum_array(all, c->n * F, err);
+        for (long i = 0; i < c->n && rc == 0; i++) {
+            const double *v = all + i * F;
+            c->pts[i] = (dfx_lik_point){.logp = v[0], .log_start = v[1], .div_int = v[2],
+                                        .log_jac = v[3], .nfe = (long)v[4],
+                                        .rejected = (long)v[5]};
+        }
+        free(all);
+        if (rc) return -1;
+    }
     return 0;
 }
 

@@ -111,6 +111,9 @@ void cli_mpi_block(long n, int rank, int size, long *lo, long *hi);
 int cli_mpi_gather_rows(float *buf, long n, size_t row, dfx_error *err);
 /* Sum of v over ranks, on every rank. */
 double cli_mpi_sum(double v);
+/* v[0..n) summed element by element over the ranks, in place on every
+ * rank (one message); 0, or -1 with err set. */
+int cli_mpi_sum_array(double *v, long n, dfx_error *err);
 /* Largest v over ranks, on every rank. */
 double cli_mpi_max(double v);
 /* All ranks agree on failure: returns nonzero on every rank if rc is

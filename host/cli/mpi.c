@@ -104,6 +104,14 @@ double cli_mpi_max(double v)
     return s;
 }
 
+int cli_mpi_sum_array(double *v, long n, dfx_error *err)
+{
+    if (g_size == 1 || n < 1) return 0;
+    if (n > INT_MAX) return dfx_fail(err, "%ld values are too many to sum in one message", n);
+    int e = MPI_Allreduce(MPI_IN_PLACE, v, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return e == MPI_SUCCESS ? 0 : dfx_fail(err, "MPI_Allreduce failed (error %d)", e);
+}
+
 int cli_mpi_any(int rc)
 {
     if (g_size == 1) return rc != 0;
@@ -134,6 +142,13 @@ int cli_mpi_gather_rows(float *buf, long n, size_t row, dfx_error *err)
     return 0;
 }
 double cli_mpi_sum(double v) { return v; }
+int cli_mpi_sum_array(double *v, long n, dfx_error *err)
+{
+    (void)v;
+    (void)n;
+    (void)err;
+    return 0;
+}
 double cli_mpi_max(double v) { return v; }
 int cli_mpi_any(int rc) { return rc != 0; }
 
