@@ -105,7 +105,7 @@ def loss_fn(net, x, y, kind, g, cfg):
         tt = t.view(view)
         logr = (mu - 0.5 * sigma ** 2) * tt + sigma * torch.sqrt(tt) * z
         xt = x * torch.exp(logr)
-        out = net(xt, t, y)
+        out = net(xt, t, y).float()
         if cfg.get("prediction", "score") == "eps":
             # the network predicts the noise of the VE path in y = log x:
             # grad_y log p = -eps / (sigma sqrt t), x s_theta = grad_y log p - 1,
@@ -122,7 +122,7 @@ def loss_fn(net, x, y, kind, g, cfg):
         return per.mean()
     else:
         raise ValueError(f"unknown loss {kind!r}")
-    out = net(xt, t, y)
+    out = net(xt, t, y).float()  # float32 under bf16 autocast too
     return (out - target).pow(2).mean()
 
 
@@ -191,6 +191,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--checkpoint-dir", default="models/checkpoints")
     ap.add_argument("--out-dir", default="models")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: forward and backward passes under bfloat16 autocast "
+                         "(weights, Adam state, EMA and loss stay float32); about 1.6x "
+                         "faster on CPUs with AVX512_BF16 or AMX")
     ap.add_argument("--data-root", default=None,
                     help="look here for data files missing from the recipe's paths")
     args = ap.parse_args(argv)
@@ -235,7 +239,8 @@ def main(argv=None):
         print(f"{name}: resuming at step {state['step']} "
               f"({state['elapsed'] / 60:.1f} min trained so far)", flush=True)
     # where the steps ran, accumulated over resumed runs (for the model card)
-    hw = hardware(dev)
+    amp = args.amp == "bf16"
+    hw = hardware(dev) + (", bf16 autocast" if amp else "")
     seen = [h for h in state.get("hardware", "").split(" + ") if h]
     if hw not in seen:
         seen.append(hw)
@@ -289,7 +294,8 @@ def main(argv=None):
         lr = tr["lr"] * min(1.0, (step + 1) / warm)
         for pg in opt.param_groups:
             pg["lr"] = lr
-        loss = loss_fn(net, x, y, tr["loss"], g, loss_cfg)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(net, x, y, tr["loss"], g, loss_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), tr.get("clip", 1.0))
