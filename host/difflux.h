@@ -217,6 +217,23 @@ size_t dfx_model_scratch_bytes(const dfx_model *m, int rows);
 #define DFX_CLASS_CYCLE (-2)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
 
+/* A diagnostic perturbation of the model's field (MATH.md 4.4): its
+ * velocity v becomes v + lambda s(t) M eps, eps = -s S its noise
+ * prediction, M fixed; the score becomes S + h(t) M S for a scalar h(t).
+ * DFX_PERTURB_ROT pairs the flattened indices (2i, 2i+1) and turns each
+ * pair by 90 degrees (antisymmetric, orthogonal: a field that is not a
+ * gradient but moves no density), DFX_PERTURB_SWAP swaps them (symmetric,
+ * traceless, orthogonal: not a gradient, and it moves the density),
+ * DFX_PERTURB_SCALE is M = I (a gradient, and it moves the density). Every
+ * prediction, sampler, JVP and diagnostic sees the perturbed field. Not on
+ * the dale path. NONE (or lambda 0) turns it off. */
+typedef enum { DFX_PERTURB_NONE, DFX_PERTURB_ROT, DFX_PERTURB_SWAP, DFX_PERTURB_SCALE } dfx_perturb;
+int dfx_model_set_perturb(dfx_model *m, dfx_perturb kind, double lambda, dfx_error *err);
+const char *dfx_perturb_name(dfx_perturb kind);
+/* "KIND:LAMBDA" (rot, swap or scale; a finite lambda): 0, or -1 with a
+ * message naming what is wrong. */
+int dfx_perturb_parse(const char *text, dfx_perturb *kind, double *lambda, dfx_error *err);
+
 /* Classifiers (kind "classifier": the feature networks of difflux eval).
  * dfx_classifier_dims gives the feature width F and class count K (-1 when
  * m is not a classifier). dfx_classify maps n images of pixels in [0, 1]

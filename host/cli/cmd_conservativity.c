@@ -490,12 +490,14 @@ static const char about[] =
 
 typedef struct cons_cmd {
     const char *model, *baseline, *field_s, *times, *radii_s, *method_s, *data, *sampler,
-        *device, *csv, *json, *plot, *replot, *max_memory;
+        *device, *csv, *json, *plot, *replot, *max_memory, *perturb;
     int points, probes, patch, loop_nodes, steps, threads, batch, quiet;
     uint64_t seed;
     double fd_step, mem_limit;
     /* parsed */
     dfx_cons_opts o;
+    dfx_perturb perturb_kind; /* --perturb */
+    double perturb_lambda;
     double tl[MAX_TIMES]; /* --t, or 8 over the model's sampling interval */
     int nt;
     /* the run */
@@ -518,6 +520,8 @@ static int cons_parse(void *state, int argc, char **argv)
         cli_opt_model(&c->model),
         {"baseline", OPT_STR, &c->baseline, "FILE",
          "an exact Gaussian-mixture model of the same data, measured beside it", 0},
+        {"perturb", OPT_STR, &c->perturb, "KIND:L",
+         "measure --model with its velocity v + L s M eps, M = rot, swap or scale (MATH.md 4.4)", 0},
         {"field", OPT_STR, &c->field_s, "NAME",
          "native (default: the model's own prediction), score, velocity, eps, data or v", 0},
         {"t", OPT_STR, &c->times, "LIST",
@@ -592,6 +596,11 @@ static int cons_check(void *state)
                                "--patch >= 0, --batch >= 1, --steps >= 1 (at most 1000000), "
                                "--loop-nodes 0 or >= 4, --fd-step > 0\n"),
                CLI_USAGE;
+    if (c->perturb) {
+        dfx_error e = {0};
+        if (dfx_perturb_parse(c->perturb, &c->perturb_kind, &c->perturb_lambda, &e))
+            return fprintf(stderr, "difflux conservativity: --perturb %s\n", e.msg), CLI_USAGE;
+    }
     if (cli_check_threads("conservativity", c->threads)) return CLI_USAGE;
     if (cli_check_max_memory("conservativity", c->max_memory, &c->mem_limit)) return CLI_USAGE;
     if (!c->data && cli_check_sampler("conservativity", c->sampler)) return CLI_USAGE;
@@ -672,6 +681,8 @@ static int cons_open(cons_cmd *c, dfx_error *err)
         c->ms[i] = dfx_model_load(c->names[i], c->be, err);
         if (!c->ms[i]) return -1;
     }
+    if (c->perturb && dfx_model_set_perturb(c->ms[0], c->perturb_kind, c->perturb_lambda, err))
+        return dfx_fail_prefix(err, "--perturb %s", c->perturb);
     const dfx_model_info *mi = dfx_model_get_info(c->ms[0]);
     /* the baseline is measured in the model's field, native or not */
     c->o.field = dfx_cons_field(c->ms[0], &c->o);

@@ -114,6 +114,10 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          "classifier-free guidance: P_u + W (P_c - P_u) (1 = plain conditional)", 0},
         {"path", OPT_STR, &d->path, "FAMILY",
          "analytic models only: sample on linear trig vp vp_cosine ve", 0},
+        {"perturb", OPT_STR, &d->perturb, "KIND:L",
+         "diagnostic: the velocity v + L s M eps, M = rot (pairs of pixels turned by 90 degrees: "
+         "not a gradient, moves no density), swap or scale (MATH.md 4.4)",
+         0},
         {"quiet", OPT_FLAG, &d->quiet, NULL, "print nothing but errors", 0},
         {"verbose", OPT_FLAG, &d->verbose, NULL, "also print the memory the run needs", 0},
         {"progress", OPT_FLAG, &d->progress, NULL,
@@ -220,6 +224,11 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
         else
             return usage_fail(cmd, "--class expects a label, 'all' or 'none', got '%s'", d->cls);
     }
+    if (d->perturb) {
+        dfx_error e = {0};
+        if (dfx_perturb_parse(d->perturb, &d->perturb_kind, &d->perturb_lambda, &e))
+            return usage_fail(cmd, "--perturb %s", e.msg);
+    }
     if (!d->model) d->model = cli_default_model();
     if (d->batch == 0) d->batch = n < 64 ? (int)n : 64;
     if (d->batch > n) d->batch = (int)n;
@@ -265,6 +274,12 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
         dfx_path_default(&p, d->fam);
         if (dfx_model_set_path(d->m, &p, err)) return -1;
     }
+    if (d->perturb &&
+        dfx_model_set_perturb(d->m, d->perturb_kind, d->perturb_lambda, err))
+        return dfx_fail_prefix(err, "--perturb %s", d->perturb);
+    if (d->perturb && !d->quiet && cli_mpi_rank() == 0)
+        fprintf(stderr, "difflux: diagnostic run: the model's velocity v is replaced by v + %g s M eps, "
+                "M = %s (MATH.md 4.4)\n", d->perturb_lambda, dfx_perturb_name(d->perturb_kind));
     d->mi = dfx_model_get_info(d->m);
     const cli_opt *go = cli_find(opts, nopts, "guidance");
     if (d->mi->num_classes > 0 || d->cls || (go && go->set)) {

@@ -11,7 +11,7 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory, *scheduler, *init, *restart, *variant, *start_name;
+        *max_memory, *scheduler, *init, *restart, *variant, *start_name, *perturb;
     int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose, allow_unstable;
@@ -23,6 +23,8 @@ typedef struct cli_draw {
     dfx_noise nz;
     dfx_path_family fam;
     int class_id;
+    dfx_perturb perturb_kind; /* --perturb, parsed */
+    double perturb_lambda;
     int start_mode; /* --start, parsed (DFX_START_*) */
     int restart_n; /* --restart, parsed */
     double restart_iv[DFX_RESTART_MAX][4];

@@ -180,6 +180,7 @@ void dfx_model_free(dfx_model *m)
     if (m->start_mean) m->be->ops->free(m->be, m->start_mean);
     if (m->start_scale) m->be->ops->free(m->be, m->start_scale);
     free(m->coef);
+    dfx_perturb_free(m);
     dfx_config_free(&m->cfg);
     free(m);
 }
@@ -351,8 +352,8 @@ int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
     return 0;
 }
 
-int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
-                      dfx_error *err)
+static int predict_native(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                          dfx_error *err)
 {
     if (!m->logspace || m->analytic) return m->vt->predict(m, t, x, out, rows, err);
     /* network on x = exp(y); an ambient score becomes grad_y log p =
@@ -363,6 +364,13 @@ int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out,
     if (m->vt->predict(m, t, m->xbuf, out, rows, err)) return -1;
     if (m->native == DFX_PRED_SCORE) m->be->ops->mul_add(m->be, out, m->xbuf, out, 1.0, n);
     return 0;
+}
+
+int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out, int rows,
+                      dfx_error *err)
+{
+    if (predict_native(m, t, x, out, rows, err)) return -1;
+    return dfx_perturb_apply(m, t, x, out, NULL, NULL, rows, err);
 }
 
 int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h, int rows,
@@ -485,6 +493,7 @@ int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v,
             be->ops->mul_add(be, P, xb, P, 1.0, n);
         }
     }
+    if (dfx_perturb_apply(m, t, x, P, v, dP, rows, err)) return -1;
     double *A = m->coef, *B = m->coef + rows, *C = m->coef + 2 * rows;
     if (dfx_model_convert_coefs(m, t, rows, m->native, want, A, B, C, err)) return -1;
     const float *xs[2] = {x, P}, *vs[2] = {v, dP};

@@ -122,10 +122,20 @@ struct dfx_model {
     float *start_mean, *start_scale; /* backend: the full fitted start, or NULL */
     int jcap_rows;   /* tangents for dfx_model_jvp, sized on first use */
     float *jbuf;     /* backend [3, jcap_rows, dim] */
+    dfx_perturb perturb; /* dfx_model_set_perturb, and its lambda */
+    double perturb_lambda;
+    float *perturb_host; /* host scratch [3, perturb_rows, dim] */
+    int perturb_rows;
 };
 
 /* 0 for a model that samplers can run; -1 with a message for a classifier. */
 int dfx_model_generative(const dfx_model *m, dfx_error *err);
+/* Applies the score perturbation (perturb.c) to a native prediction P in
+ * the samplers' space at (t, x), and, when v and dP are not NULL, to its
+ * tangent dP along v. A no-op without one. */
+int dfx_perturb_apply(dfx_model *m, const double *t, const float *x, float *P, const float *v,
+                      float *dP, int rows, dfx_error *err);
+void dfx_perturb_free(dfx_model *m);
 /* Allocates what evaluation needs for batches of up to `rows`. */
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err);
 /* h = x * grad_x log p(x) at ambient x (the multiplicative samplers'
