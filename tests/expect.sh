@@ -16,3 +16,7 @@ expect() {
         fails=$((fails + 1))
     fi
 }
+# a number from a one-line JSON object (eval's --json): field FILE KEY
+field() { sed -E "s/.*\"$2\": ([^,}]+).*/\1/" "$1"; }
+# awk comparison: holds "expr"
+holds() { awk "BEGIN { exit !($1) }"; }

@@ -15,10 +15,6 @@ trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 . "$(dirname "$0")/expect.sh"
-# a number from eval's JSON
-field() { sed -E "s/.*\"$2\": ([^,}]+).*/\1/" "$1"; }
-# awk comparison: holds "expr"
-holds() { awk "BEGIN { exit !($1) }"; }
 
 run() { "$DFX" eval --model "$GMM" --classifier "$CLS" --threads 2 --quiet "$@"; }
 run --n 200 --steps 16 --json "$TMP/good.json" --save-samples "$TMP/good.npy" >"$TMP/good.txt" ||

@@ -17,8 +17,6 @@ trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 . "$(dirname "$0")/expect.sh"
-field() { sed -E "s/.*\"$2\": ([^,}]+).*/\1/" "$1"; }
-holds() { awk "BEGIN { exit !($1) }"; }
 
 # the spread: median distance of a sample to its nearest training digit
 # (the mixture's components are 300 of them, std 0.02)
