@@ -463,6 +463,9 @@ enum { DFX_RECIPE_PRINCIPLED = 0, DFX_RECIPE_PAPER = 1 };
 enum { DFX_START_AUTO = 0, DFX_START_FITTED, DFX_START_PATH, DFX_START_PAPER };
 
 enum { DFX_RESTART_MAX = 8, DFX_RESTART_STEPS = 1000 };
+/* Langevin steps at the start of a dale model's fitted Gaussian
+ * (MATH.md, "The start of a dale sampler") */
+enum { DFX_START_LANGEVIN_DALE = 40, DFX_START_LANGEVIN_MAX = 1000 };
 
 typedef struct dfx_sample_opts {
     const char *sampler;   /* a name from dfx_samplers()                    */
@@ -503,6 +506,12 @@ typedef struct dfx_sample_opts {
     double anneal;         /* paper recipe: noise factor per index; NAN = paper's */
     int start;             /* DFX_START_*                                    */
     int path_start;        /* 1: as start = DFX_START_PATH                   */
+    int start_langevin;    /* Langevin steps at t_noise before the sampler
+                              runs (the pc corrector's rule at start_snr);
+                              -1: the model's default (dale models with a
+                              fitted Gaussian start: DFX_START_LANGEVIN_DALE,
+                              else 0) */
+    double start_snr;      /* their signal-to-noise ratio (0.16)            */
     void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
     void *progress_ctx;
     /* The start noise z of samples 0 .. init_rows - 1 (host, [init_rows, dim]),
@@ -553,6 +562,9 @@ void dfx_sampler_free(dfx_sampler *s);
  * final denoising step, as dfx_sample_stats.nfe counts them), known before
  * it runs; -1 for an adaptive sampler. */
 long dfx_sampler_nfe(const dfx_sampler *s);
+/* The Langevin steps it takes at the start (resolved --start-langevin,
+ * counted in dfx_sampler_nfe). */
+int dfx_sampler_start_langevin(const dfx_sampler *s);
 /* The time grid the sampler uses (steps + 1 values), or NULL if adaptive. */
 const double *dfx_sampler_grid(const dfx_sampler *s, int *n);
 /* The explicit em step's stability on the sampler's grid (em and pc;

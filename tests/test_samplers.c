@@ -1,8 +1,8 @@
 /* The sampler family beyond the basic integrators (MATH.md sections 2, 3):
  * samplers that reduce to each other agree, the multiplicative (Dale)
  * samplers reproduce a log-normal mixture and keep signs, a fitted start
- * with full covariance is drawn with that covariance, and samplers refuse
- * models they do not fit. */
+ * with full covariance is drawn with that covariance, Langevin steps at the
+ * start correct a wrong one, and samplers refuse models they do not fit. */
 #include "check.h"
 #include "model/model.h"
 #include "io/safetensors.h"
@@ -366,6 +366,112 @@ static void fitted_start(void)
     start_model(path, 1, NAN);
 }
 
+/* Langevin steps at the noise end (--start-langevin, MATH.md "The start
+ * of a dale sampler") turn a wrong start into p_1. One Gaussian in 64
+ * dimensions on the dale path, log x ~ N(MU_L, C_L^2 I): the probability
+ * flow maps y_1 to y_0 = MU_L + c/sqrt(c^2 + s^2) (y_1 - MU_L - m(1)), so from
+ * the path's start N(m(1), s(1)^2), which ignores MU_L, the samples' mean
+ * lands at MU_L (1 - c/sqrt(c^2 + s^2)), far off; after the Langevin steps
+ * it must be MU_L within sampling error. Its variance comes out a few per
+ * cent high, as the corrector's rule makes it: the unadjusted step's bias
+ * e / 2v (e = 2 snr^2 v) and, from a step that shrinks as |S| grows, a
+ * density tilted by |S|^2 (1 + 2 / dim). The runs are also batch-split
+ * invariant, count the steps as evaluations, and by default only dale
+ * models with a fitted Gaussian start take them. */
+static void start_langevin(void)
+{
+    enum { LD = 64, LN = 4000, LK = 200 };
+    const float MU_L = 0.3f, C_L = 0.1f;
+    static float mu[LD];
+    for (int j = 0; j < LD; j++) mu[j] = MU_L;
+    float cs[1] = {C_L}, w[1] = {1.0f};
+    dfx_error err = {{0}};
+    dfx_path p;
+    dfx_path_default(&p, DFX_PATH_DALE);
+    dfx_model *m = dfx_model_gmm_create(be, &p, 1, 8, 8, 1, 2, 1, mu, cs, w, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    if (!m) return;
+    double tn, td;
+    dfx_path_default_range(&p, &tn, &td);
+    dfx_coef c1, c0;
+    dfx_path_eval(&p, tn, &c1);
+    dfx_path_eval(&p, td, &c0);
+    double v0 = C_L * C_L + c0.s * c0.s; /* variance of y at t_data */
+    for (int k = 0; k <= LK; k += LK) {
+        dfx_sample_opts o;
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "heun";
+        o.steps = 30;
+        o.seed = 11;
+        o.denoise = 0;
+        o.path_start = 1;
+        o.start_langevin = k;
+        dfx_sampler *s = dfx_sampler_create(m, &o, LN, &err);
+        CHECK(s != NULL, "%s", err.msg);
+        if (!s) continue;
+        CHECK(dfx_sampler_nfe(s) == k + 60, "nfe %ld, not %d Langevin steps + 60",
+              dfx_sampler_nfe(s), k);
+        float *x = malloc(sizeof(float) * (size_t)LN * LD), *x8 = malloc(sizeof(float) * 8 * LD);
+        CHECK_OK(dfx_sampler_run(s, 0, LN, x, NULL, &err), err);
+        CHECK_OK(dfx_sampler_run(s, 0, 8, x8, NULL, &err), err);
+        CHECK(memcmp(x, x8, sizeof(float) * 8 * LD) == 0,
+              "start Langevin %d: the first 8 samples depend on the batch", k);
+        double em = 0, ev = 0;
+        for (size_t i = 0; i < (size_t)LN * LD; i++) em += log((double)x[i]) / ((double)LN * LD);
+        for (size_t i = 0; i < (size_t)LN * LD; i++)
+            ev += pow(log((double)x[i]) - em, 2) / ((double)LN * LD);
+        /* the flow's map of the wrong start: the mean it lands on */
+        double want = MU_L + c0.m, off = MU_L * C_L / sqrt(C_L * C_L + c1.s * c1.s);
+        double z = fabs(em - want) / sqrt(v0 / ((double)LN * LD));
+        printf("start Langevin %3d: E[log x] %.4f vs %.4f (%.1f SE), var %.4f vs %.4f\n", k, em,
+               want, z, ev, v0);
+        if (k == 0)
+            CHECK(fabs(em - (want - off)) < 0.01 && z > 10,
+                  "without Langevin steps the mean should land at %.4f, got %.4f", want - off, em);
+        else
+            CHECK(z < 5 && fabs(ev / v0 - 1.0) < 0.1,
+                  "after %d Langevin steps: mean %.4f vs %.4f (%.1f SE), var %.4f vs %.4f", k, em,
+                  want, z, ev, v0);
+        free(x);
+        free(x8);
+        dfx_sampler_free(s);
+    }
+    /* defaults: the analytic model samples its exact p_1, no steps */
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.steps = 3;
+    dfx_sampler *s = dfx_sampler_create(m, &o, 2, &err);
+    CHECK(s && dfx_sampler_nfe(s) == 7, "an exact start takes no Langevin steps (nfe %ld)",
+          s ? dfx_sampler_nfe(s) : -1L);
+    dfx_sampler_free(s);
+    o.start_langevin = DFX_START_LANGEVIN_MAX + 1;
+    CHECK(!dfx_sampler_create(m, &o, 2, &err) && strstr(err.msg, "--start-langevin"), "%s",
+          err.msg);
+    o.start_langevin = 5;
+    o.start_snr = 0.0;
+    CHECK(!dfx_sampler_create(m, &o, 2, &err) && strstr(err.msg, "--start-snr"), "%s", err.msg);
+    dfx_model_free(m);
+    /* a dale network with a fitted Gaussian start takes DFX_START_LANGEVIN_DALE
+     * by default, and none from the path's start */
+    char path[64];
+    snprintf(path, sizeof path, "test_samplers_langevin_%d.safetensors", (int)getpid());
+    m = start_model(path, 1, 0.0f);
+    if (!m) return;
+    for (int ps = 0; ps < 2; ps++) {
+        dfx_sample_opts_default(&o, m);
+        o.sampler = "euler";
+        o.steps = 3;
+        o.denoise = 0;
+        o.path_start = ps;
+        s = dfx_sampler_create(m, &o, 2, &err);
+        long want = 3 + (ps ? 0 : DFX_START_LANGEVIN_DALE);
+        CHECK(s && dfx_sampler_nfe(s) == want, "dale network, %s start: nfe %ld, not %ld",
+              ps ? "path" : "fitted", s ? dfx_sampler_nfe(s) : -1L, want);
+        dfx_sampler_free(s);
+    }
+    dfx_model_free(m);
+}
+
 int main(void)
 {
     dfx_error err;
@@ -374,6 +480,7 @@ int main(void)
     dale();
     pc();
     fitted_start();
+    start_langevin();
     dfx_backend_destroy(be);
     return check_report("test_samplers");
 }

@@ -50,12 +50,14 @@ static int write_json(const char *file, const cli_quality *q, const cli_draw *d,
     size_t n = 0, cap = sizeof buf;
     n += (size_t)snprintf(buf + n, cap - n,
                           "{\"model\": \"%s\", \"sampler\": \"%s\", \"steps\": %d, \"seed\": %llu, "
-                          "\"n\": %ld, \"nfe\": %.3f, \"seconds\": %.3f, \"fid\": %.6g, "
+                          "\"n\": %ld, \"nfe\": %.3f, \"start_langevin\": %d, "
+                          "\"seconds\": %.3f, \"fid\": %.6g, "
                           "\"kid\": %.6g, \"kid_std\": %.6g, \"confidence\": %.6g, "
                           "\"low_confidence\": %.6g, \"classes_covered\": %d, "
                           "\"class_entropy_bits\": %.6g, \"histogram\": [",
                           from_file ? "" : d->model, from_file ? "" : d->sampler, d->steps,
-                          (unsigned long long)d->seed, q->n, nfe, seconds, q->fid, q->kid,
+                          (unsigned long long)d->seed, q->n, nfe,
+                          from_file ? 0 : d->start_steps, seconds, q->fid, q->kid,
                           q->kid_std, q->confidence, q->low_conf, q->covered, q->entropy);
     for (int k = 0; k < q->K && n < cap; k++)
         n += (size_t)snprintf(buf + n, cap - n, "%s%ld", k ? ", " : "", q->hist[k]);
@@ -250,8 +252,9 @@ static int eval_report(void *state, dfx_error *err)
     if (e->samples)
         printf("samples      %ld from %s\n", e->count, e->samples);
     else
-        printf("samples      %d from %s, sampler %s, %.1f evaluations/sample, %.1f s\n", e->n,
-               d->model, d->sampler, e->nfe, e->seconds);
+        printf("samples      %d from %s, sampler %s, %.1f evaluations/sample%s, %.1f s\n", e->n,
+               d->model, d->sampler, e->nfe,
+               d->start_steps > 0 ? " (with the start's Langevin steps)" : "", e->seconds);
     printf("classifier   %s (reference %s)\n", e->classifier, e->reference);
     print_report(stdout, &e->q, &e->ref, e->cls);
     if (e->json &&

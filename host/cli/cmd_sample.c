@@ -144,11 +144,14 @@ static int sample_report(void *state, dfx_error *err)
     }
     if (dfx_outputs_commit(err)) return -1;
     if (d->quiet) return 0;
+    char lang[64] = "";
+    if (d->start_steps > 0)
+        snprintf(lang, sizeof lang, " (%d Langevin steps at the start)", d->start_steps);
     fprintf(stderr,
-            "difflux: %d samples of %s from %s, %s on %s%s, %.1f evaluations/sample, %.2f s "
+            "difflux: %d samples of %s from %s, %s on %s%s, %.1f evaluations/sample%s, %.2f s "
             "(%.1f samples/s)",
             n, mi->kind, d->model, d->sampler, dfx_backend_name(d->be),
-            cli_mpi_size() > 1 ? " (MPI ranks)" : "", s->nfe, s->seconds, n / s->seconds);
+            cli_mpi_size() > 1 ? " (MPI ranks)" : "", s->nfe, lang, s->seconds, n / s->seconds);
     if (!s->no_png) fprintf(stderr, " -> %s", s->out);
     if (s->npy) fprintf(stderr, "%s%s", s->no_png ? " -> " : ", ", s->npy);
     fputc('\n', stderr);

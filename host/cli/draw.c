@@ -31,6 +31,8 @@ void cli_draw_init(cli_draw *d)
     d->guidance = 1.0;
     d->eta = NAN;
     d->snr = 0.16;
+    d->start_langevin = -1;
+    d->start_snr = 0.16;
     d->delta = d->anneal = NAN;
     d->s_tmax = INFINITY;
     d->s_noise = 1.0;
@@ -103,6 +105,12 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          "fitted (the model's start distribution), path (N(m, s^2) of the path) or paper (the "
          "Dale paper's log-normal; the default under --recipe paper)",
          0},
+        {"start-langevin", OPT_INT, &d->start_langevin, "K",
+         "Langevin steps at the noise end before sampling (default: the model's: dale models "
+         "with a fitted start 40, others 0)",
+         0},
+        {"start-snr", OPT_DOUBLE, &d->start_snr, "R",
+         "their signal-to-noise ratio, as pc's --snr (0.16)", 0},
         {"init", OPT_STR, &d->init, "NPY",
          "start from this noise (float32 [n, C, H, W], row i for sample i) instead of the draws",
          0},
@@ -316,6 +324,8 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
     memcpy(o->restart, d->restart_iv, sizeof o->restart);
     o->snr = d->snr;
     o->corrector_steps = d->corrector_steps;
+    o->start_langevin = d->start_langevin;
+    o->start_snr = d->start_snr;
     o->recipe = strcmp(d->recipe, "paper") == 0 ? DFX_RECIPE_PAPER : DFX_RECIPE_PRINCIPLED;
     o->delta = d->delta;
     o->inner = d->inner;
@@ -420,6 +430,7 @@ int cli_draw_run(cli_draw *d, long n, float *images, double *nfe, const char *la
     dfx_sampler *s = buf ? dfx_sampler_create(d->m, &d->o, batch, err) : NULL;
     int rc = s ? 0 : -1;
     if (s && rank == 0 && !d->quiet) stability_warning(s, d->o.sampler);
+    if (s) d->start_steps = dfx_sampler_start_langevin(s);
     double nfe_sum = 0.0, outside_max = 0.0;
     long clamped = 0, nonpos = 0, outside = 0;
     for (long k = 0; k < mine && rc == 0;) {

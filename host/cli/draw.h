@@ -14,10 +14,10 @@ typedef struct cli_draw {
         *max_memory, *scheduler, *init, *restart, *variant, *start_name, *perturb;
     int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
-        verbose, allow_unstable;
+        verbose, allow_unstable, start_langevin;
     uint64_t seed, start, max_nfe;
     double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
-        anneal, churn, s_tmin, s_tmax, s_noise;
+        anneal, churn, s_tmin, s_tmax, s_noise, start_snr;
     /* parsed */
     dfx_grid g;
     dfx_noise nz;
@@ -26,6 +26,7 @@ typedef struct cli_draw {
     dfx_perturb perturb_kind; /* --perturb, parsed */
     double perturb_lambda;
     int start_mode; /* --start, parsed (DFX_START_*) */
+    int start_steps; /* the Langevin steps at the start of the last run (resolved) */
     int restart_n; /* --restart, parsed */
     double restart_iv[DFX_RESTART_MAX][4];
     double mem_limit; /* --max-memory in bytes, 0 = what the machine has */

@@ -122,6 +122,13 @@ static const sampler_def *find_def(const char *name)
     return NULL;
 }
 
+/* Buffers of a run: the sampler's own, at least the three of the start's
+ * Langevin steps where there are any (start_langevin -1: there may be) */
+static int sampler_nbuf(const sampler_def *def, int start_langevin)
+{
+    return start_langevin != 0 && def->nbuf < 3 ? 3 : def->nbuf;
+}
+
 int dfx_samplers(const dfx_sampler_desc **list)
 {
     for (int i = 0; i < N_DEFS; i++) descs[i] = defs[i].d;
@@ -177,6 +184,8 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
     o->s_noise = 1.0;
     o->snr = 0.16;
     o->corrector_steps = 1;
+    o->start_langevin = -1;
+    o->start_snr = 0.16;
     o->recipe = DFX_RECIPE_PRINCIPLED;
     o->delta = NAN;
     o->anneal = NAN;
@@ -426,6 +435,20 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
                  m->cfg.path.family == DFX_PATH_DALE ? "unknown paper_recipe" : "this one is not");
         goto fail;
     }
+    /* Langevin steps at the start: by default only on the fitted Gaussian
+     * of a dale model, whose noise end is far from Gaussian */
+    s->start_langevin = o->start_langevin;
+    if (s->start_langevin < 0)
+        s->start_langevin = m->cfg.path.family == DFX_PATH_DALE && s->start == DFX_START_FITTED &&
+                                    m->cfg.has_start && !m->vt->sample_marginal
+                                ? DFX_START_LANGEVIN_DALE
+                                : 0;
+    if (s->start_langevin > DFX_START_LANGEVIN_MAX || o->start_langevin < -1 ||
+        (s->start_langevin > 0 && !(o->start_snr > 0.0 && isfinite(o->start_snr)))) {
+        dfx_fail(err, "--start-langevin takes 0..%d steps and --start-snr a number > 0",
+                 DFX_START_LANGEVIN_MAX);
+        goto fail;
+    }
     double tn, td;
     dfx_path_default_range(&m->cfg.path, &tn, &td);
     const int discrete = m->cfg.path.family == DFX_PATH_DISCRETE;
@@ -469,7 +492,7 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     size_t bytes = (size_t)max_rows * s->dim * sizeof(float);
     s->x = dfx_be_alloc(s->be, bytes, "sampler state", err);
     if (!s->x) goto oom;
-    for (int i = 0; i < def->nbuf; i++)
+    for (int i = 0; i < sampler_nbuf(def, s->start_langevin); i++)
         if (!(s->buf[i] = dfx_be_alloc(s->be, bytes, "sampler buffers", err))) goto oom;
     s->t = dfx_alloc((size_t)max_rows, sizeof *s->t, "sampler", err);
     s->coef = dfx_alloc((size_t)(DFX_LINCOMB_MAX + 1) * max_rows, sizeof *s->coef, "sampler",
@@ -641,6 +664,7 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
         dfx_s_lincomb(s, s->x, 1, xs, cs, mean);
     }
     const int ambient = (s->def->flags & DFX_SF_AMBIENT) != 0;
+    if (dfx_start_langevin(s, err)) return -1;
     if (ambient) be->ops->unary(be, s->x, s->x, n, DFX_FN_EXP);
     if (s->def->run(s, err)) return -1;
     /* log-space models: the state is y = log x, except for ambient samplers */
@@ -706,7 +730,12 @@ long dfx_sampler_nfe(const dfx_sampler *s)
 {
     if (s->def->flags & DFX_SF_ADAPTIVE) return -1;
     long n = s->def->nfe ? s->def->nfe(s) : (long)s->n * s->def->d.nfe_per_step;
-    return n + (s->o.denoise ? 1 : 0);
+    return s->start_langevin + n + (s->o.denoise ? 1 : 0);
+}
+
+int dfx_sampler_start_langevin(const dfx_sampler *s)
+{
+    return s->start_langevin;
 }
 
 int dfx_s_conv(const dfx_sampler *s, double t, dfx_pred from, dfx_pred to, double *A,
@@ -783,7 +812,8 @@ void dfx_s_noise(dfx_sampler *s, float *z, uint32_t draw, uint32_t stream)
 size_t dfx_sampler_bytes(const dfx_model *m, const dfx_sample_opts *o, int rows)
 {
     const sampler_def *def = o ? find_def(o->sampler) : NULL;
-    int nbuf = def ? def->nbuf : DFX_SAMPLER_MAX_BUFS - 1; /* unknown: the most any needs */
+    /* unknown: the most any needs; the start's Langevin steps: at most */
+    int nbuf = def ? sampler_nbuf(def, o->start_langevin) : DFX_SAMPLER_MAX_BUFS - 1;
     if (rows < 1) rows = 1;
     size_t state = (size_t)(1 + nbuf) * (size_t)rows * m->dim * sizeof(float);
     size_t host = (size_t)rows * (sizeof(double) * (DFX_LINCOMB_MAX + 2) + sizeof(long));

@@ -9,9 +9,10 @@
 #include "model/model.h"
 
 /* Philox stream tags: which kind of draw a normal belongs to. Corrector
- * step j of pc uses DFX_STREAM_CORRECT + j. */
+ * step j of pc uses DFX_STREAM_CORRECT + j, Langevin step j at the start
+ * DFX_STREAM_START + j. */
 enum { DFX_STREAM_INIT = 0, DFX_STREAM_STEP = 1, DFX_STREAM_CORRECT = 2,
-       DFX_STREAM_RESTART = 1 << 20 };
+       DFX_STREAM_RESTART = 1 << 20, DFX_STREAM_START = 1 << 21 };
 
 /* sampler_def.flags */
 enum {
@@ -71,6 +72,7 @@ struct dfx_sampler {
     double eta;    /* resolved ancestral eta */
     int variant;   /* index into def->variants */
     int start;     /* resolved DFX_START_* (never AUTO) */
+    int start_langevin; /* resolved Langevin steps at t_noise (never -1) */
     const dfx_dale_paper *paper; /* dale path: the paper's tuning for the model's data set */
     int n;         /* grid intervals */
     double *grid;  /* n + 1 times */
@@ -128,6 +130,9 @@ int dfx_run_dpmpp_3m_sde(dfx_sampler *s, dfx_error *err);
 int dfx_run_unipc(dfx_sampler *s, dfx_error *err);
 int dfx_run_deis(dfx_sampler *s, dfx_error *err);
 int dfx_run_pc(dfx_sampler *s, dfx_error *err);
+/* The start_langevin Langevin steps at t_noise on s->x (samplers_em.c);
+ * uses buf[0..2]. */
+int dfx_start_langevin(dfx_sampler *s, dfx_error *err);
 int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err);
 int dfx_run_adls(dfx_sampler *s, dfx_error *err);
 int dfx_run_aums(dfx_sampler *s, dfx_error *err);

@@ -48,22 +48,24 @@ int dfx_run_em(dfx_sampler *s, dfx_error *err)
 }
 
 /*
- * Langevin corrector (Song et al. 2021, Algorithm 5): at time t,
+ * Langevin corrector (Song et al. 2021, Algorithm 5): at time t, K times
  *     x <- x + e S + sqrt(2 e) z,   e = 2 (snr |z| / |S|)^2 per sample,
- * so the step keeps a fixed signal-to-noise ratio.
+ * so the step keeps a fixed signal-to-noise ratio. z is draw `draw` of
+ * streams stream .. stream + K - 1. P, z and S are scratch.
  */
-static int correct(dfx_sampler *s, int i, float *P, float *z, float *S, dfx_error *err)
+static int langevin(dfx_sampler *s, double t, int K, double snr, uint32_t draw, uint32_t stream,
+                    float *P, float *z, float *S, const char *what, int step, dfx_error *err)
 {
     dfx_model *m = s->m;
     const int R = s->rows;
-    double t = s->grid[i], A, B, C;
+    double A, B, C;
     if (dfx_s_conv(s, t, m->native, DFX_PRED_SCORE, &A, &B, &C, err)) return -1;
-    for (int j = 0; j < s->o.corrector_steps; j++) {
+    for (int j = 0; j < K; j++) {
         if (dfx_s_eval(s, t, s->x, m->native, P, err)) return -1;
         const float *xp[2] = {s->x, P};
         double cp[2] = {A, B};
         dfx_s_lincomb(s, S, 2, xp, cp, C);
-        dfx_s_noise(s, z, (uint32_t)(i + 1), (uint32_t)(DFX_STREAM_CORRECT + j));
+        dfx_s_noise(s, z, draw, stream + (uint32_t)j);
         /* per-sample RMS norms: err_norm with atol 1, rtol 0 */
         double *gs = s->coef + (size_t)3 * R, *gz = s->coef + (size_t)4 * R;
         if (s->be->ops->err_norm(s->be, S, S, S, 0.0, 1.0, R, s->dim, gs, err) ||
@@ -71,7 +73,7 @@ static int correct(dfx_sampler *s, int i, float *P, float *z, float *S, dfx_erro
             return -1;
         double *cf = s->coef;
         for (int r = 0; r < R; r++) {
-            double q = gs[r] > 0.0 ? s->o.snr * gz[r] / gs[r] : 0.0;
+            double q = gs[r] > 0.0 ? snr * gz[r] / gs[r] : 0.0;
             double e = 2.0 * q * q;
             cf[r] = 1.0;
             cf[R + r] = e;
@@ -79,9 +81,22 @@ static int correct(dfx_sampler *s, int i, float *P, float *z, float *S, dfx_erro
         }
         const float *xs[3] = {s->x, S, z};
         s->be->ops->lincomb(s->be, s->x, 3, xs, cf, NULL, R, s->dim);
-        if (dfx_s_check(s, i, t, err)) return dfx_fail_prefix(err, "pc corrector");
+        if (dfx_s_check(s, step, t, err)) return dfx_fail_prefix(err, "%s", what);
     }
     return 0;
+}
+
+static int correct(dfx_sampler *s, int i, float *P, float *z, float *S, dfx_error *err)
+{
+    return langevin(s, s->grid[i], s->o.corrector_steps, s->o.snr, (uint32_t)(i + 1),
+                    DFX_STREAM_CORRECT, P, z, S, "pc corrector", i, err);
+}
+
+int dfx_start_langevin(dfx_sampler *s, dfx_error *err)
+{
+    if (s->start_langevin < 1) return 0;
+    return langevin(s, s->t_noise, s->start_langevin, s->o.start_snr, 0, DFX_STREAM_START,
+                    s->buf[0], s->buf[1], s->buf[2], "start Langevin", 0, err);
 }
 
 int dfx_check_pc(const dfx_sample_opts *o, dfx_error *err)
