@@ -124,7 +124,7 @@ struct dfx_model {
     float *jbuf;     /* backend [3, jcap_rows, dim] */
     dfx_perturb perturb; /* dfx_model_set_perturb, and its lambda */
     double perturb_lambda;
-    float *perturb_host; /* host scratch [6, perturb_rows, dim] (perturb.c) */
+    float *perturb_host; /* host scratch [4, perturb_rows, dim] + [2, dim] (perturb.c) */
     int perturb_rows;
 };
 

@@ -87,7 +87,8 @@ int dfx_perturb_apply(dfx_model *m, const double *t, const float *x, float *P, c
     if (m->perturb == DFX_PERTURB_NONE) return 0;
     const size_t D = m->dim, n = (size_t)rows * D, bytes = n * sizeof(float);
     if (rows > m->perturb_rows) {
-        float *h = dfx_alloc(6 * n, sizeof(float), "perturbation", err);
+        /* x, P, v, dP of the batch; eps and its change of one row */
+        float *h = dfx_alloc(4 * n + 2 * D, sizeof(float), "perturbation", err);
         if (!h) return -1;
         free(m->perturb_host);
         m->perturb_host = h;
@@ -95,7 +96,7 @@ int dfx_perturb_apply(dfx_model *m, const double *t, const float *x, float *P, c
     }
     const size_t cap = (size_t)m->perturb_rows * D;
     float *hx = m->perturb_host, *hp = hx + cap, *hv = hp + cap, *hd = hv + cap,
-          *e = hd + cap, *de = e + cap;
+          *e = hd + cap, *de = e + D;
     double *coef = malloc(6 * (size_t)rows * sizeof *coef);
     if (!coef) return dfx_fail(err, "out of memory for the perturbation's coefficients");
     double *Ae = coef, *Be = coef + rows, *Ce = coef + 2 * rows, *Av = coef + 3 * rows,
