@@ -100,7 +100,10 @@ def main(argv=None):
         steps = f" --steps {ev['steps']}" if ev.get("steps") else ""
         out.append(f"* Quality (`./build/difflux eval --model {ev['model']} --sampler "
                    f"{ev['sampler']}{steps} --n {ev['n']}`, {ev['nfe']:.0f} evaluations per "
-                   f"sample): FID {ev['fid']:.2f}, KID "
+                   f"sample"
+                   + (f", {ev['start_langevin']} of them Langevin steps at the start"
+                      if ev.get("start_langevin") else "")
+                   + f"): FID {ev['fid']:.2f}, KID "
                    f"{ev['kid']:.3f} ± {ev['kid_std']:.3f}, classifier confidence "
                    f"{ev['confidence']:.3f}, {ev['classes_covered']} of "
                    f"{len(ev['histogram'])} classes covered"
