@@ -83,7 +83,11 @@ def main(argv=None):
     out.append(f"* Loss: {loss}.")
     out.append(f"* Training: {run.get('steps', '?'):,} of the recipe's {tr['steps']:,} steps of "
                f"batch {tr['batch']} ({run.get('images', 0):,} images), Adam lr {tr['lr']} after "
-               f"{tr.get('warmup', 0)} warm-up steps, gradient clipping {tr.get('clip', 1.0)}, "
+               f"{tr.get('warmup', 0)} warm-up steps"
+               + (f" (from step {tr['lr_decay']['start'] * tr['steps']:,.0f} falling linearly to "
+                  f"{tr['lr_decay']['final']} of it at step {tr['steps']:,})"
+                  if tr.get("lr_decay") else "")
+               + f", gradient clipping {tr.get('clip', 1.0)}, "
                f"EMA {tr.get('ema')} (the EMA weights are shipped), seed {tr.get('seed', 0)}.")
     out.append(f"* Wall time and hardware: {run.get('minutes', '?')} minutes on "
                f"{run.get('hardware', '?')}.")

@@ -181,6 +181,20 @@ def model_config(cfg, start=None):
     return out
 
 
+def lr_at(tr, step, warm):
+    """Linear warm-up, then constant; with "lr_decay": {"start": f, "final": r}
+    the rate falls linearly from step f * steps of the recipe to r times the
+    rate at its last step (a recipe's steps, not --steps: resuming keeps it)."""
+    lr = tr["lr"] * min(1.0, (step + 1) / warm)
+    dec = tr.get("lr_decay")
+    if dec:
+        s0 = dec["start"] * tr["steps"]
+        if step > s0:
+            f = min(1.0, (step - s0) / max(tr["steps"] - s0, 1.0))
+            lr *= 1.0 - (1.0 - dec["final"]) * f
+    return lr
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="recipe (models/configs/NAME.json)")
@@ -291,7 +305,7 @@ def main(argv=None):
             drop = torch.rand(B, generator=g) < tr.get("label_dropout", 0.1)
             y[drop] = K
             y = y.to(dev)
-        lr = tr["lr"] * min(1.0, (step + 1) / warm)
+        lr = lr_at(tr, step, warm)
         for pg in opt.param_groups:
             pg["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
