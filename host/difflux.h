@@ -465,7 +465,7 @@ enum { DFX_START_AUTO = 0, DFX_START_FITTED, DFX_START_PATH, DFX_START_PAPER };
 enum { DFX_RESTART_MAX = 8, DFX_RESTART_STEPS = 1000 };
 /* Langevin steps at the start of a dale model's fitted Gaussian
  * (MATH.md, "The start of a dale sampler") */
-enum { DFX_START_LANGEVIN_DALE = 40, DFX_START_LANGEVIN_MAX = 1000 };
+enum { DFX_START_LANGEVIN_DALE = 200, DFX_START_LANGEVIN_MAX = 1000 };
 
 typedef struct dfx_sample_opts {
     const char *sampler;   /* a name from dfx_samplers()                    */

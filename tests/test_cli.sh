@@ -135,7 +135,7 @@ expect 1 "em diverged: the samples. RMS reached .*with --noise const it reaches 
 expect 1 "pc needs --snr > 0" -- "$DFX" sample --sampler pc --snr 0 --n 2 --out "$TMP/x.png"
 expect 1 "--start-langevin takes 0..1000 steps and --start-snr a number > 0" -- "$DFX" sample --start-langevin 1001 --n 2 --out "$TMP/x.png"
 expect 1 "--start-langevin takes 0..1000 steps and --start-snr a number > 0" -- "$DFX" sample --start-langevin 3 --start-snr -1 --n 2 --out "$TMP/x.png"
-expect 0 "73.0 evaluations/sample .40 Langevin steps at the start" -- "$DFX" sample --model "$SRC/models/mnist-dale.safetensors" --n 2 --out "$TMP/x.png"
+expect 0 "233.0 evaluations/sample .200 Langevin steps at the start" -- "$DFX" sample --model "$SRC/models/mnist-dale.safetensors" --n 2 --out "$TMP/x.png"
 expect 0 "33.0 evaluations/sample, " -- "$DFX" sample --model "$SRC/models/mnist-dale.safetensors" --start-langevin 0 --n 2 --out "$TMP/x.png"
 for s in ddim dpmpp_2m ddpm euler_ancestral dpmpp_2m_sde pc; do
     expect 0 "$s on $AUTO" -- "$DFX" sample --sampler $s --steps 5 --n 2 --out "$TMP/x.png"

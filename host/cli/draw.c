@@ -107,7 +107,7 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          0},
         {"start-langevin", OPT_INT, &d->start_langevin, "K",
          "Langevin steps at the noise end before sampling (default: the model's: dale models "
-         "with a fitted start 40, others 0)",
+         "with a fitted start 200, others 0)",
          0},
         {"start-snr", OPT_DOUBLE, &d->start_snr, "R",
          "their signal-to-noise ratio, as pc's --snr (0.16)", 0},
