@@ -454,6 +454,9 @@ typedef enum {
 typedef struct dfx_progress {
     int step, steps;  /* steps done / planned in this batch (adaptive: % of time) */
     double t;         /* current time                                      */
+    double frac;      /* fraction of the batch done, in model evaluations,
+                         the start's Langevin steps included (adaptive: an
+                         estimate from the previous batch)                 */
 } dfx_progress;
 
 enum { DFX_RECIPE_PRINCIPLED = 0, DFX_RECIPE_PAPER = 1 };
@@ -465,7 +468,13 @@ enum { DFX_START_AUTO = 0, DFX_START_FITTED, DFX_START_PATH, DFX_START_PAPER };
 enum { DFX_RESTART_MAX = 8, DFX_RESTART_STEPS = 1000 };
 /* Langevin steps at the start of a dale model's fitted Gaussian
  * (MATH.md, "The start of a dale sampler") */
-enum { DFX_START_LANGEVIN_DALE = 200, DFX_START_LANGEVIN_MAX = 1000 };
+#define DFX_START_LANGEVIN_DALE 200
+enum { DFX_START_LANGEVIN_MAX = 1000 };
+/* The Langevin steps' signal-to-noise ratio (pc's corrector and the start's) */
+#define DFX_SNR_DEFAULT 0.16
+/* A macro's value as a string literal, for help texts */
+#define DFX_STR_(x) #x
+#define DFX_STR(x) DFX_STR_(x)
 
 typedef struct dfx_sample_opts {
     const char *sampler;   /* a name from dfx_samplers()                    */
@@ -494,7 +503,7 @@ typedef struct dfx_sample_opts {
                               the first                                    */
     int restart_n;
     double restart[DFX_RESTART_MAX][4];
-    double snr;            /* pc: corrector target signal-to-noise (0.16)    */
+    double snr;            /* pc: corrector target signal-to-noise (DFX_SNR_DEFAULT) */
     int corrector_steps;   /* pc: Langevin steps per time (1)                */
     int recipe;            /* adls/aums: DFX_RECIPE_PRINCIPLED (delta = step of the
                               grid) or DFX_RECIPE_PAPER (the paper's run for
@@ -511,7 +520,7 @@ typedef struct dfx_sample_opts {
                               -1: the model's default (dale models with a
                               fitted Gaussian start: DFX_START_LANGEVIN_DALE,
                               else 0) */
-    double start_snr;      /* their signal-to-noise ratio (0.16)            */
+    double start_snr;      /* their signal-to-noise ratio (DFX_SNR_DEFAULT) */
     void (*progress)(void *ctx, const dfx_progress *p); /* may be NULL       */
     void *progress_ctx;
     /* The start noise z of samples 0 .. init_rows - 1 (host, [init_rows, dim]),

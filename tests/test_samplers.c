@@ -2,7 +2,8 @@
  * samplers that reduce to each other agree, the multiplicative (Dale)
  * samplers reproduce a log-normal mixture and keep signs, a fitted start
  * with full covariance is drawn with that covariance, Langevin steps at the
- * start correct a wrong one, and samplers refuse models they do not fit. */
+ * start correct a wrong one (and count in the progress fraction), and
+ * samplers refuse models they do not fit. */
 #include "check.h"
 #include "model/model.h"
 #include "io/safetensors.h"
@@ -378,6 +379,48 @@ static void fitted_start(void)
  * density tilted by |S|^2 (1 + 2 / dim). The runs are also batch-split
  * invariant, count the steps as evaluations, and by default only dale
  * models with a fitted Gaussian start take them. */
+typedef struct progress_log {
+    int n;
+    double frac[64];
+} progress_log;
+
+static void log_progress(void *ctx, const dfx_progress *p)
+{
+    progress_log *l = ctx;
+    if (l->n < 64) l->frac[l->n] = p->frac;
+    l->n++;
+}
+
+/* The progress fraction counts evaluations, the start's Langevin steps
+ * first: 10 of them and heun's 5 steps of 2 evaluations report 1/20 ..
+ * 10/20, then (10 + 2 i)/20. */
+static void progress_fraction(dfx_model *m)
+{
+    dfx_error err = {{0}};
+    progress_log l = {0, {0}};
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.sampler = "heun";
+    o.steps = 5;
+    o.denoise = 0;
+    o.path_start = 1;
+    o.start_langevin = 10;
+    o.progress = log_progress;
+    o.progress_ctx = &l;
+    dfx_sampler *s = dfx_sampler_create(m, &o, 2, &err);
+    CHECK(s != NULL, "%s", err.msg);
+    if (!s) return;
+    float x[2 * 64];
+    CHECK_OK(dfx_sampler_run(s, 0, 2, x, NULL, &err), err);
+    CHECK(l.n == 15, "%d progress reports, not 10 Langevin steps + 5 heun steps", l.n);
+    for (int i = 0; i < l.n && i < 15; i++) {
+        double want = i < 10 ? (i + 1) / 20.0 : (10 + 2 * (i - 9)) / 20.0;
+        CHECK(fabs(l.frac[i] - want) < 1e-12, "progress report %d: fraction %g, not %g", i,
+              l.frac[i], want);
+    }
+    dfx_sampler_free(s);
+}
+
 static void start_langevin(void)
 {
     enum { LD = 64, LN = 4000, LK = 200 };
@@ -450,6 +493,7 @@ static void start_langevin(void)
     o.start_langevin = 5;
     o.start_snr = 0.0;
     CHECK(!dfx_sampler_create(m, &o, 2, &err) && strstr(err.msg, "--start-snr"), "%s", err.msg);
+    progress_fraction(m);
     dfx_model_free(m);
     /* a dale network with a fitted Gaussian start takes DFX_START_LANGEVIN_DALE
      * by default, and none from the path's start */

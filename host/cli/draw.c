@@ -30,9 +30,9 @@ void cli_draw_init(cli_draw *d)
     d->eps0 = 1;
     d->guidance = 1.0;
     d->eta = NAN;
-    d->snr = 0.16;
+    d->snr = DFX_SNR_DEFAULT;
     d->start_langevin = -1;
-    d->start_snr = 0.16;
+    d->start_snr = DFX_SNR_DEFAULT;
     d->delta = d->anneal = NAN;
     d->s_tmax = INFINITY;
     d->s_noise = 1.0;
@@ -88,7 +88,7 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          "restart: SMIN:SMAX:K:N[,...] intervals in sigma = s/a, K restarts of N heun steps "
          "(0.06:0.30:2:3)",
          0},
-        {"snr", OPT_DOUBLE, &d->snr, "R", "pc: corrector signal-to-noise ratio (0.16)", 0},
+        {"snr", OPT_DOUBLE, &d->snr, "R", "pc: corrector signal-to-noise ratio (" DFX_STR(DFX_SNR_DEFAULT) ")", 0},
         {"corrector-steps", OPT_INT, &d->corrector_steps, "K", "pc: Langevin steps per time (1)",
          0},
         {"recipe", OPT_STR, &d->recipe, "NAME",
@@ -107,10 +107,10 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          0},
         {"start-langevin", OPT_INT, &d->start_langevin, "K",
          "Langevin steps at the noise end before sampling (default: the model's: dale models "
-         "with a fitted start 200, others 0)",
+         "with a fitted start " DFX_STR(DFX_START_LANGEVIN_DALE) ", others 0)",
          0},
         {"start-snr", OPT_DOUBLE, &d->start_snr, "R",
-         "their signal-to-noise ratio, as pc's --snr (0.16)", 0},
+         "their signal-to-noise ratio, as pc's --snr (" DFX_STR(DFX_SNR_DEFAULT) ")", 0},
         {"init", OPT_STR, &d->init, "NPY",
          "start from this noise (float32 [n, C, H, W], row i for sample i) instead of the draws",
          0},
@@ -382,7 +382,7 @@ static void on_progress(void *ctx, const dfx_progress *p)
 {
     progress_bar *b = ctx;
     if (!b->bar.enabled) return;
-    double frac = (b->bar.done + b->batch * (double)p->step / p->steps) / (double)b->bar.total;
+    double frac = (b->bar.done + b->batch * p->frac) / (double)b->bar.total;
     cli_bar_draw(&b->bar, frac, 0);
 }
 

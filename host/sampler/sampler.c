@@ -182,10 +182,10 @@ void dfx_sample_opts_default(dfx_sample_opts *o, const dfx_model *m)
     o->s_tmin = 0.0;
     o->s_tmax = INFINITY;
     o->s_noise = 1.0;
-    o->snr = 0.16;
+    o->snr = DFX_SNR_DEFAULT;
     o->corrector_steps = 1;
     o->start_langevin = -1;
-    o->start_snr = 0.16;
+    o->start_snr = DFX_SNR_DEFAULT;
     o->recipe = DFX_RECIPE_PRINCIPLED;
     o->delta = NAN;
     o->anneal = NAN;
@@ -500,6 +500,10 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->nfe = dfx_alloc((size_t)max_rows, sizeof *s->nfe, "sampler", err);
     if (!s->t || !s->coef || !s->nfe) goto oom;
     if (dfx_model_reserve(m, max_rows, err)) goto oom;
+    {
+        long nfe = dfx_sampler_nfe(s); /* -1 adaptive: a guess until a batch has run */
+        s->main_nfe = nfe < 0 ? 100.0 : (double)(nfe - s->start_langevin - (s->o.denoise ? 1 : 0));
+    }
     return s;
 oom: /* name the model and the batch: a smaller --batch needs less */
     dfx_fail_prefix(err, "model %s, %s sampler, batch of %d (about %.3g MB)", model_name(m),
@@ -582,11 +586,23 @@ int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err)
                     (unsigned long long)(s->first + (uint64_t)s->rows - 1), where, t);
 }
 
+static void report(dfx_sampler *s, int step, int steps, double t, double evals)
+{
+    double total = s->start_langevin + s->main_nfe;
+    dfx_progress p = {step, steps, t, total > 0.0 ? fmin(1.0, evals / total) : 1.0};
+    s->o.progress(s->o.progress_ctx, &p);
+}
+
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t)
 {
     if (!s->o.progress) return;
-    dfx_progress p = {step, steps, t};
-    s->o.progress(s->o.progress_ctx, &p);
+    report(s, step, steps, t, s->start_langevin + s->main_nfe * step / (steps > 0 ? steps : 1));
+}
+
+void dfx_s_progress_start(dfx_sampler *s, int done)
+{
+    if (!s->o.progress) return;
+    report(s, 0, s->n, s->t_noise, done);
 }
 
 int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
@@ -722,6 +738,8 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
     }
     local.nfe = mx;
     local.nfe_mean = sum / rows;
+    if (s->def->flags & DFX_SF_ADAPTIVE)
+        s->main_nfe = fmax(1.0, local.nfe_mean - s->start_langevin - (s->o.denoise ? 1 : 0));
     if (stats) *stats = local;
     return 0;
 }

@@ -86,6 +86,9 @@ struct dfx_sampler {
     uint64_t first;
     int rows;
     long evals;    /* network evaluations of this batch so far */
+    double main_nfe; /* evaluations per sample after the start's Langevin
+                        steps, for the progress fraction: planned, or
+                        (adaptive) the previous batch's mean */
     dfx_sample_stats *st;
 };
 
@@ -105,7 +108,10 @@ void dfx_s_lincomb(dfx_sampler *s, float *out, int k, const float *const *x, con
                    double c0);
 /* Fails if x holds NaN or Inf, naming the step. */
 int dfx_s_check(dfx_sampler *s, int step, double t, dfx_error *err);
+/* Progress of the run: step of steps done (after the start's Langevin
+ * steps); dfx_s_progress_start: `done` of those Langevin steps. */
 void dfx_s_progress(dfx_sampler *s, int step, int steps, double t);
+void dfx_s_progress_start(dfx_sampler *s, int done);
 /* em, pc: fails, explaining the stability limit, if the state diverged. */
 int dfx_s_diverged(dfx_sampler *s, dfx_error *err);
 /* em, pc: refuses a grid on which the explicit step will diverge

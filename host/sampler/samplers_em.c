@@ -82,6 +82,7 @@ static int langevin(dfx_sampler *s, double t, int K, double snr, uint32_t draw, 
         const float *xs[3] = {s->x, S, z};
         s->be->ops->lincomb(s->be, s->x, 3, xs, cf, NULL, R, s->dim);
         if (dfx_s_check(s, step, t, err)) return dfx_fail_prefix(err, "%s", what);
+        if (stream == DFX_STREAM_START) dfx_s_progress_start(s, j + 1);
     }
     return 0;
 }
