@@ -47,6 +47,10 @@ extern "C" {
 
 #define DFX_VERSION "0.1.0"
 
+/* pi and log(2 pi), where <math.h> need not define M_PI (C11) */
+#define DFX_PI 3.14159265358979323846
+#define DFX_LOG_2PI 1.8378770664093454836
+
 /* ---------------------------------------------------------------- errors */
 
 typedef struct dfx_error {

@@ -33,8 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DFX_PI 3.14159265358979323846
-
 enum { STREAM_NOISE = 21, STREAM_PROBE = 22, STREAM_PLANE = 23 };
 
 void dfx_cons_opts_default(dfx_cons_opts *o)

@@ -529,7 +529,6 @@ static int start_init(start_density *sd, dfx_model *m, const dfx_lik_opts *o, do
 
 static void start_free(start_density *sd) { free(sd->mu); }
 
-#define LOG_2PI 1.8378770664093453
 
 /* log p_start of g points x [g, D] (double) into out. */
 static int start_logp(const start_density *sd, dfx_model *m, const double *x, int g, double *out,
@@ -549,7 +548,7 @@ static int start_logp(const start_density *sd, dfx_model *m, const double *x, in
                 const double z = (xi[j] - sd->mean) / sd->sd;
                 q += z * z;
             }
-            out[i] = -0.5 * q - (double)D * (log(sd->sd) + 0.5 * LOG_2PI);
+            out[i] = -0.5 * q - (double)D * (log(sd->sd) + 0.5 * DFX_LOG_2PI);
             continue;
         }
         /* full: w = L^{-1} (x - mu) by forward substitution, w in tmp */
@@ -561,7 +560,7 @@ static int start_logp(const start_density *sd, dfx_model *m, const double *x, in
             w[j] = acc / Lj[j];
             q += w[j] * w[j];
         }
-        out[i] = -0.5 * q - 0.5 * sd->logdet - 0.5 * (double)D * LOG_2PI;
+        out[i] = -0.5 * q - 0.5 * sd->logdet - 0.5 * (double)D * DFX_LOG_2PI;
     }
     return 0;
 }

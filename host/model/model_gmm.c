@@ -173,8 +173,7 @@ static int gmm_log_marginal(dfx_model *m, double t, const float *x, int rows, do
                 const double rj = xr[j] - a * mu[j] - mm;
                 rr += rj * rj;
             }
-            /* 1.8378770664093453 = log(2 pi) */
-            lk[k] = g->logw[k] - 0.5 * rr / sig2 - 0.5 * (double)D * (1.8378770664093453 + log(sig2));
+            lk[k] = g->logw[k] - 0.5 * rr / sig2 - 0.5 * (double)D * (DFX_LOG_2PI + log(sig2));
             if (lk[k] > top) top = lk[k];
         }
         double z = 0;

@@ -81,7 +81,6 @@ float32 as diffusers runs it.
 
 import argparse
 import copy
-import gzip
 import json
 import math
 import os
@@ -91,6 +90,7 @@ import numpy as np
 import torch
 
 from .modelfile import load_model
+from .train import read_idx
 from .unet import UNet, check_config
 
 N_TRAIN = 1000
@@ -318,15 +318,6 @@ def exact_time_proj(unet):
 
     tp.forward = forward
     return u
-
-
-def read_idx(path):
-    op = gzip.open if path.endswith(".gz") else open
-    with op(path, "rb") as f:
-        raw = f.read()
-    nd = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * nd).reshape(dims)
 
 
 def test_inputs(cfg, beta_min, beta_max, data):
