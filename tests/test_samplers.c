@@ -394,17 +394,23 @@ static void log_progress(void *ctx, const dfx_progress *p)
 /* The progress fraction counts evaluations, the start's Langevin steps
  * first: 10 of them and heun's 5 steps of 2 evaluations report 1/20 ..
  * 10/20, then (10 + 2 i)/20. */
+static dfx_sample_opts heun_from_path(dfx_model *m, int steps, int start_langevin)
+{
+    dfx_sample_opts o;
+    dfx_sample_opts_default(&o, m);
+    o.sampler = "heun";
+    o.steps = steps;
+    o.denoise = 0;
+    o.path_start = 1;
+    o.start_langevin = start_langevin;
+    return o;
+}
+
 static void progress_fraction(dfx_model *m)
 {
     dfx_error err = {{0}};
     progress_log l = {0, {0}};
-    dfx_sample_opts o;
-    dfx_sample_opts_default(&o, m);
-    o.sampler = "heun";
-    o.steps = 5;
-    o.denoise = 0;
-    o.path_start = 1;
-    o.start_langevin = 10;
+    dfx_sample_opts o = heun_from_path(m, 5, 10);
     o.progress = log_progress;
     o.progress_ctx = &l;
     dfx_sampler *s = dfx_sampler_create(m, &o, 2, &err);
@@ -441,14 +447,8 @@ static void start_langevin(void)
     dfx_path_eval(&p, td, &c0);
     double v0 = C_L * C_L + c0.s * c0.s; /* variance of y at t_data */
     for (int k = 0; k <= LK; k += LK) {
-        dfx_sample_opts o;
-        dfx_sample_opts_default(&o, m);
-        o.sampler = "heun";
-        o.steps = 30;
+        dfx_sample_opts o = heun_from_path(m, 30, k);
         o.seed = 11;
-        o.denoise = 0;
-        o.path_start = 1;
-        o.start_langevin = k;
         dfx_sampler *s = dfx_sampler_create(m, &o, LN, &err);
         CHECK(s != NULL, "%s", err.msg);
         if (!s) continue;
