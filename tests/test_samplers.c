@@ -367,18 +367,6 @@ static void fitted_start(void)
     start_model(path, 1, NAN);
 }
 
-/* Langevin steps at the noise end (--start-langevin, MATH.md "The start
- * of a dale sampler") turn a wrong start into p_1. One Gaussian in 64
- * dimensions on the dale path, log x ~ N(MU_L, C_L^2 I): the probability
- * flow maps y_1 to y_0 = MU_L + c/sqrt(c^2 + s^2) (y_1 - MU_L - m(1)), so from
- * the path's start N(m(1), s(1)^2), which ignores MU_L, the samples' mean
- * lands at MU_L (1 - c/sqrt(c^2 + s^2)), far off; after the Langevin steps
- * it must be MU_L within sampling error. Its variance comes out a few per
- * cent high, as the corrector's rule makes it: the unadjusted step's bias
- * e / 2v (e = 2 snr^2 v) and, from a step that shrinks as |S| grows, a
- * density tilted by |S|^2 (1 + 2 / dim). The runs are also batch-split
- * invariant, count the steps as evaluations, and by default only dale
- * models with a fitted Gaussian start take them. */
 typedef struct progress_log {
     int n;
     double frac[64];
@@ -391,9 +379,6 @@ static void log_progress(void *ctx, const dfx_progress *p)
     l->n++;
 }
 
-/* The progress fraction counts evaluations, the start's Langevin steps
- * first: 10 of them and heun's 5 steps of 2 evaluations report 1/20 ..
- * 10/20, then (10 + 2 i)/20. */
 static dfx_sample_opts heun_from_path(dfx_model *m, int steps, int start_langevin)
 {
     dfx_sample_opts o;
@@ -406,6 +391,9 @@ static dfx_sample_opts heun_from_path(dfx_model *m, int steps, int start_langevi
     return o;
 }
 
+/* The progress fraction counts evaluations, the start's Langevin steps
+ * first: 10 of them and heun's 5 steps of 2 evaluations report 1/20 ..
+ * 10/20, then (10 + 2 i)/20. */
 static void progress_fraction(dfx_model *m)
 {
     dfx_error err = {{0}};
@@ -427,6 +415,18 @@ static void progress_fraction(dfx_model *m)
     dfx_sampler_free(s);
 }
 
+/* Langevin steps at the noise end (--start-langevin, MATH.md "The start
+ * of a dale sampler") turn a wrong start into p_1. One Gaussian in 64
+ * dimensions on the dale path, log x ~ N(MU_L, C_L^2 I): the probability
+ * flow maps y_1 to y_0 = MU_L + c/sqrt(c^2 + s^2) (y_1 - MU_L - m(1)), so from
+ * the path's start N(m(1), s(1)^2), which ignores MU_L, the samples' mean
+ * lands at MU_L (1 - c/sqrt(c^2 + s^2)), far off; after the Langevin steps
+ * it must be MU_L within sampling error. Its variance comes out a few per
+ * cent high, as the corrector's rule makes it: the unadjusted step's bias
+ * e / 2v (e = 2 snr^2 v) and, from a step that shrinks as |S| grows, a
+ * density tilted by |S|^2 (1 + 2 / dim). The runs are also batch-split
+ * invariant, count the steps as evaluations, and by default only dale
+ * models with a fitted Gaussian start take them. */
 static void start_langevin(void)
 {
     enum { LD = 64, LN = 4000, LK = 200 };

@@ -529,7 +529,6 @@ static int start_init(start_density *sd, dfx_model *m, const dfx_lik_opts *o, do
 
 static void start_free(start_density *sd) { free(sd->mu); }
 
-
 /* log p_start of g points x [g, D] (double) into out. */
 static int start_logp(const start_density *sd, dfx_model *m, const double *x, int g, double *out,
                       double *tmp, dfx_error *err)

@@ -284,6 +284,14 @@ static int check_grid(dfx_sampler *s, dfx_error *err)
     return 0;
 }
 
+/* Evaluations per sample of the sampler's steps, without the start's
+ * Langevin steps and the final denoising; -1 for adaptive samplers. */
+static long run_nfe(const dfx_sampler *s)
+{
+    if (s->def->flags & DFX_SF_ADAPTIVE) return -1;
+    return s->def->nfe ? s->def->nfe(s) : (long)s->n * s->def->d.nfe_per_step;
+}
+
 dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_rows,
                                 dfx_error *err)
 {
@@ -500,10 +508,8 @@ dfx_sampler *dfx_sampler_create(dfx_model *m, const dfx_sample_opts *o, int max_
     s->nfe = dfx_alloc((size_t)max_rows, sizeof *s->nfe, "sampler", err);
     if (!s->t || !s->coef || !s->nfe) goto oom;
     if (dfx_model_reserve(m, max_rows, err)) goto oom;
-    {
-        long nfe = dfx_sampler_nfe(s); /* -1 adaptive: a guess until a batch has run */
-        s->main_nfe = nfe < 0 ? 100.0 : (double)(nfe - s->start_langevin - (s->o.denoise ? 1 : 0));
-    }
+    const long steps_nfe = run_nfe(s);
+    s->main_nfe = steps_nfe < 0 ? 100.0 : (double)steps_nfe; /* adaptive: a guess */
     return s;
 oom: /* name the model and the batch: a smaller --batch needs less */
     dfx_fail_prefix(err, "model %s, %s sampler, batch of %d (about %.3g MB)", model_name(m),
@@ -746,9 +752,8 @@ int dfx_sampler_run(dfx_sampler *s, uint64_t first_index, int rows, float *out,
 
 long dfx_sampler_nfe(const dfx_sampler *s)
 {
-    if (s->def->flags & DFX_SF_ADAPTIVE) return -1;
-    long n = s->def->nfe ? s->def->nfe(s) : (long)s->n * s->def->d.nfe_per_step;
-    return s->start_langevin + n + (s->o.denoise ? 1 : 0);
+    long n = run_nfe(s);
+    return n < 0 ? -1 : s->start_langevin + n + (s->o.denoise ? 1 : 0);
 }
 
 int dfx_sampler_start_langevin(const dfx_sampler *s)
