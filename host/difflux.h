@@ -190,6 +190,9 @@ typedef struct dfx_model_info {
     size_t n_params;         /* stored numbers                                */
     int num_classes;         /* class-conditional models: K (labels 0..K-1), else 0 */
     double flops;            /* floating-point operations per evaluation of one sample */
+    const char *guide;       /* the guide its config names for sampling (a file beside
+                                the model's, "" if none; dfx_model_set_guide) */
+    double guide_weight;     /* and its weight */
 } dfx_model_info;
 
 /* A difflux model file, or a model saved by diffusers: a pipeline folder
@@ -220,6 +223,16 @@ size_t dfx_model_scratch_bytes(const dfx_model *m, int rows);
 #define DFX_CLASS_NONE (-1)
 #define DFX_CLASS_CYCLE (-2)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err);
+
+/* Guidance by a weaker model of the same data ("autoguidance"): every
+ * prediction of m becomes P_g + w (P - P_g), P_g that of `guide` (a less
+ * trained or smaller network on the same path and image shape); w = 1 is m
+ * alone. Each evaluation then runs both networks. On success m owns guide
+ * (freed with m; a later call replaces it, NULL removes it); on failure
+ * the caller keeps it. */
+int dfx_model_set_guide(dfx_model *m, dfx_model *guide, double w, dfx_error *err);
+/* The CLI's --guide-weight when none is given. */
+#define DFX_GUIDE_WEIGHT_DEFAULT 2
 
 /* A diagnostic perturbation of the model's field (MATH.md 4.4): its
  * velocity v becomes v + lambda s(t) M eps, eps = -s S its noise

@@ -93,6 +93,15 @@ expect 0 "$TMP/s.npy" -- "$DFX" sample --model "$MODEL" --n 3 --steps 4 --no-png
 # 3 samples x 784 floats + a 128-byte header
 size=$(stat -c %s "$TMP/s.npy")
 [ "$size" -eq $((128 + 3 * 784 * 4)) ] || { echo "FAIL: s.npy has $size bytes"; fails=$((fails + 1)); }
+# --guide-model (autoguidance): needs its model, refuses another path; at
+# weight 1 the guided run is the model's own, bit for bit
+expect 1 "--guide-weight needs --guide-model FILE .*names no guide" -- "$DFX" sample --model "$MODEL" --guide-weight 2 --out "$TMP/guided.png"
+expect 2 "--guide-weight expects a number, got .inf." -- "$DFX" sample --model "$MODEL" --guide-model "$MODEL" --guide-weight inf --out "$TMP/guided.png"
+expect 1 "--guide-model: guide .*mnist-dale-gmm.safetensors is on the path dale, the model .* on linear" -- "$DFX" sample --model "$MODEL" --guide-model "$SRC/models/mnist-dale-gmm.safetensors" --n 1 --out "$TMP/guided.png"
+[ ! -e "$TMP/guided.png" ] || { echo "FAIL: a refused guide still wrote a grid"; fails=$((fails + 1)); }
+expect 0 "guided by .* with weight 1" -- "$DFX" sample --model "$MODEL" --guide-model "$MODEL" --guide-weight 1 --n 3 --steps 4 --no-png --npy "$TMP/g1.npy"
+"$DFX" sample --model "$MODEL" --n 3 --steps 4 --no-png --npy "$TMP/g0.npy" --quiet
+cmp -s "$TMP/g0.npy" "$TMP/g1.npy" || { echo "FAIL: --guide-weight 1 changed the samples"; fails=$((fails + 1)); }
 # make-gmm writes a model that samples
 expect 0 "wrote $TMP/m.safetensors: 20 components" -- "$DFX" make-gmm --images "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --count 20 --out "$TMP/m.safetensors"
 expect 0 "samples/s" -- "$DFX" sample --model "$TMP/m.safetensors" --n 2 --steps 3 --out "$TMP/m.png" --sampler dopri5

@@ -347,6 +347,35 @@ static void hardening(void)
                  48);
     expect_fail("config kind section key twice", "key 'components' appears twice in gmm");
 
+    /* "guide": a file beside the model and a finite weight */
+    static const char *const bad_guides[] = {
+        "{\"file\":\"g.safetensors\"}", "{\"file\":\"../g.safetensors\",\"weight\":2}",
+        "{\"file\":\"\",\"weight\":2}", "\"g.safetensors\"", "{\"file\":3,\"weight\":2}"};
+    for (size_t i = 0; i < sizeof bad_guides / sizeof bad_guides[0]; i++) {
+        char to[160];
+        snprintf(to, sizeof to, "\"prediction\":\"data\",\"guide\":%s", bad_guides[i]);
+        write_header(good_header(config_edit("\"prediction\":\"data\"", to)), 48);
+        expect_fail(bad_guides[i], "config: guide must be {\"file\": NAME of a file beside");
+    }
+    write_header(good_header(config_edit(
+                     "\"prediction\":\"data\"",
+                     "\"prediction\":\"data\",\"guide\":{\"file\":\"g.safetensors\",\"weight\":1.5}")),
+                 48);
+    {
+        dfx_error err = {{0}};
+        dfx_model *m = dfx_model_load(path, be, &err);
+        CHECK(m != NULL, "a guide in the config: %s", err.msg);
+        if (m) {
+            char want[300];
+            snprintf(want, sizeof want, "%s/g.safetensors", dir);
+            const dfx_model_info *mi = dfx_model_get_info(m);
+            CHECK(strcmp(mi->guide, want) == 0 && mi->guide_weight == 1.5,
+                  "guide resolved to '%s' (weight %g), not '%s'", mi->guide, mi->guide_weight,
+                  want);
+        }
+        dfx_model_free(m);
+    }
+
     /* 5: a NUL hides the rest of a name; control bytes are no names */
     write_edited(CONFIG, "\"gmm.means\"", "\"gmm.means\\u0000junk\"", 48);
     expect_fail("NUL in a name", "\\u0000 (NUL) escape");

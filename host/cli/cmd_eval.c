@@ -61,12 +61,15 @@ static int write_json(const char *file, const cli_quality *q, const cli_draw *d,
                           q->kid_std, q->confidence, q->low_conf, q->covered, q->entropy);
     for (int k = 0; k < q->K && n < cap; k++)
         n += (size_t)snprintf(buf + n, cap - n, "%s%ld", k ? ", " : "", q->hist[k]);
+    if (n < cap) n += (size_t)snprintf(buf + n, cap - n, "]");
     if (n < cap && q->nn_done)
         n += (size_t)snprintf(buf + n, cap - n,
-                              "], \"nn_median\": %.6g, \"nn_min\": %.6g, \"nn_close\": %.6g}\n",
+                              ", \"nn_median\": %.6g, \"nn_min\": %.6g, \"nn_close\": %.6g",
                               q->nn_median, q->nn_min, q->nn_close);
-    else if (n < cap)
-        n += (size_t)snprintf(buf + n, cap - n, "]}\n");
+    if (n < cap && !from_file && d->guide_model)
+        n += (size_t)snprintf(buf + n, cap - n, ", \"guide_model\": \"%s\", \"guide_weight\": %g",
+                              d->guide_model, d->guide_weight);
+    if (n < cap) n += (size_t)snprintf(buf + n, cap - n, "}\n");
     if (n >= cap) return dfx_fail(err, "%s: report too long", file);
     return dfx_write_text(file, buf, err);
 }

@@ -29,6 +29,7 @@ void cli_draw_init(cli_draw *d)
     d->rtol = d->atol = 1e-4;
     d->eps0 = 1;
     d->guidance = 1.0;
+    d->guide_weight = DFX_GUIDE_WEIGHT_DEFAULT;
     d->eta = NAN;
     d->snr = DFX_SNR_DEFAULT;
     d->start_langevin = -1;
@@ -120,6 +121,15 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
          0},
         {"guidance", OPT_DOUBLE, &d->guidance, "W",
          "classifier-free guidance: P_u + W (P_c - P_u) (1 = plain conditional)", 0},
+        {"guide-model", OPT_STR, &d->guide_model, "FILE",
+         "autoguidance: P_g + W (P - P_g), P_g this weaker model's prediction (the same data "
+         "and path, trained less or smaller; every evaluation runs both). Default: the guide "
+         "the model's config names, if any; none: without",
+         0},
+        {"guide-weight", OPT_DOUBLE, &d->guide_weight, "W",
+         "its weight W (the model's, else " DFX_STR(DFX_GUIDE_WEIGHT_DEFAULT)
+         "; 1 = the model alone)",
+         0},
         {"path", OPT_STR, &d->path, "FAMILY",
          "analytic models only: sample on linear trig vp vp_cosine ve", 0},
         {"perturb", OPT_STR, &d->perturb, "KIND:L",
@@ -131,6 +141,8 @@ int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler)
         {"progress", OPT_FLAG, &d->progress, NULL,
          "show the progress bar even when not a terminal", 0},
     };
+    _Static_assert(sizeof common / sizeof common[0] <= CLI_DRAW_OPTS,
+                   "the shared options outgrew CLI_DRAW_OPTS");
     for (size_t i = 0; i < sizeof common / sizeof common[0]; i++) {
         if (!with_sampler &&
             (strcmp(common[i].name, "sampler") == 0 || strcmp(common[i].name, "steps") == 0))
@@ -237,6 +249,9 @@ int cli_draw_check(const char *cmd, cli_draw *d, const cli_opt *opts, int nopts,
         if (dfx_perturb_parse(d->perturb, &d->perturb_kind, &d->perturb_lambda, &e))
             return usage_fail(cmd, "--perturb %s", e.msg);
     }
+    if (cli_find(opts, nopts, "guide-weight")->set && d->guide_model &&
+        strcmp(d->guide_model, "none") == 0)
+        return usage_fail(cmd, "--guide-weight contradicts --guide-model none%s", "");
     if (!d->model) d->model = cli_default_model();
     if (d->batch == 0) d->batch = n < 64 ? (int)n : 64;
     if (d->batch > n) d->batch = (int)n;
@@ -262,6 +277,44 @@ dfx_backend *cli_backend_open(const char *device, int threads, const char *preci
     return be;
 }
 
+/* --guide-model FILE, or the guide the model's config names (--guide-model
+ * none: without it); --guide-weight, or the config's weight. */
+static int open_guide(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
+{
+    const dfx_model_info *mi = dfx_model_get_info(d->m);
+    int weight_set = cli_find(opts, nopts, "guide-weight")->set, own = 0;
+    if (d->guide_model && strcmp(d->guide_model, "none") == 0) {
+        d->guide_model = NULL;
+        return 0;
+    }
+    if (!d->guide_model && mi->guide[0]) {
+        d->guide_model = mi->guide;
+        if (!weight_set) d->guide_weight = mi->guide_weight;
+        own = 1;
+    }
+    if (!d->guide_model)
+        return weight_set ? dfx_fail(err, "--guide-weight needs --guide-model FILE (%s names "
+                                          "no guide of its own)",
+                                     d->model)
+                          : 0;
+    dfx_model *g = dfx_model_load(d->guide_model, d->be, err);
+    if (g && dfx_model_set_guide(d->m, g, d->guide_weight, err)) {
+        dfx_model_free(g);
+        g = NULL;
+    }
+    if (!g)
+        return own ? dfx_fail_prefix(err, "%s: the guide its config names (--guide-model none "
+                                          "samples without it)",
+                                     d->model)
+                   : dfx_fail_prefix(err, "--guide-model");
+    if (!d->quiet && cli_mpi_rank() == 0)
+        fprintf(stderr, "difflux: guided by %s with weight %g%s (each evaluation runs both "
+                        "networks)\n",
+                d->guide_model, d->guide_weight,
+                own ? ", the model's own guide (--guide-model none: without)" : "");
+    return 0;
+}
+
 int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
 {
     /* one GPU per rank of a node when several processes share it */
@@ -282,6 +335,7 @@ int cli_draw_open(cli_draw *d, const cli_opt *opts, int nopts, dfx_error *err)
         dfx_path_default(&p, d->fam);
         if (dfx_model_set_path(d->m, &p, err)) return -1;
     }
+    if (open_guide(d, opts, nopts, err)) return -1;
     if (d->perturb &&
         dfx_model_set_perturb(d->m, d->perturb_kind, d->perturb_lambda, err))
         return dfx_fail_prefix(err, "--perturb %s", d->perturb);

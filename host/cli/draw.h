@@ -11,13 +11,14 @@
 typedef struct cli_draw {
     /* option values */
     const char *model, *sampler, *device, *precision, *grid, *noise, *path, *cls, *recipe,
-        *max_memory, *scheduler, *init, *restart, *variant, *start_name, *perturb;
+        *max_memory, *scheduler, *init, *restart, *variant, *start_name, *perturb,
+        *guide_model;
     int order;
     int steps, batch, threads, corrector_steps, inner, path_start, no_denoise, quiet, progress,
         verbose, allow_unstable, start_langevin;
     uint64_t seed, start, max_nfe;
     double rho, shift, t_noise, t_data, rtol, atol, eps0, guidance, eta, snr, delta,
-        anneal, churn, s_tmin, s_tmax, s_noise, start_snr;
+        anneal, churn, s_tmin, s_tmax, s_noise, start_snr, guide_weight;
     /* parsed */
     dfx_grid g;
     dfx_noise nz;
@@ -53,7 +54,7 @@ void cli_bar_draw(cli_bar *b, double frac, int final);
 /* Defaults, and the option table entries (at most CLI_DRAW_OPTS) appended
  * after the n of the command's own; returns the length of the whole table.
  * `sweep` leaves out sampler and steps (with_sampler 0). */
-enum { CLI_DRAW_OPTS = 48 };
+enum { CLI_DRAW_OPTS = 56 };
 void cli_draw_init(cli_draw *d);
 int cli_draw_options(cli_draw *d, cli_opt *opts, int n, int with_sampler);
 /* Checks the options that need no model, and sets the batch size for n

@@ -257,6 +257,30 @@ int dfx_config_parse(dfx_model_config *c, const char *json, const char *file, df
     }
     get_str(r, "sampler", c->sampler, sizeof c->sampler);
     get_str(r, "paper_recipe", c->paper_recipe, sizeof c->paper_recipe);
+    const cJSON *gd = cJSON_GetObjectItemCaseSensitive(r, "guide");
+    if (gd) {
+        /* the weaker model that guides sampling by default (autoguidance),
+         * a file beside this one */
+        const cJSON *gf = cJSON_GetObjectItemCaseSensitive(gd, "file");
+        const cJSON *gw = cJSON_GetObjectItemCaseSensitive(gd, "weight");
+        if (!cJSON_IsObject(gd) || !cJSON_IsString(gf) || !gf->valuestring[0] ||
+            strchr(gf->valuestring, '/') || !cJSON_IsNumber(gw) ||
+            !isfinite(gw->valuedouble)) {
+            dfx_fail(err,
+                     "%s: config: guide must be {\"file\": NAME of a file beside the model, "
+                     "\"weight\": number}",
+                     file);
+            goto fail;
+        }
+        const char *slash = strrchr(file, '/');
+        int dir = slash ? (int)(slash - file + 1) : 0;
+        if (snprintf(c->guide_file, sizeof c->guide_file, "%.*s%s", dir, file,
+                     gf->valuestring) >= (int)sizeof c->guide_file) {
+            dfx_fail(err, "%s: config: guide.file: the path is too long", file);
+            goto fail;
+        }
+        c->guide_weight = gw->valuedouble;
+    }
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(r, "sampler_options");
     if (so) {
         const cJSON *ord = cJSON_GetObjectItemCaseSensitive(so, "order");

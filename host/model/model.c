@@ -31,6 +31,8 @@ dfx_model *dfx_model_new(dfx_backend *be, const dfx_model_config *cfg, dfx_error
     i->dataset = m->cfg.dataset;
     i->description = m->cfg.description;
     i->training = m->cfg.training;
+    i->guide = m->cfg.guide_file;
+    i->guide_weight = m->cfg.guide_weight;
     return m;
 }
 
@@ -181,6 +183,7 @@ void dfx_model_free(dfx_model *m)
     if (m->start_scale) m->be->ops->free(m->be, m->start_scale);
     free(m->coef);
     dfx_perturb_free(m);
+    dfx_guide_free(m);
     dfx_config_free(&m->cfg);
     free(m);
 }
@@ -210,6 +213,10 @@ int dfx_model_generative(const dfx_model *m, dfx_error *err)
 int dfx_model_set_class(dfx_model *m, int cls, double guidance, dfx_error *err)
 {
     if (dfx_model_generative(m, err)) return -1;
+    /* a conditional guide follows the model's class */
+    if (m->guide && m->guide->vt->set_class &&
+        m->guide->vt->set_class(m->guide, cls, guidance, err))
+        return dfx_fail_prefix(err, "guide");
     if (m->vt->set_class) return m->vt->set_class(m, cls, guidance, err);
     if (cls == DFX_CLASS_NONE && guidance == 1.0) return 0;
     return dfx_fail(err, "%s: a %s model takes no class (--class/--guidance)",
@@ -268,7 +275,7 @@ static size_t path_desc(char *buf, size_t cap, const dfx_path *p)
 int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
 {
     const dfx_model_info *i = &m->info;
-    char pd[256], field[448], start[384] = "";
+    char pd[256], field[448], start[1536] = "";
     path_desc(pd, sizeof pd, &i->path);
     double tn, td;
     dfx_path_default_range(&i->path, &tn, &td);
@@ -287,6 +294,12 @@ int dfx_model_describe(const dfx_model *m, char *buf, size_t cap)
     else if (m->cfg.has_start)
         snprintf(start, sizeof start, "start        fitted N(%g, %g^2) per value\n",
                  m->cfg.start_mean, m->cfg.start_std);
+    if (m->cfg.guide_file[0]) {
+        size_t l = strlen(start);
+        snprintf(start + l, sizeof start - l,
+                 "guide        %s, weight %g (sampling's default; --guide-model none: without)\n",
+                 m->cfg.guide_file, m->cfg.guide_weight);
+    }
     if (i->path.family == DFX_PATH_DALE) {
         size_t l = strlen(start);
         snprintf(start + l, sizeof start - l,
@@ -323,12 +336,13 @@ size_t dfx_model_scratch_bytes(const dfx_model *m, int rows)
     /* the kind's reserve (the networks' plans; the other kinds' scratch is
      * O(rows) on the host) */
     if (m->vt->scratch_bytes) bytes += m->vt->scratch_bytes(m, (int)R);
-    return bytes;
+    return bytes + dfx_guide_scratch_bytes(m, (int)R);
 }
 
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err)
 {
     if (m->vt->reserve && m->vt->reserve(m, rows, err)) return -1;
+    if (m->guide && dfx_model_reserve(m->guide, rows, err)) return -1;
     if (rows <= m->cap_rows) return 0;
     float *p = dfx_be_alloc(m->be, (size_t)rows * m->dim * sizeof(float), "prediction buffer",
                             err);
@@ -370,6 +384,7 @@ int dfx_model_predict(dfx_model *m, const double *t, const float *x, float *out,
                       dfx_error *err)
 {
     if (predict_native(m, t, x, out, rows, err)) return -1;
+    if (dfx_guide_apply(m, t, x, out, NULL, NULL, rows, err)) return -1;
     return dfx_perturb_apply(m, t, x, out, NULL, NULL, rows, err);
 }
 
@@ -384,7 +399,7 @@ int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h,
     if (!m->analytic && m->native == DFX_PRED_SCORE) {
         if (m->vt->predict(m, t, x, h, rows, err)) return -1;
         be->ops->mul_add(be, h, x, h, 0.0, n);
-        return 0;
+        return dfx_guide_hyvarinen(m, t, x, h, rows, err);
     }
     /* analytic models live in y = log x, eps networks predict in y (from
      * x): h = grad_y log p - 1 */
@@ -398,7 +413,7 @@ int dfx_model_hyvarinen(dfx_model *m, const double *t, const float *x, float *h,
         m->coef[rows + r] = -1.0;
     }
     be->ops->lincomb(be, h, 1, xs, m->coef, m->coef + rows, rows, m->dim);
-    return 0;
+    return dfx_guide_hyvarinen(m, t, x, h, rows, err);
 }
 
 int dfx_model_convert_coefs(const dfx_model *m, const double *t, int rows, dfx_pred from,
@@ -493,6 +508,7 @@ int dfx_model_jvp(dfx_model *m, const double *t, const float *x, const float *v,
             be->ops->mul_add(be, P, xb, P, 1.0, n);
         }
     }
+    if (dfx_guide_apply(m, t, x, P, v, dP, rows, err)) return -1;
     if (dfx_perturb_apply(m, t, x, P, v, dP, rows, err)) return -1;
     double *A = m->coef, *B = m->coef + rows, *C = m->coef + 2 * rows;
     if (dfx_model_convert_coefs(m, t, rows, m->native, want, A, B, C, err)) return -1;

@@ -35,6 +35,9 @@ typedef struct dfx_model_config {
     char sampler[32];       /* the sampler that matches the model's scheduler ("": none) */
     int sampler_order;      /* and its --order and --variant (0, "": the sampler's own) */
     char sampler_variant[16];
+    char guide_file[1024];  /* "guide": the model that guides sampling by default, its
+                               file beside this one's ("": none), and its weight */
+    double guide_weight;
     char paper_recipe[32];  /* dale models: the data set whose tuning --recipe paper uses
                                ("": mnist) */
     char dataset[128];
@@ -126,6 +129,11 @@ struct dfx_model {
     double perturb_lambda;
     float *perturb_host; /* host scratch [4, perturb_rows, dim] + [2, dim] (perturb.c) */
     int perturb_rows;
+    dfx_model *guide; /* dfx_model_set_guide (owned), its weight w (guide.c) */
+    double guide_w;
+    float *gbuf;      /* backend [2, gcap_rows, dim]: the guide's prediction, tangent */
+    double *gcoef;    /* host [2 gcap_rows]: the mixing weights */
+    int gcap_rows;
 };
 
 /* 0 for a model that samplers can run; -1 with a message for a classifier. */
@@ -136,6 +144,16 @@ int dfx_model_generative(const dfx_model *m, dfx_error *err);
 int dfx_perturb_apply(dfx_model *m, const double *t, const float *x, float *P, const float *v,
                       float *dP, int rows, dfx_error *err);
 void dfx_perturb_free(dfx_model *m);
+/* Guidance by a weaker model (guide.c): P = P_g + w (P - P_g) for a native
+ * prediction P in the samplers' space at (t, x), and the same for its
+ * tangent dP along v when v is not NULL; for the dale samplers' field h
+ * (dfx_model_hyvarinen) likewise. No-ops without a guide. */
+int dfx_guide_apply(dfx_model *m, const double *t, const float *x, float *P, const float *v,
+                    float *dP, int rows, dfx_error *err);
+int dfx_guide_hyvarinen(dfx_model *m, const double *t, const float *x, float *h, int rows,
+                        dfx_error *err);
+size_t dfx_guide_scratch_bytes(const dfx_model *m, int rows);
+void dfx_guide_free(dfx_model *m);
 /* Allocates what evaluation needs for batches of up to `rows`. */
 int dfx_model_reserve(dfx_model *m, int rows, dfx_error *err);
 /* h = x * grad_x log p(x) at ambient x (the multiplicative samplers'

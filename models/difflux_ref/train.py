@@ -178,6 +178,8 @@ def model_config(cfg, start=None):
         out["start"] = dict(cfg["start"])
     if "paper_recipe" in cfg:  # dale: the data set whose tuning --recipe paper uses
         out["paper_recipe"] = cfg["paper_recipe"]
+    if "guide" in cfg:  # the weaker model that guides sampling by default (a file beside)
+        out["guide"] = dict(cfg["guide"])
     return out
 
 
