@@ -179,6 +179,10 @@ static void test_refusals(void)
     CHECK(dfx_model_set_guide(m, g, NAN, &err) != 0 && strstr(err.msg, "finite"),
           "a NaN weight: %s", err.msg);
     CHECK_OK(dfx_model_set_guide(m, g, 2.0, &err), err);
+    dfx_path vpp;
+    dfx_path_default(&vpp, DFX_PATH_VP);
+    CHECK(dfx_model_set_path(m, &vpp, &err) != 0 && strstr(err.msg, "guide"),
+          "a guided model moved to another path: %s", err.msg);
     dfx_model *h = gmm(DFX_PATH_LINEAR, 1, D);
     CHECK(dfx_model_set_guide(h, m, 2.0, &err) != 0 && strstr(err.msg, "guided"),
           "a guided guide: %s", err.msg);

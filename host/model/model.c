@@ -230,6 +230,10 @@ int dfx_model_set_path(dfx_model *m, const dfx_path *p, dfx_error *err)
                         "%s: a %s model was trained on the %s path and cannot be sampled on "
                         "another one",
                         m->file, m->cfg.kind, dfx_path_name(m->cfg.path.family));
+    if (m->guide)
+        return dfx_fail(err, "%s: the path of a guided model is the guide's too: choose it "
+                             "before dfx_model_set_guide",
+                        m->file[0] ? m->file : "model");
     if ((p->family == DFX_PATH_DISCRETE) != (m->cfg.path.family == DFX_PATH_DISCRETE))
         return dfx_fail(err,
                         "%s: the discrete path comes with a diffusers schedule; it cannot be "
