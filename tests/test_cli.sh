@@ -102,6 +102,17 @@ expect 1 "--guide-model: guide .*mnist-dale-gmm.safetensors is on the path dale,
 expect 0 "guided by .* with weight 1" -- "$DFX" sample --model "$MODEL" --guide-model "$MODEL" --guide-weight 1 --n 3 --steps 4 --no-png --npy "$TMP/g1.npy"
 "$DFX" sample --model "$MODEL" --n 3 --steps 4 --no-png --npy "$TMP/g0.npy" --quiet
 cmp -s "$TMP/g0.npy" "$TMP/g1.npy" || { echo "FAIL: --guide-weight 1 changed the samples"; fails=$((fails + 1)); }
+# a model whose config names its guide (fashion-flow) is guided by default;
+# --guide-model none samples without it; a copy without the guide beside it
+# is refused with the way out
+FF=$SRC/models/fashion-flow.safetensors
+expect 0 "guided by .*fashion-flow-guide.safetensors with weight 1.5, the model's own guide" -- "$DFX" sample --model "$FF" --n 2 --steps 2 --no-png --npy "$TMP/ffg.npy"
+"$DFX" sample --model "$FF" --guide-model none --n 2 --steps 2 --no-png --npy "$TMP/ff0.npy" 2>"$TMP/ff0.err"
+! grep -q "guided" "$TMP/ff0.err" && ! cmp -s "$TMP/ffg.npy" "$TMP/ff0.npy" || { echo "FAIL: --guide-model none"; fails=$((fails + 1)); }
+expect 2 "--guide-weight contradicts --guide-model none" -- "$DFX" sample --model "$FF" --guide-model none --guide-weight 2 --out "$TMP/guided.png"
+mkdir -p "$TMP/alone" && cp "$FF" "$TMP/alone/"
+expect 1 "the guide its config names \(--guide-model none samples without it\).*alone/fashion-flow-guide.safetensors" -- "$DFX" sample --model "$TMP/alone/fashion-flow.safetensors" --n 1 --out "$TMP/guided.png"
+expect 0 "fashion-flow.safetensors" -- "$DFX" sample --model "$TMP/alone/fashion-flow.safetensors" --guide-model none --n 1 --steps 2 --out "$TMP/alone.png"
 # make-gmm writes a model that samples
 expect 0 "wrote $TMP/m.safetensors: 20 components" -- "$DFX" make-gmm --images "$SRC/models/data/mnist10k-images-idx3-ubyte.gz" --count 20 --out "$TMP/m.safetensors"
 expect 0 "samples/s" -- "$DFX" sample --model "$TMP/m.safetensors" --n 2 --steps 3 --out "$TMP/m.png" --sampler dopri5
