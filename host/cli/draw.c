@@ -588,6 +588,7 @@ int cli_draw_memory(cli_draw *d, long n, double extra, dfx_error *err)
     const double row = (double)d->dim * sizeof(float);
     const int gpu = strcmp(dfx_backend_name(d->be), "cpu") != 0;
     double weights = (double)d->mi->n_params * sizeof(float);
+    if (d->m->guide) weights += (double)dfx_model_get_info(d->m->guide)->n_params * sizeof(float);
     double run = (double)dfx_sampler_bytes(d->m, &d->o, batch);
     double samples = (rank == 0 ? (double)n : (double)mine) * row;
     double host = samples + (rank == 0 ? extra : 0.0) + (gpu ? 0.0 : run);
