@@ -17,12 +17,13 @@ static const float W1[K] = {0.7f, 0.3f}, W2[K] = {0.4f, 0.6f};
 
 static dfx_backend *be;
 
-static dfx_model *gmm(dfx_path_family fam, int which, int width)
+/* Mixture 1 or 2 (which = 0, 1) of D values on the default path of fam. */
+static dfx_model *gmm(dfx_path_family fam, int which)
 {
     dfx_error err = {{0}};
     dfx_path p;
     dfx_path_default(&p, fam);
-    dfx_model *m = dfx_model_gmm_create(be, &p, 1, 1, width, -2, 2, K, which ? MU2 : MU1,
+    dfx_model *m = dfx_model_gmm_create(be, &p, 1, 1, D, -2, 2, K, which ? MU2 : MU1,
                                         which ? CS2 : CS1, which ? W2 : W1, &err);
     CHECK(m != NULL, "gmm: %s", err.msg);
     return m;
@@ -51,9 +52,9 @@ static void test_identity(void)
     float x[ROWS * D], v[ROWS * D], f[3][ROWS * D], j[3][ROWS * D];
     double t[ROWS];
     for (size_t k = 0; k < sizeof fams / sizeof fams[0]; k++) {
-        dfx_model *m = gmm(fams[k], 0, D), *a = gmm(fams[k], 0, D), *g = gmm(fams[k], 1, D);
+        dfx_model *m = gmm(fams[k], 0), *a = gmm(fams[k], 0), *g = gmm(fams[k], 1);
         if (!m || !a || !g) return;
-        CHECK_OK(dfx_model_set_guide(m, gmm(fams[k], 1, D), w, &err), err);
+        CHECK_OK(dfx_model_set_guide(m, gmm(fams[k], 1), w, &err), err);
         for (int p = 0; p < DFX_PRED_COUNT; p++) {
             rng_fill_normal(&r, x, ROWS * D, 1.0f);
             rng_fill_normal(&r, v, ROWS * D, 1.0f);
@@ -78,10 +79,10 @@ static void test_identity(void)
         dfx_model_free(g);
     }
     /* the dale samplers' field h = grad_y log p - 1, at positive x */
-    dfx_model *m = gmm(DFX_PATH_DALE, 0, D), *a = gmm(DFX_PATH_DALE, 0, D),
-              *g = gmm(DFX_PATH_DALE, 1, D);
+    dfx_model *m = gmm(DFX_PATH_DALE, 0), *a = gmm(DFX_PATH_DALE, 0),
+              *g = gmm(DFX_PATH_DALE, 1);
     if (!m || !a || !g) return;
-    CHECK_OK(dfx_model_set_guide(m, gmm(DFX_PATH_DALE, 1, D), w, &err), err);
+    CHECK_OK(dfx_model_set_guide(m, gmm(DFX_PATH_DALE, 1), w, &err), err);
     for (int i = 0; i < ROWS * D; i++) x[i] = 1.0f + (float)rng_uniform(&r);
     for (int i = 0; i < ROWS; i++) t[i] = 0.1 + 0.8 * rng_uniform(&r);
     dfx_model *ms[3] = {m, a, g};
@@ -167,15 +168,19 @@ static void test_closed_form(void)
 static void test_refusals(void)
 {
     dfx_error err = {{0}};
-    dfx_model *m = gmm(DFX_PATH_LINEAR, 0, D);
-    dfx_model *vp = gmm(DFX_PATH_VP, 1, D), *wide = gmm(DFX_PATH_LINEAR, 1, 2 * D);
+    dfx_model *m = gmm(DFX_PATH_LINEAR, 0);
+    static const float wide_mu[K * 2 * D] = {0};
+    dfx_path lin;
+    dfx_path_default(&lin, DFX_PATH_LINEAR);
+    dfx_model *vp = gmm(DFX_PATH_VP, 1),
+              *wide = dfx_model_gmm_create(be, &lin, 1, 1, 2 * D, -2, 2, K, wide_mu, CS2, W2, &err);
     if (!m || !vp || !wide) return;
     CHECK(dfx_model_set_guide(m, vp, 2.0, &err) != 0 && strstr(err.msg, "path"),
           "a guide on another path: %s", err.msg);
     CHECK(dfx_model_set_guide(m, wide, 2.0, &err) != 0 && strstr(err.msg, "images"),
           "a guide of another shape: %s", err.msg);
     CHECK(dfx_model_set_guide(m, m, 2.0, &err) != 0, "the model as its own guide");
-    dfx_model *g = gmm(DFX_PATH_LINEAR, 1, D);
+    dfx_model *g = gmm(DFX_PATH_LINEAR, 1);
     CHECK(dfx_model_set_guide(m, g, NAN, &err) != 0 && strstr(err.msg, "finite"),
           "a NaN weight: %s", err.msg);
     CHECK_OK(dfx_model_set_guide(m, g, 2.0, &err), err);
@@ -183,7 +188,7 @@ static void test_refusals(void)
     dfx_path_default(&vpp, DFX_PATH_VP);
     CHECK(dfx_model_set_path(m, &vpp, &err) != 0 && strstr(err.msg, "guide"),
           "a guided model moved to another path: %s", err.msg);
-    dfx_model *h = gmm(DFX_PATH_LINEAR, 1, D);
+    dfx_model *h = gmm(DFX_PATH_LINEAR, 1);
     CHECK(dfx_model_set_guide(h, m, 2.0, &err) != 0 && strstr(err.msg, "guided"),
           "a guided guide: %s", err.msg);
     CHECK(dfx_model_scratch_bytes(m, 8) > dfx_model_scratch_bytes(h, 8),
