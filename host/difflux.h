@@ -150,6 +150,9 @@ typedef enum {
 
 void dfx_path_default(dfx_path *p, dfx_path_family family);
 void dfx_path_eval(const dfx_path *p, double t, dfx_coef *c);
+/* 1 when a and b are the same path: family, its parameters and, for a
+ * discrete one, the whole schedule. */
+int dfx_path_equal(const dfx_path *a, const dfx_path *b);
 /* 1 when the data end of the path is t = 1 (interpolants), 0 when t = 0. */
 int dfx_path_data_at_one(const dfx_path *p);
 /* log-SNR lambda(t) = log(a / s); +-INFINITY at an end where s or a is 0. */

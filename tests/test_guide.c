@@ -177,6 +177,30 @@ static void test_refusals(void)
     if (!m || !vp || !wide) return;
     CHECK(dfx_model_set_guide(m, vp, 2.0, &err) != 0 && strstr(err.msg, "path"),
           "a guide on another path: %s", err.msg);
+    /* the same family with other parameters, and discrete schedules that
+     * differ only in their last step (past any printed summary of them) */
+    dfx_path pa, pb;
+    dfx_path_default(&pa, DFX_PATH_VP);
+    pb = pa;
+    pb.beta_max = 10.0;
+    CHECK(!dfx_path_equal(&pa, &pb) && dfx_path_equal(&pa, &pa), "vp paths compared wrongly");
+    static double tab[1000];
+    dfx_path_default(&pa, DFX_PATH_DISCRETE);
+    memcpy(tab, pa.log_abar, sizeof tab);
+    tab[999] *= 1.0 + 1e-12;
+    pb = pa;
+    CHECK(dfx_path_equal(&pa, &pb), "a discrete path differs from its copy");
+    pb.log_abar = tab;
+    CHECK(!dfx_path_equal(&pa, &pb), "discrete schedules differing in the last step compared equal");
+    dfx_path_default(&pb, DFX_PATH_VP);
+    pb.beta_max = 10.0;
+    dfx_model *vp10 = dfx_model_gmm_create(be, &pb, 1, 1, D, -2, 2, K, MU2, CS2, W2, &err);
+    dfx_model *vp20 = gmm(DFX_PATH_VP, 0);
+    CHECK(vp10 && vp20 && dfx_model_set_guide(vp20, vp10, 2.0, &err) != 0 &&
+              strstr(err.msg, "beta_max"),
+          "a guide on the same family with other parameters: %s", err.msg);
+    dfx_model_free(vp10);
+    dfx_model_free(vp20);
     CHECK(dfx_model_set_guide(m, wide, 2.0, &err) != 0 && strstr(err.msg, "images"),
           "a guide of another shape: %s", err.msg);
     CHECK(dfx_model_set_guide(m, m, 2.0, &err) != 0, "the model as its own guide");

@@ -24,7 +24,7 @@ static const char *file_of(const dfx_model *m)
     return m->file[0] ? m->file : "model";
 }
 
-/* The path as text, for comparing two models' paths (buf "" on failure). */
+/* The path as text, for messages (buf "" on failure). */
 static void path_text(const dfx_path *p, char *buf, size_t cap)
 {
     buf[0] = 0;
@@ -53,10 +53,10 @@ int dfx_model_set_guide(dfx_model *m, dfx_model *guide, double w, dfx_error *err
         return dfx_fail(err, "guide %s makes %d x %d x %d images, the model %s %d x %d x %d",
                         file_of(guide), b->channels, b->height, b->width, file_of(m),
                         a->channels, a->height, a->width);
-    char pa[512], pb[512];
-    path_text(&m->cfg.path, pa, sizeof pa);
-    path_text(&guide->cfg.path, pb, sizeof pb);
-    if (!pa[0] || strcmp(pa, pb) != 0) {
+    if (!dfx_path_equal(&m->cfg.path, &guide->cfg.path)) {
+        char pa[512], pb[512];
+        path_text(&m->cfg.path, pa, sizeof pa);
+        path_text(&guide->cfg.path, pb, sizeof pb);
         int same = m->cfg.path.family == guide->cfg.path.family;
         return dfx_fail(err,
                         "guide %s is on the path %s, the model %s on %s: guidance mixes "

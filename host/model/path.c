@@ -76,6 +76,31 @@ void dfx_path_default(dfx_path *p, dfx_path_family family)
     p->dale_mu = 0.32;
 }
 
+int dfx_path_equal(const dfx_path *a, const dfx_path *b)
+{
+    if (a->family != b->family) return 0;
+    switch (a->family) {
+    case DFX_PATH_VP:
+        return a->beta_min == b->beta_min && a->beta_max == b->beta_max;
+    case DFX_PATH_VP_COSINE:
+        return a->cosine_s == b->cosine_s;
+    case DFX_PATH_VE:
+        return a->sigma_min == b->sigma_min && a->sigma_max == b->sigma_max;
+    case DFX_PATH_DALE:
+        return a->dale_sigma == b->dale_sigma && a->dale_mu == b->dale_mu;
+    case DFX_PATH_DISCRETE:
+        if (a->n_train != b->n_train || a->spacing != b->spacing ||
+            a->steps_offset != b->steps_offset || a->dpm_timesteps != b->dpm_timesteps ||
+            a->final_one != b->final_one)
+            return 0;
+        for (int i = 0; i < a->n_train; i++)
+            if (a->log_abar[i] != b->log_abar[i]) return 0;
+        return 1;
+    default:
+        return 1;
+    }
+}
+
 int dfx_path_data_at_one(const dfx_path *p)
 {
     return p->family == DFX_PATH_LINEAR || p->family == DFX_PATH_TRIG;
